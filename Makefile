@@ -1,0 +1,48 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create the virtualenv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Every test dependency, pinned by constraints.txt (regenerate with `make lock`).
+EXTRAS := export,infra,demo,dev
+PYTEST_ARGS ?= -n 2
+
+.PHONY: demo test lint typecheck unit venv system-deps bench lock clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+# Debian tools the tests run on generated artefacts (cloud-init schema, shellcheck).
+system-deps:
+	@command -v shellcheck >/dev/null && command -v cloud-init >/dev/null || { \
+	  echo "installing shellcheck and cloud-init with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck cloud-init >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/modelfleet demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) system-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -v '^modelfleet' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,75 @@
+"""The project's exceptions. The CLI maps ``exit_code`` to the process exit status.
+
+``BadInput`` (exit 2) means the caller asked for something invalid and nothing was written;
+every other ``ModelfleetError`` (exit 1) means a valid operation failed.
+"""
+
+from __future__ import annotations
+
+
+class ModelfleetError(Exception):
+    """An operation failed (exit 1). The message is one line a user can act on."""
+
+    exit_code = 1
+
+
+class BadInput(ModelfleetError):
+    """The request itself is invalid (exit 2); nothing was changed."""
+
+    exit_code = 2
+
+
+class InvalidStoreURI(BadInput):
+    pass
+
+
+class StoreNotFound(BadInput):
+    """The bucket or root directory of a store URI does not exist."""
+
+
+class NotASavedModel(BadInput):
+    pass
+
+
+class UnknownVersion(BadInput):
+    pass
+
+
+class UnknownModel(BadInput):
+    pass
+
+
+class InvalidName(BadInput):
+    """A model or label name outside the allowed character set."""
+
+
+class SignatureChanged(BadInput):
+    pass
+
+
+class ObjectNotFound(ModelfleetError):
+    """A key is absent from the store (raised by backends; callers usually translate it)."""
+
+
+class PreconditionFailed(ModelfleetError):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+class ConflictRetriesExhausted(ModelfleetError):
+    pass
+
+
+class StoreError(ModelfleetError):
+    """The store answered with an error that is not the caller's fault (network, permissions, 5xx)."""
+
+
+class TransferError(ModelfleetError):
+    """One or more files of a batch failed to upload, download or verify."""
+
+
+class ManifestError(ModelfleetError):
+    """``manifest.json`` is malformed or of an unknown schema version."""
+
+
+class ExportError(ModelfleetError):
+    """Exporting a model, or validating the exported SavedModel, failed."""

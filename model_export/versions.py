@@ -1,0 +1,187 @@
+"""Version operations on a model's manifest: list, show, label, promote, rollback, prune.
+
+Each label change is one compare-and-swap of ``manifest.json`` and one entry in its history; servers follow it
+without a redeploy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from model_export.errors import BadInput, UnknownModel
+from model_export.manifest import (
+    CANARY,
+    STABLE,
+    Manifest,
+    VersionEntry,
+    actor,
+    check_label,
+    check_model_name,
+    load_manifest,
+    update_manifest,
+)
+from model_export.publish import PENDING
+from model_export.store import Store, open_store
+
+DEFAULT_PENDING_GRACE_SECONDS = 600.0
+
+
+def _open(store: str | Store, model: str) -> Store:
+    check_model_name(model)
+    st = open_store(store) if isinstance(store, str) else store
+    st.check()
+    return st
+
+
+def _existing(st: Store, model: str) -> Manifest:
+    manifest, token = load_manifest(st, model)
+    if token is None:
+        raise UnknownModel(f"no model {model!r} in {st.uri} (nothing published under that name)")
+    return manifest
+
+
+def get_manifest(store: str | Store, model: str) -> Manifest:
+    """The model's manifest; ``UnknownModel`` when nothing was ever published under that name."""
+    return _existing(_open(store, model), model)
+
+
+def show_version(store: str | Store, model: str, version: int) -> VersionEntry:
+    return get_manifest(store, model).get(version)
+
+
+def _change(store: str | Store, model: str, change: Callable[[Manifest], None]) -> Manifest:
+    st = _open(store, model)
+    _existing(st, model)  # UnknownModel rather than an empty manifest's "no version N"
+    manifest, _ = update_manifest(st, model, change)
+    return manifest
+
+
+def set_label(store: str | Store, model: str, label: str, version: int) -> Manifest:
+    """Point ``label`` at ``version`` (which must be in the manifest)."""
+    check_label(label)
+    return _change(store, model, lambda m: m.move_label(label, version, "label", actor()))
+
+
+def clear_label(store: str | Store, model: str, label: str) -> Manifest:
+    check_label(label)
+
+    def change(m: Manifest) -> None:
+        if label not in m.labels:
+            raise BadInput(f"model {model!r} has no label {label!r} (labels: {', '.join(sorted(m.labels)) or 'none'})")
+        m.move_label(label, None, "unlabel", actor())
+
+    return _change(store, model, change)
+
+
+def promote(store: str | Store, model: str) -> Manifest:
+    """Make the canary version stable and clear the canary label."""
+
+    def change(m: Manifest) -> None:
+        if CANARY not in m.labels:
+            raise BadInput(f"model {model!r} has no {CANARY!r} label to promote; set one with `modelfleet label`")
+        by = actor()
+        m.move_label(STABLE, m.labels[CANARY], "promote", by)
+        m.move_label(CANARY, None, "promote", by)
+
+    return _change(store, model, change)
+
+
+def rollback(store: str | Store, model: str, to: int | None = None) -> Manifest:
+    """Move ``stable`` back to the previous stable from the history, or to version ``to``."""
+
+    def change(m: Manifest) -> None:
+        target = to
+        if target is None:
+            target = m.previous_stable()
+            if target is None:
+                raise BadInput(f"model {model!r} has no previous stable version to roll back to; use --to N")
+        m.get(target)
+        if m.labels.get(STABLE) == target:
+            raise BadInput(f"version {target} of {model!r} is already stable")
+        m.move_label(STABLE, target, "rollback", actor())
+
+    return _change(store, model, change)
+
+
+@dataclass
+class PrunePlan:
+    model: str
+    versions: list[int] = field(default_factory=list)  # published versions removed from the manifest
+    leftovers: list[int] = field(default_factory=list)  # files of crashed publishes (never in the manifest)
+    in_progress: list[int] = field(default_factory=list)  # reservations still alive: left alone
+    objects: int = 0
+    bytes: int = 0
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _kept(m: Manifest, keep: int) -> set[int]:
+    newest = sorted(m.versions, reverse=True)[:keep]
+    previous = m.previous_stable()
+    return set(newest) | set(m.labels.values()) | ({previous} if previous is not None else set())
+
+
+def prune(
+    store: str | Store,
+    model: str,
+    keep: int,
+    *,
+    dry_run: bool = False,
+    pending_grace_seconds: float = DEFAULT_PENDING_GRACE_SECONDS,
+) -> PrunePlan:
+    """Delete all but the ``keep`` newest versions, never a labeled one or the previous stable; also remove what
+    crashed publishes left (files not in the manifest whose reservation is older than the grace period).
+    """
+    if keep < 0:
+        raise BadInput(f"--keep must be 0 or more, got {keep}")
+    if pending_grace_seconds < 0:
+        raise BadInput(f"pending grace must be 0 or more seconds, got {pending_grace_seconds}")
+    st = _open(store, model)
+    # List before reading the manifest: a version committed after the listing still has its reservation in it.
+    objects: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    reservations: dict[int, dt.datetime] = {}
+    for obj in st.list(f"{model}/"):
+        parts = obj.key.split("/")
+        if len(parts) >= 3 and parts[1].isdigit():
+            objects[int(parts[1])].append((obj.key, obj.size))
+        elif len(parts) == 3 and parts[1] == PENDING and parts[2].removesuffix(".json").isdigit():
+            reservations[int(parts[2].removesuffix(".json"))] = obj.modified
+    manifest = _existing(st, model)
+
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=pending_grace_seconds)
+    plan = PrunePlan(model, dry_run=dry_run)
+    for version in sorted(set(objects) | set(reservations)):
+        if version in manifest.versions:
+            continue
+        if version in reservations and reservations[version] > cutoff:
+            plan.in_progress.append(version)
+        else:
+            plan.leftovers.append(version)
+
+    if dry_run:
+        plan.versions = sorted(set(manifest.versions) - _kept(manifest, keep))
+    else:
+
+        def drop(m: Manifest) -> list[int]:
+            gone = sorted(set(m.versions) - _kept(m, keep))
+            for v in gone:
+                del m.versions[v]
+            return gone
+
+        _, plan.versions = update_manifest(st, model, drop)
+
+    doomed = plan.versions + plan.leftovers
+    keys = [key for v in doomed for key, _ in objects.get(v, [])]
+    plan.objects = len(keys)
+    plan.bytes = sum(size for v in doomed for _, size in objects.get(v, []))
+    if not dry_run:
+        st.delete(keys)
+        # Reservations go last, so an interrupted prune still sees the leftovers next time.
+        st.delete([f"{model}/{PENDING}/{v}.json" for v in plan.leftovers if v in reservations])
+    return plan

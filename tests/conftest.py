@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.servers import Server, running
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Server]:
+    with running("s3") as server:
+        # Only the SDKs' standard variables point library code at the server.
+        os.environ.update(
+            AWS_ENDPOINT_URL=server.endpoint,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",  # noqa: S105 - moto accepts any key
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[Server]:
+    with running("gcs") as server:
+        os.environ["STORAGE_EMULATOR_HOST"] = server.endpoint
+        os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "test-project")
+        yield server
+
+
+def new_bucket(kind: str) -> str:
+    name = f"mf-{uuid.uuid4().hex[:12]}"
+    if kind == "s3":
+        boto3.client("s3").create_bucket(Bucket=name)
+    else:
+        from google.cloud import storage
+
+        storage.Client().create_bucket(name)
+    return name
+
+
+@pytest.fixture(params=["file", "s3", "gcs"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of each kind, with a prefix for the cloud ones."""
+    kind = request.param
+    if kind == "file":
+        root = tmp_path / "store"
+        root.mkdir()
+        return f"file://{root}"
+    request.getfixturevalue(f"{kind}_server")
+    return f"{'s3' if kind == 's3' else 'gs'}://{new_bucket(kind)}/models"
+
+
+@pytest.fixture(scope="session")
+def savedmodels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small real SavedModels exported by TensorFlow: two compatible versions and one with other inputs."""
+    from tests.models import make_savedmodels
+
+    return make_savedmodels(tmp_path_factory.mktemp("savedmodels"))

