@@ -8,8 +8,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from model_export.manifest import CANARY, STABLE, Manifest
+from model_export.constants import CANARY, STABLE
+from model_export.manifest import Manifest
 from model_export.publish import PublishResult, publish
 from model_export.store import open_store
 from model_export.versions import get_manifest, promote, rollback
@@ -25,7 +27,7 @@ class DemoReport:
     final: Manifest | None = None
 
 
-def _train(hidden: int, epochs: int, seed: int) -> tuple[object, object, dict[str, object], float]:
+def _train(hidden: int, epochs: int, seed: int) -> tuple[Any, Any, dict[str, Any], float]:
     """A Keras classifier on 8x8 digit images; pixel scaling is a Normalization layer exported with it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras

@@ -1,21 +1,22 @@
-"""Export a Keras 3 model (or a ``tf.Module``) as a TF Serving SavedModel, validated and with warmup records.
+"""Export a Keras 3 model (or a ``tf.Module``) as a TF Serving SavedModel, validated, with warmup records.
 
-This is the only module of the package that imports TensorFlow (the ``export`` extra). What it guarantees:
+The only module of the package that imports TensorFlow (the ``export`` extra). What it guarantees:
 
-* The ``serving_default`` signature takes exactly the inputs named in ``sample`` (batch dimension ``None``, the
-  other dimensions and the dtypes from the sample arrays) and returns a dict of named outputs. Preprocessing runs
-  inside the graph, so the server is fed raw inputs; its state (normalization statistics, lookup tables) is saved.
-* Calling convention, for the preprocessing (when given) and for the model: a callable that takes a dict (a Keras
-  functional model built on a dict of inputs) gets the dict of input tensors; otherwise, with one input, it gets the
-  single tensor, and with several, the dict (Keras functional models with list inputs match the dict by input name).
-  The model is fed the preprocessing's result by the same rule: a tensor as is, a dict as above.
-* Atomic: everything is written to a hidden temporary sibling of ``export_dir`` (a name TF Serving never takes for a
-  version: it does not parse as an integer), reloaded and compared with the in-memory model, given warmup records,
-  and only then renamed to ``export_dir``. On any failure ``export_dir`` is left as it was (absent if it was absent)
-  and the temporary directory is removed.
-* Warmup: ``assets.extra/tf_serving_warmup_requests`` holds one ``PredictionLog`` with the whole sample batch and,
-  when the batch has more than one row, a second one with its first row only (the batch-of-one shape online
-  clients send), so both shapes are warm before the version reports AVAILABLE.
+* The ``serving_default`` signature takes exactly the inputs named in ``sample`` (batch dimension ``None``,
+  the other dimensions and the dtypes from the sample arrays) and returns a dict of named outputs.
+  Preprocessing runs inside the graph, so the server is fed raw inputs; its state (normalization
+  statistics, lookup tables, also those of layers a preprocessing function closes over) is saved.
+* Calling convention, for the preprocessing (when given) and for the model: a Keras functional model built
+  on a dict of inputs gets the dict of input tensors; anything else gets the single tensor when there is one
+  input, and the dict when there are several (Keras functional models with list inputs match the dict by
+  input name). The model is fed the preprocessing's result by the same rule: a tensor as is, a dict as above.
+* Atomic: everything is written to a hidden temporary sibling of ``export_dir`` (a name TF Serving never
+  takes for a version: it does not parse as an integer), reloaded and compared with the in-memory model,
+  given its warmup records, and only then renamed to ``export_dir``. On any failure ``export_dir`` is left
+  as it was (absent if it was absent) and the temporary directory is removed.
+* Warmup: ``assets.extra/tf_serving_warmup_requests`` holds one ``PredictionLog`` with the whole sample
+  batch and, when the batch has more than one row, a second one with its first row only (the batch-of-one
+  shape online clients send), so both shapes are warm before the version reports AVAILABLE.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ SERVING_SIGNATURE = "serving_default"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 _ENDPOINT = "serve"
-# Input names are used as the SignatureDef key, the placeholder name and the Python keyword of the reloaded
-# signature. TF silently sanitizes names outside this set ("x-y" becomes keyword "x_y", "a b" fails to save), so
-# only names that are the same in all three places are accepted.
+# Input names are the SignatureDef key, the placeholder name and the Python keyword of the reloaded
+# signature. TF sanitizes names outside this set ("x-y" becomes keyword "x_y"; "a b" fails to save), so only
+# names that are the same in all three places are accepted.
 _INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -80,7 +81,9 @@ def export_model(
     if not callable(model):
         raise BadInput(f"model={type(model).__name__} is not callable; pass a Keras model or a tf.Module")
     if preprocessing is not None and not callable(preprocessing):
-        raise BadInput(f"preprocessing={type(preprocessing).__name__} is not callable; pass a Keras layer or function")
+        raise BadInput(
+            f"preprocessing={type(preprocessing).__name__} is not callable; pass a Keras layer or a function"
+        )
     if not model_name:
         raise BadInput("model_name='' is empty; pass the name TF Serving serves the model under")
     if atol < 0 or rtol < 0:
@@ -103,7 +106,7 @@ def export_model(
     except (BadInput, ExportError):
         raise
     except KeyError as e:
-        raise BadInput(f"the model looked up input {e.args[0]!r}, which sample lacks (sample has {names})") from e
+        raise BadInput(f"the model looked up input {e.args[0]!r}; sample lacks it (sample has {names})") from e
     except Exception as e:
         raise ExportError(f"calling the model on the sample failed: {_one_line(e)}") from e
 
@@ -128,19 +131,19 @@ def export_model(
     )
 
 
-# --- arguments ---------------------------------------------------------------------------------------------------
+# --- arguments -----------------------------------------------------------------------------------------
 
 
 def _check_target(export_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     raw = os.fspath(export_dir)
     if "://" in raw:
-        raise BadInput(f"export_dir={raw!r} is a URI; export to a local directory, then publish it to the store")
+        raise BadInput(f"export_dir={raw!r} is a URI; export to a local directory, then publish that")
     target = Path(raw).absolute()
     if target.exists() or target.is_symlink():
         if not target.is_dir() or target.is_symlink():
             raise BadInput(f"export_dir={raw!r} exists and is not a directory; pass a new or empty directory")
         if any(target.iterdir()) and not overwrite:
-            raise BadInput(f"export_dir={raw!r} is not empty; pass an empty or new directory, or overwrite=True")
+            raise BadInput(f"export_dir={raw!r} is not empty; pass a new or empty directory, or overwrite=True")
     return target
 
 
@@ -162,7 +165,7 @@ def _sample_tensors(sample: Mapping[str, np.ndarray]) -> dict[str, tf.Tensor]:
         if tensor.shape.rank == 0:
             raise BadInput(f"sample[{name!r}] is a scalar; the first dimension must be the batch")
         if batch is not None and tensor.shape[0] != batch:
-            raise BadInput(f"sample[{name!r}] has batch size {tensor.shape[0]}; the other inputs have {batch}")
+            raise BadInput(f"sample[{name!r}] has batch size {tensor.shape[0]}; other inputs have {batch}")
         if tensor.shape[0] == 0:
             raise BadInput(f"sample[{name!r}] has batch size 0; pass at least one row")
         batch = int(tensor.shape[0])
@@ -205,7 +208,7 @@ def _check_output_names(names: list[str]) -> None:
         raise BadInput(f"output_names={names} has duplicates; each output needs its own name")
 
 
-# --- calling the model -------------------------------------------------------------------------------------------
+# --- calling the model ---------------------------------------------------------------------------------
 
 
 def _arg_for(fn: Any, inputs: dict[str, Any]) -> Any:
@@ -227,21 +230,23 @@ def _name_outputs(result: Any, output_names: list[str] | None) -> dict[str, Any]
     if isinstance(result, Mapping):
         named = dict(result)
         if output_names is not None and sorted(output_names) != sorted(named):
-            raise BadInput(
-                f"output_names={output_names} cannot rename dict outputs; the model returns keys {sorted(named)}"
-            )
+            raise BadInput(f"output_names={output_names} cannot rename dict outputs; the model returns {sorted(named)}")
     else:
         values = list(result) if isinstance(result, list | tuple) else [result]
         if output_names is None:
             output_names = [f"output_{i}" for i in range(len(values))]
         if len(output_names) != len(values):
-            raise BadInput(f"output_names={output_names} has {len(output_names)} names; the model has {len(values)} outputs")
+            raise BadInput(
+                f"output_names={output_names} has {len(output_names)} names; the model has {len(values)} outputs"
+            )
         named = dict(zip(output_names, values, strict=True))
     for name, value in named.items():
         if not isinstance(name, str) or not name:
             raise BadInput(f"output name {name!r} is invalid; use a non-empty string")
         if isinstance(value, Mapping | list | tuple):
-            raise BadInput(f"output {name!r} is nested ({type(value).__name__}); return tensors, a list or a flat dict")
+            raise BadInput(
+                f"output {name!r} is nested ({type(value).__name__}); return a tensor, a list or a flat dict"
+            )
     return {k: tf.convert_to_tensor(v) for k, v in named.items()}
 
 
@@ -249,15 +254,15 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
 
 
-# --- writing -----------------------------------------------------------------------------------------------------
+# --- writing -------------------------------------------------------------------------------------------
 
 
 def _trackables(objs: Sequence[Any]) -> list[Any]:
     """Layers, modules and lookup tables reachable from ``objs``, including a function's closure and ``self``.
 
     ``ExportArchive`` saves the variables the endpoint reads by itself, but lookup tables (StringLookup,
-    TextVectorization, tf.lookup) only when their owner is tracked; a preprocessing function that closes over a
-    StringLookup would otherwise fail to save with an "untracked resource" error.
+    TextVectorization, tf.lookup) only when their owner is tracked; a preprocessing function that closes
+    over a StringLookup would otherwise fail to save with an "untracked resource" error.
     """
     kinds = (keras.layers.Layer, tf.Module, tf.saved_model.experimental.TrackableResource)
     found: list[Any] = []
@@ -302,8 +307,8 @@ def _write_saved_model(
             if isinstance(obj, keras.layers.Layer) and not obj.built:
                 continue  # never called on the sample, so not part of the graph
             archive.track(obj)
-        # One dict argument: the signature's input keys are then the TensorSpec names (without names TF would use
-        # "inputs", "inputs_1", ...). The returned dict's keys become the signature's output keys.
+        # One dict argument: the signature's input keys are then the TensorSpec names (without them TF would
+        # use the argument name: "inputs", "inputs_1", ...). The returned dict's keys are the output keys.
         archive.add_endpoint(_ENDPOINT, forward, input_signature=signature)
         archive.write_out(str(path), verbose=False)  # the first endpoint is also saved as "serving_default"
     except (BadInput, ExportError):
@@ -321,28 +326,28 @@ def _validate(
         fn = loaded.signatures[SERVING_SIGNATURE]
         _, kwargs = fn.structured_input_signature
         if sorted(kwargs) != sorted(tensors):
-            raise ExportError(f"the saved signature takes inputs {sorted(kwargs)}; expected {sorted(tensors)}")
+            raise ExportError(f"the saved signature takes inputs {sorted(kwargs)}, not {sorted(tensors)}")
         got = {k: _to_numpy(v) for k, v in fn(**tensors).items()}
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"reloading the SavedModel and running {SERVING_SIGNATURE} failed: {_one_line(e)}") from e
+        raise ExportError(f"reloading the SavedModel and running it failed: {_one_line(e)}") from e
     worst = 0.0
     for name, want in expected.items():
         if name not in got:
-            raise ExportError(f"output {name!r} is missing from the reloaded SavedModel (it has {sorted(got)})")
+            raise ExportError(f"output {name!r} is missing from the reloaded SavedModel; it has {sorted(got)}")
         diff = _max_abs_diff(name, got[name], want, atol, rtol)
         worst = max(worst, diff)
     extra = sorted(set(got) - set(expected))
     if extra:
-        raise ExportError(f"the reloaded SavedModel has unexpected outputs {extra}; expected {sorted(expected)}")
+        raise ExportError(f"the reloaded SavedModel has extra outputs {extra}; expected {sorted(expected)}")
     dtypes = {k: v.dtype.name for k, v in fn.structured_outputs.items()}
     return dtypes, worst
 
 
 def _max_abs_diff(name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> float:
     if got.shape != want.shape:
-        raise ExportError(f"output {name!r} has shape {got.shape} after reloading; in memory it is {want.shape}")
+        raise ExportError(f"output {name!r} has shape {got.shape} after reloading; in memory {want.shape}")
     if want.dtype.kind in "OSU" or got.dtype.kind in "OSU":
         if not np.array_equal(got, want):
             raise ExportError(f"output {name!r} differs after reloading (string values do not match)")
@@ -355,7 +360,7 @@ def _max_abs_diff(name: str, got: np.ndarray, want: np.ndarray, atol: float, rto
         worst = float("inf")  # NaN on one side only
     if not np.all(np.isclose(a, b, rtol=rtol, atol=atol, equal_nan=True)):
         raise ExportError(
-            f"output {name!r} differs after reloading: max abs diff {worst:.3g} exceeds atol={atol}, rtol={rtol}"
+            f"output {name!r} differs after reloading: max abs diff {worst:.3g} exceeds atol={atol} rtol={rtol}"
         )
     return worst
 
@@ -385,7 +390,7 @@ def _write_warmup(path: Path, tensors: dict[str, tf.Tensor], model_name: str) ->
 
 
 def _publish(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``; an existing ``target`` (empty, or overwrite=True) is replaced, or kept on error."""
+    """Move ``tmp`` to ``target``. An existing ``target`` (empty, or overwrite=True) is replaced; kept on error."""
     old: Path | None = None
     try:
         if target.exists():

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from model_export.constants import STABLE
 from model_export.errors import (
     ConflictRetriesExhausted,
     InvalidName,
@@ -32,8 +33,6 @@ from model_export.store.base import Store
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-STABLE = "stable"
-CANARY = "canary"
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")  # TF Serving's rule for labels
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 T = TypeVar("T")

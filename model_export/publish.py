@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model_export.constants import STABLE
 from model_export.errors import BadInput, PreconditionFailed, SignatureChanged
 from model_export.manifest import (
-    STABLE,
     Manifest,
     VersionEntry,
     actor,

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from model_export.constants import CANARY, STABLE
 from model_export.errors import BadInput, UnknownModel
 from model_export.manifest import (
-    CANARY,
-    STABLE,
     Manifest,
     VersionEntry,
     actor,

@@ -9,10 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from model_export.cli import demo_cmd, store_cmds
+from model_export.cli import agent_cmd, client_cmds, demo_cmd, store_cmds
 from model_export.errors import ModelfleetError
 
-COMMAND_GROUPS = (store_cmds, demo_cmd)
+COMMAND_GROUPS = (store_cmds, agent_cmd, client_cmds, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
