@@ -25,8 +25,8 @@ import inspect
 import keyword
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +106,15 @@ def export_model(
     except (BadInput, ExportError):
         raise
     except KeyError as e:
-        raise BadInput(f"the model looked up input {e.args[0]!r}; sample lacks it (sample has {names})") from e
+        key = e.args[0] if e.args else None
+        if isinstance(key, str) and key not in names:  # the model (or preprocessing) wanted another input
+            raise BadInput(f"the model looked up input {key!r}; sample lacks it (sample has {names})") from e
+        raise ExportError(f"calling the model on the sample failed: KeyError {_one_line(e)}") from e
     except Exception as e:
         raise ExportError(f"calling the model on the sample failed: {_one_line(e)}") from e
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.export-", dir=target.parent))
+    tmp = _new_sibling(target, "export")
     try:
         signature = [
             {k: tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=k) for k, t in tensors.items()},
@@ -394,7 +397,7 @@ def _publish(tmp: Path, target: Path) -> None:
     old: Path | None = None
     try:
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = _new_sibling(target, "old")
             target.replace(old)  # onto an empty directory: allowed
         tmp.replace(target)
     except OSError as e:
@@ -405,6 +408,22 @@ def _publish(tmp: Path, target: Path) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _new_sibling(target: Path, kind: str) -> Path:
+    """A new empty hidden directory beside ``target``; its name never parses as a TF Serving version.
+
+    Not ``tempfile.mkdtemp``: that makes the directory mode 0700, which the rename would carry over to the
+    export, unreadable to a server running as another user. ``mkdir`` honours the umask instead.
+    """
+    for _ in range(100):
+        path = target.parent / f".{target.name}.{kind}-{secrets.token_hex(6)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ExportError(f"could not create a temporary directory beside {target}")
 
 
 def _one_line(e: BaseException) -> str:

@@ -78,8 +78,19 @@ def s3_argv(port: int) -> list[str]:
 
 def gcs_argv(port: int) -> list[str]:
     return [
-        str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-        "-backend", "memory", "-external-url", f"http://127.0.0.1:{port}", "-log-level", "error",
+        str(fake_gcs_binary()),
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-backend",
+        "memory",
+        "-external-url",
+        f"http://127.0.0.1:{port}",
+        "-log-level",
+        "error",
     ]
 
 
