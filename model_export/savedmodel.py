@@ -204,7 +204,7 @@ def inspect_savedmodel(path: str | Path) -> SavedModelInfo:
         meta = serving[0]
         signatures = _map(meta, 5)
         if SERVING_SIGNATURE not in signatures:
-            known = ", ".join(sorted(signatures)) or "none"
+            known = ", ".join(sorted(k for k in signatures if not k.startswith("__"))) or "none"
             raise NotASavedModel(f"{str(pb)!r} has no {SERVING_SIGNATURE!r} signature (it has: {known})")
         sig = signatures[SERVING_SIGNATURE]
         signature = Signature(
