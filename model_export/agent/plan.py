@@ -1,0 +1,60 @@
+"""What a fleet should serve, and the next config step towards it (pure functions, no I/O).
+
+The rules (also in docs/agent.md):
+
+* The desired version of a role: ``stable`` serves the ``stable`` label; ``canary`` serves the ``canary`` label, or
+  ``stable`` when no canary is set.
+* A label may only point at a version TF Serving reports AVAILABLE. So a label never moves in the config that first
+  loads a version: that config loads the target beside the version the labels already point at, and the labels move
+  (and the old version is dropped) in the config written once TF Serving reports the target AVAILABLE.
+* Nothing above the target is ever newly loaded. Moving UP, the transition config holds {old, target}: the highest,
+  which answers unversioned requests, is the target as soon as it is AVAILABLE. Moving DOWN (rollback), it holds
+  {target, old}: the old version is not new, it keeps answering until the target is AVAILABLE (TF Serving never
+  unloads before the replacement is loaded anyway), and the next config drops it.
+* When TF Serving cannot be asked (not started yet, e.g. at boot with ``--once``), the config goes straight to the
+  steady state: TF Serving reads it as its first config, where labels may name versions of that same config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from model_export.agent.tfs_config import ModelEntry
+from model_export.constants import CANARY, ROLES, STABLE
+
+
+def desired_version(labels: Mapping[str, int], role: str) -> int | None:
+    """The version a fleet of ``role`` should serve, from a manifest's labels; ``None`` when unlabeled."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if role == CANARY and CANARY in labels:
+        return labels[CANARY]
+    return labels.get(STABLE)
+
+
+def steady_labels(role: str, target: int, manifest_labels: Mapping[str, int]) -> dict[str, int]:
+    """Labels a settled fleet exposes: its own role's label, plus any other role label that names the same version
+    (a canary fleet serving stable answers ``/labels/stable`` too)."""
+    return {label: target for label in ROLES if label == role or manifest_labels.get(label) == target}
+
+
+def next_entry(
+    name: str,
+    base_path: str,
+    role: str,
+    target: int,
+    manifest_labels: Mapping[str, int],
+    previous: ModelEntry | None,
+    available: frozenset[int] | None,
+) -> ModelEntry:
+    """The config entry to write now for a model whose fleet should serve ``target``.
+
+    ``previous`` is the entry last written; ``available`` the versions TF Serving reports AVAILABLE (``None`` when it
+    cannot be asked).
+    """
+    if available is None or target in available:
+        return ModelEntry(name, base_path, (target,), steady_labels(role, target, manifest_labels))
+    # The target is not AVAILABLE yet: load it, and keep the labels on what they point at while that still serves.
+    kept = {} if previous is None else {k: v for k, v in previous.labels.items() if v in available}
+    versions = tuple(sorted({target, *kept.values()}))
+    return ModelEntry(name, base_path, versions, kept)
