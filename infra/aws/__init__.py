@@ -1,0 +1,1 @@
+"""The AWS stack: one ComponentResource per module, assembled by `stack.py`."""

@@ -1,0 +1,1 @@
+"""The GCP stack: one ComponentResource per module, assembled by `stack.py`."""
