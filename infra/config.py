@@ -430,3 +430,42 @@ def markdown_table() -> str:
             f"| `{PROJECT}:{key.name}` | {key.kind} | {default} | {', '.join(key.clouds)} | {key.description} |"
         )
     return "\n".join(rows)
+
+
+PULUMI_YAML_HEADER = (
+    "# Generated from infra/config.py (`python -m infra.config > Pulumi.yaml`); edit the keys there.\n"
+)
+
+
+def render_pulumi_yaml() -> str:
+    import yaml
+
+    doc = {
+        "name": PROJECT,
+        "description": "Self-hosted TF Serving fleets (GCP managed instance groups / AWS auto scaling groups) behind "
+        "a load balancer, following a bucket-backed model store.",
+        "runtime": {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}},
+        "stackConfigDir": "stacks",
+        "config": pulumi_yaml_config(),
+    }
+    return PULUMI_YAML_HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+README_START, README_END = "<!-- config-table:start -->\n", "\n<!-- config-table:end -->"
+
+
+def update_readme(path: Path) -> None:
+    """Rewrite the config table between the README's markers."""
+    text = path.read_text()
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(head + README_START + markdown_table() + README_END + tail)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--readme"]:
+        update_readme(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        print(render_pulumi_yaml(), end="")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from infra.config import StackConfig, load_config, read_stack_file
+from infra.config import ConfigError, StackConfig, load_config, read_stack_file
 from infra.mocks import Plan, evaluate
 
 STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
@@ -21,7 +21,11 @@ def build_stack(cfg: StackConfig) -> Mapping[str, Any]:
 
 
 def stack_config(stack: str, stacks_dir: Path = STACKS_DIR) -> StackConfig:
-    return load_config(read_stack_file(stacks_dir / f"Pulumi.{stack}.yaml"), stack)
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        known = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir.glob("Pulumi.*.yaml"))
+        raise ConfigError(f"no stack {stack!r}: {path} does not exist (stacks: {', '.join(known) or 'none'})")
+    return load_config(read_stack_file(path), stack)
 
 
 def plan_stack(stack: str, stacks_dir: Path = STACKS_DIR) -> tuple[StackConfig, Plan]:

@@ -9,10 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from model_export.cli import agent_cmd, client_cmds, demo_cmd, store_cmds
+from model_export.cli import agent_cmd, client_cmds, demo_cmd, plan_cmd, store_cmds
 from model_export.errors import ModelfleetError
 
-COMMAND_GROUPS = (store_cmds, agent_cmd, client_cmds, demo_cmd)
+COMMAND_GROUPS = (store_cmds, agent_cmd, client_cmds, plan_cmd, demo_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
