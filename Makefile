@@ -17,14 +17,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# Debian tools the tests run on generated artefacts (cloud-init schema, shellcheck).
+# Debian tools the tests run on generated artefacts (cloud-init schema, shellcheck, systemd-analyze verify).
+SYSTEM_TOOLS := shellcheck cloud-init systemd-analyze
 system-deps:
-	@command -v shellcheck >/dev/null && command -v cloud-init >/dev/null || { \
-	  echo "installing shellcheck and cloud-init with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck cloud-init >/dev/null; }
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing with apt-get:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck cloud-init systemd >/dev/null; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/modelfleet demo
+	$(BIN)/modelfleet plan --stack staging
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

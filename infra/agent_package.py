@@ -1,0 +1,80 @@
+"""The agent wheel that fleet VMs install: this repo's ``modelfleet`` package, built at ``pulumi up`` time.
+
+The stack uploads it to ``<store>/_agent/<sha256>/<wheel name>`` (``agent_wheel_uri``) and hands the URI and hash to
+``infra.bootstrap``; the VM verifies the hash before installing. The build is reproducible (fixed zip timestamps and
+file modes, only ``pyproject.toml`` and ``model_export/`` staged), so the hash, and with it the instance template,
+changes only when the agent's code or packaging does. See docs/bootstrap.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from model_export.errors import ModelfleetError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+AGENT_KEY_PREFIX = "_agent"  # model names start alphanumeric, so this never collides with a model's prefix
+# Zip timestamps of every build (1980-01-01, the earliest a zip can hold): the wheel's bytes depend on content only.
+SOURCE_DATE_EPOCH = "315532800"
+_STAGED = ("pyproject.toml", "model_export")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stage(repo_root: Path, stage: Path) -> None:
+    """Copy what the wheel is built from, with normalised modes (a umask must not change the hash)."""
+    for name in _STAGED:
+        src = repo_root / name
+        if not src.exists():
+            raise ModelfleetError(f"cannot build the agent wheel: {src} does not exist")
+        if src.is_dir():
+            shutil.copytree(src, stage / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+        else:
+            shutil.copyfile(src, stage / name)
+    for path in stage.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def build_agent_wheel(out_dir: Path, repo_root: Path = REPO_ROOT) -> tuple[Path, str]:
+    """Build ``modelfleet-<version>-py3-none-any.whl`` into ``out_dir``; return its path and sha256.
+
+    Runs ``pip wheel --no-deps --no-build-isolation`` on a staged copy of the repo (``pyproject.toml`` and
+    ``model_export/`` only: no ``infra/``, tests or README, whose edits must not roll the fleet), with the deploying
+    environment's setuptools. The base requirements carry no TensorFlow or Pulumi (those are extras).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="modelfleet-wheel-") as tmp:
+        stage, dist = Path(tmp) / "src", Path(tmp) / "dist"
+        stage.mkdir()
+        _stage(repo_root, stage)
+        env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet"]
+        proc = subprocess.run([*cmd, "--wheel-dir", str(dist), str(stage)], capture_output=True, text=True, env=env)
+        wheels = sorted(dist.glob("*.whl")) if dist.is_dir() else []
+        if proc.returncode != 0 or len(wheels) != 1:
+            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ModelfleetError(f"building the agent wheel from {repo_root} failed: {detail}")
+        target = out_dir / wheels[0].name
+        shutil.move(str(wheels[0]), target)
+    return target, sha256_file(target)
+
+
+def agent_wheel_uri(store_uri: str, wheel: Path, sha256: str) -> str:
+    """The wheel's content-addressed location in the store: ``<store>/_agent/<sha256>/<wheel name>``.
+
+    The file name stays a valid wheel name (pip needs it); the hash in the path makes every build its own object,
+    so an upload never overwrites what running VMs were told to fetch.
+    """
+    return f"{store_uri.rstrip('/')}/{AGENT_KEY_PREFIX}/{sha256}/{wheel.name}"

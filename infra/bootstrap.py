@@ -1,0 +1,393 @@
+"""Cloud-init user-data for a fleet VM (Ubuntu 24.04 LTS on GCE or EC2). Design and start ordering: docs/bootstrap.md.
+
+The GCP stack puts ``render_user_data(args)`` in the instance template's ``user-data`` metadata; the AWS stack
+base64-encodes it into the launch template's ``user_data``. Everything a VM needs is in the document, so any change
+(image, flags, agent wheel hash) changes the template and rolls the fleet.
+
+On the VM: Docker runs TF Serving (``tfserving.service``) from local disk only; the modelfleet agent, installed into
+``/opt/modelfleet/venv`` from this repo's wheel in the store, first syncs once (``modelfleet-sync.service``, ordered
+before TF Serving) and then keeps syncing and serves the health check (``modelfleet-agent.service``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from infra.config import Batching
+from model_export.agent.main import CONFIG_NAME, DEFAULT_TFS_URL
+from model_export.constants import AGENT_PORT, ROLES, TFS_GRPC_PORT, TFS_METRICS_PATH, TFS_REST_PORT
+from model_export.errors import BadInput
+from model_export.manifest import check_model_name
+from model_export.store import parse_uri
+
+Cloud = Literal["gcp", "aws"]
+CLOUDS: tuple[str, ...] = get_args(Cloud)
+STORE_SCHEME: Mapping[str, str] = {"gcp": "gs", "aws": "s3"}
+DEFAULT_TFS_IMAGE = "tensorflow/serving:2.20.0"
+# AWS refuses user-data over 16 KB (raw, before base64); GCE metadata allows 256 KB.
+USER_DATA_LIMIT_BYTES = 16 * 1024
+
+# Paths on the VM. The agent writes TF Serving's config into its --root.
+MODEL_ROOT = "/var/lib/modelfleet/models"
+MODEL_CONFIG_PATH = f"{MODEL_ROOT}/{CONFIG_NAME}"
+TFS_CONFIG_DIR = "/etc/modelfleet/tfserving"
+MONITORING_CONFIG_PATH = f"{TFS_CONFIG_DIR}/monitoring.config"
+BATCHING_CONFIG_PATH = f"{TFS_CONFIG_DIR}/batching.config"
+AGENT_HOME = "/opt/modelfleet"
+AGENT_BIN = f"{AGENT_HOME}/venv/bin/modelfleet"
+AGENT_ENV_FILE = "/etc/modelfleet/agent.env"
+UNIT_DIR = "/etc/systemd/system"
+TFS_CONTAINER = "tfserving"
+TFS_UNIT, SYNC_UNIT, AGENT_UNIT = "tfserving.service", "modelfleet-sync.service", "modelfleet-agent.service"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+# TF Serving flags this module owns; extra_tfs_flags may not set them.
+MANAGED_TFS_FLAGS = frozenset(
+    {
+        "port",
+        "rest_api_port",
+        "model_config_file",
+        "model_config_file_poll_wait_seconds",
+        "monitoring_config_file",
+        "enable_batching",
+        "batching_parameters_file",
+        "enable_grpc_healthcheck_service",
+        "model_name",
+        "model_base_path",
+    }
+)
+FLOATING_TAGS = frozenset({"latest", "latest-gpu", "nightly", "nightly-gpu"})
+# Every value that lands in a systemd ExecStart= line matches this: no quoting, no %-specifiers, no $-expansion.
+_SAFE_ARG = re.compile(r"^[A-Za-z0-9_.,:/@+=-]+$")
+_FLAG = re.compile(r"^--([a-z][a-z0-9_]*)(?:=([A-Za-z0-9_.,:/@+=-]*))?$")
+_IMAGE = re.compile(
+    r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_WHEEL_NAME = re.compile(r"^modelfleet-[A-Za-z0-9_.+!]+-py3-none-any\.whl$")
+_AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]$")
+
+
+def _bad(field: str, value: object, valid: str) -> BadInput:
+    return BadInput(f"bootstrap {field}={value!r} is invalid; {valid}")
+
+
+def _positive(field: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(field, value, "use a whole number >= 1")
+
+
+@dataclass(frozen=True)
+class AgentWheel:
+    """This repo's wheel in the store (``infra.agent_package.build_agent_wheel`` + ``agent_wheel_uri``)."""
+
+    uri: str  # gs://bucket/prefix/_agent/<sha256>/modelfleet-0.1.0-py3-none-any.whl
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BootstrapArgs:
+    """Everything a fleet VM needs. Validated on construction: an invalid value raises ``BadInput`` naming it."""
+
+    cloud: Cloud
+    store_uri: str  # gs://bucket/prefix on gcp, s3://bucket/prefix on aws
+    models: tuple[str, ...]
+    role: str  # model_export.constants.ROLES
+    agent_wheel: AgentWheel
+    tfs_image: str = DEFAULT_TFS_IMAGE  # pinned tag; the "-gpu" variant when gpu=True
+    gpu: bool = False  # needs a GPU image with the NVIDIA driver, Docker and the NVIDIA container toolkit
+    batching: Batching | None = None  # infra.config's; None or enabled=False: --enable_batching off
+    model_config_poll_seconds: int = 5  # --model_config_file_poll_wait_seconds
+    agent_poll_seconds: int = 10  # modelfleet agent --poll
+    aws_region: str | None = None  # required on aws (the SDKs do not read it from instance metadata)
+    extra_tfs_flags: tuple[str, ...] = ()  # e.g. ("--enable_serialization_as_tensor_content=true",)
+
+    def __post_init__(self) -> None:
+        if self.cloud not in CLOUDS:
+            raise _bad("cloud", self.cloud, f"use one of {', '.join(CLOUDS)}")
+        scheme = STORE_SCHEME[self.cloud]
+        _check_uri("store_uri", self.store_uri, scheme, self.cloud)
+        if isinstance(self.models, str):
+            raise _bad("models", self.models, "pass a sequence of model names, not one string")
+        models = tuple(self.models)
+        object.__setattr__(self, "models", models)
+        if not models:
+            raise _bad("models", models, "list at least one model name")
+        for model in models:
+            try:
+                check_model_name(model)
+            except BadInput as e:
+                raise _bad("models", model, str(e)) from e
+        if len(set(models)) != len(models):
+            raise _bad("models", models, "list each model once")
+        if self.role not in ROLES:
+            raise _bad("role", self.role, f"use one of {', '.join(ROLES)}")
+        _check_image(self.tfs_image, self.gpu)
+        if self.batching is not None:
+            _check_batching(self.batching)
+        _positive("model_config_poll_seconds", self.model_config_poll_seconds)
+        _positive("agent_poll_seconds", self.agent_poll_seconds)
+        if self.cloud == "aws" and (self.aws_region is None or not _AWS_REGION.match(self.aws_region)):
+            raise _bad("aws_region", self.aws_region, "set the stack's region on aws, e.g. 'us-east-1'")
+        if self.cloud == "gcp" and self.aws_region is not None:
+            raise _bad("aws_region", self.aws_region, "leave it unset on gcp")
+        _check_uri("agent_wheel.uri", self.agent_wheel.uri, scheme, self.cloud)
+        wheel_name = self.agent_wheel.uri.rsplit("/", 1)[-1]
+        if not _WHEEL_NAME.match(wheel_name):
+            raise _bad("agent_wheel.uri", self.agent_wheel.uri, "it must end in modelfleet-<version>-py3-none-any.whl")
+        if not _SHA256.match(self.agent_wheel.sha256):
+            raise _bad("agent_wheel.sha256", self.agent_wheel.sha256, "use 64 lowercase hex digits")
+        if isinstance(self.extra_tfs_flags, str):
+            raise _bad("extra_tfs_flags", self.extra_tfs_flags, "pass a sequence of flags, not one string")
+        flags = tuple(self.extra_tfs_flags)
+        object.__setattr__(self, "extra_tfs_flags", flags)
+        for flag in flags:
+            match = _FLAG.match(flag)
+            if not match:
+                raise _bad("extra_tfs_flags", flag, "use --name or --name=value, value of [A-Za-z0-9_.,:/@+=-]")
+            if match.group(1) in MANAGED_TFS_FLAGS:
+                raise _bad("extra_tfs_flags", flag, f"--{match.group(1)} is set by the bootstrap itself")
+
+    @property
+    def enabled_batching(self) -> Batching | None:
+        """The batching parameters when batching is on, else None."""
+        return self.batching if self.batching is not None and self.batching.enabled else None
+
+
+def _check_batching(batching: Batching) -> None:
+    if not isinstance(batching, Batching):
+        raise _bad("batching", batching, "pass an infra.config.Batching or None")
+    if not batching.enabled:
+        return
+    for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
+        _positive(f"batching.{name}", getattr(batching, name))
+    timeout = batching.batch_timeout_micros  # 0 is legal: run whatever is queued as soon as a thread is free
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise _bad("batching.batch_timeout_micros", timeout, "use a whole number >= 0")
+
+
+def _check_uri(field: str, uri: str, scheme: str, cloud: str) -> None:
+    try:
+        got, _, _ = parse_uri(uri)
+    except BadInput as e:
+        raise _bad(field, uri, f"use {scheme}://bucket/prefix on {cloud} ({e})") from e
+    if got != scheme:
+        raise _bad(field, uri, f"use {scheme}://bucket/prefix on {cloud}")
+    if not _SAFE_ARG.match(uri):
+        raise _bad(field, uri, "use only [A-Za-z0-9_.,:/@+=-] in the path")
+
+
+def _check_image(image: str, gpu: bool) -> None:
+    match = _IMAGE.match(image)
+    if not match:
+        raise _bad("tfs_image", image, f"use a Docker reference such as {DEFAULT_TFS_IMAGE!r}")
+    tag = match.group("tag")
+    if tag is None:
+        raise _bad("tfs_image", image, f"pin a version tag, e.g. {DEFAULT_TFS_IMAGE!r}")
+    if tag in FLOATING_TAGS:
+        raise _bad("tfs_image", image, f"tag {tag!r} floats; pin a version, e.g. {DEFAULT_TFS_IMAGE!r}")
+    if gpu and not tag.endswith("-gpu"):
+        raise _bad("tfs_image", image, f"gpu=True needs the -gpu variant, e.g. '{DEFAULT_TFS_IMAGE}-gpu'")
+    if not gpu and tag.endswith("-gpu"):
+        raise _bad("tfs_image", image, "a -gpu image needs gpu=True (and a GPU machine image)")
+
+
+# --- TF Serving config texts (text protos) ---------------------------------------------------------------------
+
+
+def initial_model_config() -> str:
+    """A ModelServerConfig that TF Serving starts with: an empty list, no model to wait for or fail on."""
+    return (
+        "# Placeholder from the VM's first boot: the modelfleet agent replaces this file with the synced models.\n"
+        "model_config_list {\n}\n"
+    )
+
+
+def monitoring_config() -> str:
+    """MonitoringConfig: Prometheus metrics on TF Serving's REST port at TFS_METRICS_PATH."""
+    return f'prometheus_config {{\n  enable: true\n  path: "{TFS_METRICS_PATH}"\n}}\n'
+
+
+def batching_config(batching: Batching) -> str:
+    """BatchingParameters (the size and time fields are google.protobuf.Int64Value wrappers)."""
+    lines = [
+        f"max_batch_size {{ value: {batching.max_batch_size} }}",
+        f"batch_timeout_micros {{ value: {batching.batch_timeout_micros} }}",
+        f"max_enqueued_batches {{ value: {batching.max_enqueued_batches} }}",
+        f"num_batch_threads {{ value: {batching.num_batch_threads} }}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- commands and units ------------------------------------------------------------------------------------------
+
+
+def tfs_flags(args: BootstrapArgs) -> list[str]:
+    """The tensorflow_model_server flags, in order."""
+    flags = [
+        f"--port={TFS_GRPC_PORT}",
+        f"--rest_api_port={TFS_REST_PORT}",
+        f"--model_config_file={MODEL_CONFIG_PATH}",
+        f"--model_config_file_poll_wait_seconds={args.model_config_poll_seconds}",
+        f"--monitoring_config_file={MONITORING_CONFIG_PATH}",
+        "--enable_grpc_healthcheck_service=true",
+    ]
+    if args.enabled_batching is not None:
+        flags += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_CONFIG_PATH}"]
+    return flags + list(args.extra_tfs_flags)
+
+
+def _docker_run_lines(args: BootstrapArgs) -> list[list[str]]:
+    lines = [
+        ["/usr/bin/docker", "run", "--rm", "--name", TFS_CONTAINER, "--pull=missing"],
+        ["--publish", f"{TFS_GRPC_PORT}:{TFS_GRPC_PORT}", "--publish", f"{TFS_REST_PORT}:{TFS_REST_PORT}"],
+        ["--volume", f"{MODEL_ROOT}:{MODEL_ROOT}:ro"],
+        ["--volume", f"{TFS_CONFIG_DIR}:{TFS_CONFIG_DIR}:ro"],
+        ["--log-opt", "max-size=50m", "--log-opt", "max-file=3"],
+    ]
+    if args.gpu:
+        lines.append(["--gpus", "all"])
+    # The image's own entrypoint adds --model_name/--model_base_path; call the server directly instead.
+    lines += [["--entrypoint", "/usr/bin/tensorflow_model_server"], [args.tfs_image]]
+    return lines + [[flag] for flag in tfs_flags(args)]
+
+
+def docker_run_argv(args: BootstrapArgs) -> list[str]:
+    """``docker run`` for TF Serving: pinned image, local model root read-only, ports published."""
+    return [arg for line in _docker_run_lines(args) for arg in line]
+
+
+def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
+    return [
+        [AGENT_BIN, "agent"],
+        ["--store", args.store_uri],
+        ["--models", ",".join(args.models)],
+        ["--root", MODEL_ROOT],
+        ["--role", args.role],
+        ["--poll", str(args.agent_poll_seconds)],
+        ["--tfs-url", DEFAULT_TFS_URL],
+        ["--listen", f"0.0.0.0:{AGENT_PORT}"],  # the load balancer health-checks the agent
+    ]
+
+
+def agent_argv(args: BootstrapArgs) -> list[str]:
+    """The long-running agent's command line; the first sync adds ``--once``."""
+    return [arg for line in _agent_lines(args) for arg in line]
+
+
+def _exec_line(lines: list[list[str]]) -> str:
+    """An ExecStart= value: one group of arguments a line, joined by backslash continuations."""
+    for arg in (arg for line in lines for arg in line):
+        if not _SAFE_ARG.match(arg):  # validated above; this guards the unit syntax itself
+            raise ValueError(f"argument {arg!r} is not safe in a systemd command line")
+    return " \\\n    ".join(" ".join(line) for line in lines)
+
+
+def template(name: str) -> str:
+    return (TEMPLATES / name).read_text(encoding="utf-8")
+
+
+def _fill(name: str, **values: str) -> str:
+    text = template(name)
+    used = set(re.findall(r"\{\{(\w+)\}\}", text))
+    if used != set(values):
+        raise ValueError(f"template {name}: placeholders {sorted(used)} but values for {sorted(values)}")
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], text)
+
+
+def units(args: BootstrapArgs) -> dict[str, str]:
+    """The three systemd units by file name."""
+    agent_service = template("agent-service.conf")
+    command = _exec_line(_agent_lines(args))
+    gpu_check = "ExecStartPre=/usr/bin/nvidia-smi --list-gpus\n" if args.gpu else ""
+    return {
+        TFS_UNIT: _fill(
+            TFS_UNIT,
+            image=args.tfs_image,
+            container=TFS_CONTAINER,
+            gpu_check=gpu_check,
+            docker_run=_exec_line(_docker_run_lines(args)),
+        ),
+        SYNC_UNIT: _fill(SYNC_UNIT, agent_service=agent_service, agent_command=command),
+        AGENT_UNIT: _fill(AGENT_UNIT, agent_service=agent_service, agent_command=command),
+    }
+
+
+def agent_env(args: BootstrapArgs) -> str:
+    """The agent units' EnvironmentFile (also read by install-agent.sh)."""
+    env = {
+        "MODELFLEET_WHEEL_URI": args.agent_wheel.uri,
+        "MODELFLEET_WHEEL_SHA256": args.agent_wheel.sha256,
+        "PYTHONUNBUFFERED": "1",
+    }
+    if args.aws_region is not None:
+        env["AWS_DEFAULT_REGION"] = args.aws_region
+    return "".join(f"{key}={value}\n" for key, value in env.items())
+
+
+# --- the document ------------------------------------------------------------------------------------------------
+
+
+def _file(path: str, content: str, permissions: str = "0644") -> dict[str, str]:
+    return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
+
+
+def cloud_config(args: BootstrapArgs) -> dict[str, Any]:
+    """The cloud-config as data (``render_user_data`` serialises it)."""
+    files = [
+        _file(f"{AGENT_HOME}/install-agent.sh", template("install-agent.sh"), "0755"),
+        _file(f"{AGENT_HOME}/requirements.txt", template("agent-requirements.txt")),
+        _file(AGENT_ENV_FILE, agent_env(args)),
+        _file(MONITORING_CONFIG_PATH, monitoring_config()),
+        # The agent owns this file from its first sync on; write_files runs on the first boot only.
+        _file(MODEL_CONFIG_PATH, initial_model_config()),
+    ]
+    if args.enabled_batching is not None:
+        files.append(_file(BATCHING_CONFIG_PATH, batching_config(args.enabled_batching)))
+    files += [_file(f"{UNIT_DIR}/{name}", text) for name, text in units(args).items()]
+    # GPU images ship Docker (docker-ce) with the NVIDIA toolkit; Ubuntu's docker.io would conflict with it.
+    packages = ["python3-venv"] if args.gpu else ["docker.io", "python3-venv"]
+    return {
+        "package_update": True,
+        "packages": packages,
+        "users": [
+            "default",
+            {"name": "modelfleet", "system": True, "no_create_home": True, "shell": "/usr/sbin/nologin"},
+        ],
+        "write_files": files,
+        "runcmd": [
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "enable", SYNC_UNIT, TFS_UNIT, AGENT_UNIT],
+            # --no-block: cloud-init must not wait for the first sync (a large model can take minutes).
+            ["systemctl", "start", "--no-block", TFS_UNIT, AGENT_UNIT],
+        ],
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so the user-data reads like the files it writes."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def render_user_data(args: BootstrapArgs) -> str:
+    """The ``#cloud-config`` document for ``args``; raises ``BadInput`` if it outgrows AWS's 16 KB limit."""
+    body = yaml.dump(cloud_config(args), Dumper=_Dumper, sort_keys=False, width=120, default_flow_style=False)
+    text = "#cloud-config\n" + body
+    size = len(text.encode("utf-8"))
+    if size > USER_DATA_LIMIT_BYTES:
+        raise BadInput(f"bootstrap user-data is {size} bytes, over AWS's {USER_DATA_LIMIT_BYTES}-byte limit")
+    return text

@@ -1,0 +1,518 @@
+"""infra/bootstrap.py: the user-data is checked by the tools that will read it (cloud-init's schema, systemd's unit
+verifier, shellcheck, TF Serving's protos), and the commands it runs carry what the arguments asked for."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf.message import Message
+from tensorflow_serving.config import model_server_config_pb2
+
+from infra import bootstrap
+from infra.bootstrap import AgentWheel, BootstrapArgs, render_user_data
+from infra.config import Batching
+from model_export.constants import AGENT_PORT, CANARY, STABLE, TFS_GRPC_PORT, TFS_METRICS_PATH, TFS_REST_PORT
+from model_export.errors import BadInput
+
+SHA = "3f" * 32
+WHEEL_NAME = "modelfleet-0.1.0-py3-none-any.whl"
+
+
+def wheel(scheme: str) -> AgentWheel:
+    return AgentWheel(f"{scheme}://mf-store/prod/_agent/{SHA}/{WHEEL_NAME}", SHA)
+
+
+def batching(**overrides: Any) -> Batching:
+    fields: dict[str, Any] = {
+        "enabled": True,
+        "max_batch_size": 32,
+        "batch_timeout_micros": 1000,
+        "num_batch_threads": 4,
+        "max_enqueued_batches": 100,
+    }
+    fields.update(overrides)
+    return Batching(**fields)
+
+
+def make_args(**overrides: Any) -> BootstrapArgs:
+    fields: dict[str, Any] = {
+        "cloud": "gcp",
+        "store_uri": "gs://mf-store/prod",
+        "models": ("digits",),
+        "role": STABLE,
+        "agent_wheel": wheel("gs"),
+    }
+    fields.update(overrides)
+    return BootstrapArgs(**fields)
+
+
+AWS: dict[str, Any] = {"cloud": "aws", "store_uri": "s3://mf-store/prod", "agent_wheel": wheel("s3")}
+AWS_REGION = {"aws_region": "eu-west-1"}
+THREE = ("digits", "iris", "wine.v2")
+GPU = {"gpu": True, "tfs_image": "tensorflow/serving:2.20.0-gpu"}
+CASES: dict[str, dict[str, Any]] = {
+    "gcp-cpu-batching-stable-1": {"batching": batching(max_batch_size=64, batch_timeout_micros=2000)},
+    "gcp-gpu-batching-canary-3": {
+        **GPU,
+        "role": CANARY,
+        "models": THREE,
+        "batching": batching(max_batch_size=16, num_batch_threads=2, max_enqueued_batches=8),
+        "model_config_poll_seconds": 10,
+    },
+    "aws-gpu-nobatch-canary-3": {**AWS, **AWS_REGION, **GPU, "role": CANARY, "models": THREE, "agent_poll_seconds": 5},
+    "aws-cpu-batching-stable-3-extra-flags": {
+        **AWS,
+        **AWS_REGION,
+        "models": THREE,
+        "batching": batching(batch_timeout_micros=0),
+        "extra_tfs_flags": ("--enable_serialization_as_tensor_content=true", "--rest_api_timeout_in_ms=5000"),
+    },
+    "aws-cpu-nobatch-stable-1": {
+        **AWS,
+        **AWS_REGION,
+        "tfs_image": "registry.example.com:5000/tfs/serving:2.20.0",
+        "batching": batching(enabled=False),
+    },
+}
+
+
+class Rendered:
+    def __init__(self, args: BootstrapArgs) -> None:
+        self.args = args
+        self.text = render_user_data(args)
+        self.doc: dict[str, Any] = yaml.safe_load(self.text)
+        self.files: dict[str, str] = {f["path"]: f["content"] for f in self.doc["write_files"]}
+
+    def unit(self, name: str) -> dict[str, list[tuple[str, str]]]:
+        return parse_unit(self.files[f"/etc/systemd/system/{name}"])
+
+    def exec_start(self, name: str) -> list[str]:
+        (line,) = values(self.unit(name), "Service", "ExecStart")
+        return shlex.split(line)
+
+
+def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Sections of a systemd unit as ordered (key, value) lists, backslash continuations joined."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current = ""
+    for line in text.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = line.strip("[]")
+            sections[current] = []
+        else:
+            key, value = line.split("=", 1)
+            sections[current].append((key, value))
+    return sections
+
+
+def values(unit: dict[str, list[tuple[str, str]]], section: str, key: str) -> list[str]:
+    return [v for k, v in unit[section] if k == key]
+
+
+def words(unit: dict[str, list[tuple[str, str]]], section: str, key: str) -> set[str]:
+    return {w for v in values(unit, section, key) for w in v.split()}
+
+
+@pytest.fixture(params=list(CASES), scope="module")
+def rendered(request: pytest.FixtureRequest) -> Rendered:
+    return Rendered(make_args(**CASES[request.param]))
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+# --- the tools that read the artefacts ---------------------------------------------------------------------------
+
+
+def test_cloud_init_schema_accepts_the_document(rendered: Rendered, tmp_path: Path) -> None:
+    assert rendered.text.startswith("#cloud-config\n")
+    path = tmp_path / "user-data"
+    path.write_text(rendered.text)
+    proc = run(["cloud-init", "schema", "--config-file", str(path)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Valid cloud-config" in proc.stdout
+
+
+def test_cloud_init_schema_rejects_a_broken_document(tmp_path: Path) -> None:
+    """Proves the schema check above is really checking: wrong types and a bad enum must fail it."""
+    doc = Rendered(make_args()).doc
+    doc["package_update"] = "sometimes"
+    doc["write_files"][0]["encoding"] = "rot13"
+    path = tmp_path / "user-data"
+    path.write_text("#cloud-config\n" + yaml.safe_dump(doc))
+    proc = run(["cloud-init", "schema", "--config-file", str(path)])
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "package_update" in out and "encoding" in out
+
+
+def test_every_template_script_passes_shellcheck() -> None:
+    scripts = sorted(bootstrap.TEMPLATES.glob("*.sh"))
+    assert scripts, "no shell templates found"
+    proc = run(["shellcheck", *map(str, scripts)])
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_embedded_script_is_the_template_and_passes_shellcheck(rendered: Rendered, tmp_path: Path) -> None:
+    script = rendered.files["/opt/modelfleet/install-agent.sh"]
+    assert script == (bootstrap.TEMPLATES / "install-agent.sh").read_text()
+    path = tmp_path / "install-agent.sh"
+    path.write_text(script)
+    proc = run(["shellcheck", str(path)])
+    assert proc.returncode == 0, proc.stdout
+    (file_entry,) = [f for f in rendered.doc["write_files"] if f["path"] == "/opt/modelfleet/install-agent.sh"]
+    assert file_entry["permissions"] == "0755"
+
+
+def test_shellcheck_catches_a_bad_script(tmp_path: Path) -> None:
+    path = tmp_path / "bad.sh"
+    path.write_text('#!/bin/bash\nrm -rf $1/*\nif [ $x == "" ]; then echo; fi\n')
+    assert run(["shellcheck", str(path)]).returncode != 0
+
+
+def _verify_units(files: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``systemd-analyze verify`` in a scratch root holding the units, the host's stock units and stub binaries."""
+    root = tmp_path / "root"
+    unit_dir = root / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (unit_dir / "docker.service").write_text("[Service]\nExecStart=/usr/bin/docker\n")
+    for stub in ("usr/bin/docker", "usr/bin/nvidia-smi", "opt/modelfleet/install-agent.sh", bootstrap.AGENT_BIN[1:]):
+        (root / stub).parent.mkdir(parents=True, exist_ok=True)
+        (root / stub).write_text("#!/bin/sh\n")
+        (root / stub).chmod(0o755)
+    names = []
+    for path, text in files.items():
+        if path.startswith("/etc/systemd/system/"):
+            (root / path[1:]).write_text(text)
+            names.append(str(root / path[1:]))
+    assert len(names) == 3
+    return run(["systemd-analyze", "verify", f"--root={root}", *names])
+
+
+def test_systemd_accepts_the_units(rendered: Rendered, tmp_path: Path) -> None:
+    proc = _verify_units(rendered.files, tmp_path)
+    assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), proc.stdout + proc.stderr
+
+
+def test_systemd_verify_flags_an_unknown_key(tmp_path: Path) -> None:
+    files = dict(Rendered(make_args()).files)
+    path = "/etc/systemd/system/tfserving.service"
+    files[path] = files[path].replace("Restart=always", "Restart=always\nRestartForever=yes")
+    proc = _verify_units(files, tmp_path)
+    assert "RestartForever" in proc.stdout + proc.stderr
+
+
+# --- TF Serving config texts, parsed with TF Serving's protos ------------------------------------------------------
+
+
+def upstream_messages() -> tuple[type[Message], type[Message]]:
+    """MonitoringConfig and BatchingParameters classes.
+
+    The tensorflow-serving-api wheel ships neither monitoring_config_pb2 nor session_bundle_config_pb2, so unless a
+    later wheel does, they are built here from tensorflow/serving's definitions (field names, numbers and types of
+    tensorflow_serving/config/monitoring_config.proto and of BatchingParameters fields 1-7 in
+    tensorflow_serving/servables/tensorflow/session_bundle_config.proto).
+    """
+    try:
+        from tensorflow_serving.config import monitoring_config_pb2
+        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2
+    except ImportError:
+        pass
+    else:
+        return monitoring_config_pb2.MonitoringConfig, session_bundle_config_pb2.BatchingParameters
+    field = descriptor_pb2.FieldDescriptorProto
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+
+    monitoring = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/config/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
+    prometheus = monitoring.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
+    prometheus.field.add(name="path", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    monitoring.message_type.add(name="MonitoringConfig").field.add(
+        name="prometheus_config",
+        number=1,
+        type=field.TYPE_MESSAGE,
+        type_name=".tensorflow.serving.PrometheusConfig",
+        label=field.LABEL_OPTIONAL,
+    )
+    pool.Add(monitoring)
+
+    session = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    message = session.message_type.add(name="BatchingParameters")
+    wrapped = [
+        ("max_batch_size", 1),
+        ("batch_timeout_micros", 2),
+        ("max_enqueued_batches", 3),
+        ("num_batch_threads", 4),
+    ]
+    for name, number in wrapped:
+        message.field.add(
+            name=name,
+            number=number,
+            type=field.TYPE_MESSAGE,
+            type_name=".google.protobuf.Int64Value",
+            label=field.LABEL_OPTIONAL,
+        )
+    message.field.add(
+        name="thread_pool_name",
+        number=5,
+        type=field.TYPE_MESSAGE,
+        type_name=".google.protobuf.StringValue",
+        label=field.LABEL_OPTIONAL,
+    )
+    message.field.add(name="allowed_batch_sizes", number=6, type=field.TYPE_INT64, label=field.LABEL_REPEATED)
+    message.field.add(name="pad_variable_length_inputs", number=7, type=field.TYPE_BOOL, label=field.LABEL_OPTIONAL)
+    pool.Add(session)
+
+    def cls(name: str) -> type[Message]:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+
+    return cls("MonitoringConfig"), cls("BatchingParameters")
+
+
+MonitoringConfig, BatchingParameters = upstream_messages()
+
+
+def test_initial_models_config_is_an_empty_model_config_list(rendered: Rendered) -> None:
+    config = text_format.Parse(rendered.files[bootstrap.MODEL_CONFIG_PATH], model_server_config_pb2.ModelServerConfig())
+    # An explicit, empty list: TF Serving starts with nothing to wait for or fail on, and a later list is accepted.
+    assert config.WhichOneof("config") == "model_config_list"
+    assert len(config.model_config_list.config) == 0
+
+
+def test_monitoring_config_enables_prometheus(rendered: Rendered) -> None:
+    config: Any = text_format.Parse(rendered.files[bootstrap.MONITORING_CONFIG_PATH], MonitoringConfig())
+    assert config.prometheus_config.enable is True
+    assert config.prometheus_config.path == TFS_METRICS_PATH
+
+
+def test_batching_parameters_carry_the_arguments(rendered: Rendered) -> None:
+    wanted = rendered.args.enabled_batching
+    if wanted is None:
+        assert bootstrap.BATCHING_CONFIG_PATH not in rendered.files
+        assert "--enable_batching=true" not in rendered.exec_start(bootstrap.TFS_UNIT)
+        return
+    params: Any = text_format.Parse(rendered.files[bootstrap.BATCHING_CONFIG_PATH], BatchingParameters())
+    assert params.max_batch_size.value == wanted.max_batch_size
+    assert params.batch_timeout_micros.value == wanted.batch_timeout_micros
+    assert params.num_batch_threads.value == wanted.num_batch_threads
+    assert params.max_enqueued_batches.value == wanted.max_enqueued_batches
+    assert params.HasField("batch_timeout_micros")  # written even when 0
+
+
+def test_the_protos_reject_a_wrong_field() -> None:
+    """Proves the parsing above checks field names: a misspelt field must not parse."""
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse("max_batch_sizes { value: 1 }", BatchingParameters())
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse("prometheus { enable: true }", MonitoringConfig())
+
+
+# --- the commands ------------------------------------------------------------------------------------------------
+
+
+def test_docker_run_pins_the_image_and_mounts_the_model_root_read_only(rendered: Rendered) -> None:
+    args = rendered.args
+    argv = rendered.exec_start(bootstrap.TFS_UNIT)
+    assert argv[:2] == ["/usr/bin/docker", "run"]
+    image_at = argv.index(args.tfs_image)
+    docker_opts, server_flags = argv[2:image_at], argv[image_at + 1 :]
+    assert "--rm" in docker_opts
+    assert docker_opts[docker_opts.index("--name") + 1] == bootstrap.TFS_CONTAINER
+    assert docker_opts[docker_opts.index("--entrypoint") + 1] == "/usr/bin/tensorflow_model_server"
+    mounts = [docker_opts[i + 1] for i, opt in enumerate(docker_opts) if opt == "--volume"]
+    assert f"{bootstrap.MODEL_ROOT}:{bootstrap.MODEL_ROOT}:ro" in mounts
+    assert all(m.endswith(":ro") for m in mounts)
+    published = {docker_opts[i + 1] for i, opt in enumerate(docker_opts) if opt == "--publish"}
+    assert published == {f"{TFS_GRPC_PORT}:{TFS_GRPC_PORT}", f"{TFS_REST_PORT}:{TFS_REST_PORT}"}
+    assert (docker_opts[docker_opts.index("--gpus") + 1] == "all") if args.gpu else ("--gpus" not in docker_opts)
+
+    expected = {
+        f"--port={TFS_GRPC_PORT}",
+        f"--rest_api_port={TFS_REST_PORT}",
+        f"--model_config_file={bootstrap.MODEL_CONFIG_PATH}",
+        f"--model_config_file_poll_wait_seconds={args.model_config_poll_seconds}",
+        f"--monitoring_config_file={bootstrap.MONITORING_CONFIG_PATH}",
+        "--enable_grpc_healthcheck_service=true",
+        *args.extra_tfs_flags,
+    }
+    if args.enabled_batching is not None:
+        expected |= {"--enable_batching=true", f"--batching_parameters_file={bootstrap.BATCHING_CONFIG_PATH}"}
+    assert set(server_flags) == expected and len(server_flags) == len(expected)
+    # Every file a flag names is written by the user-data and visible inside the container.
+    for flag in server_flags:
+        if flag.endswith(".config"):
+            path = flag.split("=", 1)[1]
+            assert path in rendered.files
+            assert any(path.startswith(m.split(":")[1] + "/") for m in mounts)
+
+
+def test_tfserving_unit_restarts_and_checks_the_gpu(rendered: Rendered) -> None:
+    unit = rendered.unit(bootstrap.TFS_UNIT)
+    assert values(unit, "Service", "Restart") == ["always"]
+    assert values(unit, "Unit", "StartLimitIntervalSec") == ["0"]
+    pre = values(unit, "Service", "ExecStartPre")
+    assert ("/usr/bin/nvidia-smi --list-gpus" in pre) is rendered.args.gpu
+    assert f"-/usr/bin/docker rm --force {bootstrap.TFS_CONTAINER}" in pre
+
+
+def _flags(argv: list[str]) -> dict[str, str]:
+    return {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+
+
+def test_agent_command_carries_store_models_and_role(rendered: Rendered) -> None:
+    args = rendered.args
+    argv = rendered.exec_start(bootstrap.AGENT_UNIT)
+    assert argv[:2] == [bootstrap.AGENT_BIN, "agent"]
+    assert "--once" not in argv
+    assert _flags(argv) == {
+        "--store": args.store_uri,
+        "--models": ",".join(args.models),
+        "--root": bootstrap.MODEL_ROOT,
+        "--role": args.role,
+        "--poll": str(args.agent_poll_seconds),
+        "--tfs-url": f"http://127.0.0.1:{TFS_REST_PORT}",
+        "--listen": f"0.0.0.0:{AGENT_PORT}",
+    }
+    # The first sync is the same command, once.
+    assert rendered.exec_start(bootstrap.SYNC_UNIT) == [*argv, "--once"]
+    assert bootstrap.MODEL_CONFIG_PATH.startswith(bootstrap.MODEL_ROOT + "/")
+
+
+def test_start_ordering_sync_before_tf_serving_and_agent(rendered: Rendered) -> None:
+    sync, tfs, agent = (rendered.unit(n) for n in (bootstrap.SYNC_UNIT, bootstrap.TFS_UNIT, bootstrap.AGENT_UNIT))
+    assert values(sync, "Service", "Type") == ["oneshot"]
+    assert values(sync, "Service", "RemainAfterExit") == ["yes"]
+    assert {bootstrap.TFS_UNIT, bootstrap.AGENT_UNIT} <= words(sync, "Unit", "Before")
+    assert {bootstrap.SYNC_UNIT, "docker.service"} <= words(tfs, "Unit", "After")
+    assert bootstrap.SYNC_UNIT in words(tfs, "Unit", "Wants")
+    assert bootstrap.SYNC_UNIT not in words(tfs, "Unit", "Requires")  # a failed sync must not keep TF Serving down
+    assert bootstrap.SYNC_UNIT in words(agent, "Unit", "After")  # never two agents writing the model root
+    assert values(agent, "Service", "Restart") == ["always"]
+    for unit in (sync, agent):
+        assert values(unit, "Service", "ExecStartPre") == ["+/opt/modelfleet/install-agent.sh"]
+        assert values(unit, "Service", "User") == ["modelfleet"]
+        assert values(unit, "Service", "EnvironmentFile") == [bootstrap.AGENT_ENV_FILE]
+        assert values(unit, "Service", "StateDirectory") == ["modelfleet/models"]
+    for unit in (sync, tfs, agent):
+        assert values(unit, "Install", "WantedBy") == ["multi-user.target"]
+    units = [bootstrap.SYNC_UNIT, bootstrap.TFS_UNIT, bootstrap.AGENT_UNIT]
+    assert rendered.doc["runcmd"] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", *units],
+        ["systemctl", "start", "--no-block", bootstrap.TFS_UNIT, bootstrap.AGENT_UNIT],
+    ]
+
+
+def test_packages_and_the_agent_user(rendered: Rendered) -> None:
+    packages = rendered.doc["packages"]
+    assert "python3-venv" in packages
+    # GPU images bring docker-ce with the NVIDIA toolkit; Ubuntu's docker.io would conflict with it.
+    assert ("docker.io" in packages) is not rendered.args.gpu
+    assert rendered.doc["users"][0] == "default"
+    assert rendered.doc["users"][1]["name"] == "modelfleet"
+
+
+def test_agent_delivery_pins_the_wheel_and_its_dependencies(rendered: Rendered) -> None:
+    args = rendered.args
+    env = dict(line.split("=", 1) for line in rendered.files[bootstrap.AGENT_ENV_FILE].splitlines())
+    assert env["MODELFLEET_WHEEL_URI"] == args.agent_wheel.uri
+    assert env["MODELFLEET_WHEEL_SHA256"] == args.agent_wheel.sha256
+    assert env.get("AWS_DEFAULT_REGION") == args.aws_region
+    requirements = rendered.files["/opt/modelfleet/requirements.txt"]
+    assert requirements == (bootstrap.TEMPLATES / "agent-requirements.txt").read_text()
+    pins = [line for line in requirements.splitlines() if line and not line.startswith("#")]
+    assert pins and all("==" in pin for pin in pins)
+
+
+def test_a_new_agent_wheel_changes_the_user_data() -> None:
+    other = "4e" * 32
+    changed = make_args(agent_wheel=AgentWheel(f"gs://mf-store/prod/_agent/{other}/{WHEEL_NAME}", other))
+    assert render_user_data(changed) != render_user_data(make_args())
+
+
+def test_realistic_user_data_fits_the_aws_limit() -> None:
+    args = make_args(**CASES["aws-cpu-batching-stable-3-extra-flags"])
+    size = len(render_user_data(args).encode())
+    assert size <= 16 * 1024, size
+    largest = max(len(render_user_data(make_args(**case)).encode()) for case in CASES.values())
+    assert largest <= 16 * 1024, largest
+
+
+def test_oversized_user_data_is_refused() -> None:
+    models = tuple(f"model_{i:03d}_{'x' * 100}" for i in range(120))
+    with pytest.raises(BadInput, match=r"over AWS's 16384-byte limit"):
+        render_user_data(make_args(models=models))
+
+
+# --- invalid input -------------------------------------------------------------------------------------------------
+
+INVALID: list[tuple[dict[str, Any], str]] = [
+    ({"tfs_image": "tensorflow/serving:latest"}, r"tfs_image='tensorflow/serving:latest'.*'latest' floats"),
+    ({"tfs_image": "tensorflow/serving"}, r"tfs_image='tensorflow/serving'.*pin a version tag"),
+    ({"tfs_image": "tensorflow/serving:latest-gpu", "gpu": True}, r"tfs_image=.*'latest-gpu' floats"),
+    ({"tfs_image": "tensorflow/serving:2.20.0", "gpu": True}, r"tfs_image=.*gpu=True needs the -gpu variant"),
+    ({"tfs_image": "tensorflow/serving:2.20.0-gpu"}, r"tfs_image=.*needs gpu=True"),
+    ({"tfs_image": "Tensorflow/Serving:2.20.0"}, r"tfs_image='Tensorflow/Serving:2.20.0'"),
+    ({"role": "blue"}, r"role='blue'.*stable, canary"),
+    ({"models": ()}, r"models=\(\).*at least one"),
+    ({"models": "digits,iris"}, r"models='digits,iris'.*not one string"),
+    ({"models": ("digits", "digits")}, r"models=.*each model once"),
+    ({"models": ("_agent",)}, r"models='_agent'"),
+    ({"store_uri": "http://mf-store/prod"}, r"store_uri='http://mf-store/prod'.*gs://bucket/prefix on gcp"),
+    ({"store_uri": "file:///srv/store"}, r"store_uri='file:///srv/store'.*gs://"),
+    ({"store_uri": "s3://mf-store/prod"}, r"store_uri='s3://mf-store/prod'.*gs://bucket/prefix on gcp"),
+    ({"store_uri": "gs://mf-store/my models"}, r"store_uri='gs://mf-store/my models'"),
+    ({"cloud": "azure"}, r"cloud='azure'.*gcp, aws"),
+    ({"model_config_poll_seconds": 0}, r"model_config_poll_seconds=0.*>= 1"),
+    ({"agent_poll_seconds": -5}, r"agent_poll_seconds=-5.*>= 1"),
+    ({"agent_poll_seconds": True}, r"agent_poll_seconds=True"),
+    ({"aws_region": "us-east-1"}, r"aws_region='us-east-1'.*unset on gcp"),
+    ({**AWS}, r"aws_region=None.*region"),
+    ({**AWS, "aws_region": "Europe"}, r"aws_region='Europe'"),
+    ({"agent_wheel": AgentWheel(f"s3://mf-store/_agent/{SHA}/{WHEEL_NAME}", SHA)}, r"agent_wheel.uri='s3://.*gs://"),
+    ({"agent_wheel": AgentWheel("gs://mf-store/_agent/x.whl", SHA)}, r"agent_wheel.uri=.*py3-none-any.whl"),
+    ({"agent_wheel": AgentWheel(f"gs://mf-store/{WHEEL_NAME}", "abc")}, r"agent_wheel.sha256='abc'.*64"),
+    ({"extra_tfs_flags": ("--port=9000",)}, r"extra_tfs_flags='--port=9000'.*set by the bootstrap"),
+    ({"extra_tfs_flags": ("--flag=$(reboot)",)}, r"extra_tfs_flags='--flag=\$\(reboot\)'"),
+    ({"extra_tfs_flags": ("verbose",)}, r"extra_tfs_flags='verbose'"),
+    ({"batching": "on"}, r"batching='on'.*Batching"),
+    ({"batching": batching(max_batch_size=0)}, r"batching.max_batch_size=0.*>= 1"),
+    ({"batching": batching(num_batch_threads=-1)}, r"batching.num_batch_threads=-1"),
+    ({"batching": batching(max_enqueued_batches=2.5)}, r"batching.max_enqueued_batches=2.5"),
+    ({"batching": batching(batch_timeout_micros=-1)}, r"batching.batch_timeout_micros=-1.*>= 0"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), INVALID, ids=[m.split("=")[0] for _, m in INVALID])
+def test_invalid_arguments_are_refused_with_the_field_and_value(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        make_args(**overrides)
+
+
+def test_errors_are_one_line() -> None:
+    for overrides, _ in INVALID:
+        with pytest.raises(BadInput) as info:
+            make_args(**overrides)
+        assert "\n" not in str(info.value)
