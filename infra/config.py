@@ -315,7 +315,16 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
     _in_range("healthCheckInitialDelaySeconds", v["healthCheckInitialDelaySeconds"], 0, 3600)
     _in_range("noncurrentVersionDays", v["noncurrentVersionDays"], 1, 3650)
     cidrs = tuple(_cidr("allowedSourceCidrs", c) for c in v["allowedSourceCidrs"])
+    if cloud == "aws" and any(":" in c for c in cidrs):
+        raise _bad("allowedSourceCidrs", next(c for c in cidrs if ":" in c), "the AWS load balancer is IPv4-only")
     network_cidr = _cidr("networkCidr", v["networkCidr"])
+    if ":" in network_cidr or not 16 <= int(network_cidr.split("/")[1]) <= 24:
+        raise _bad("networkCidr", v["networkCidr"], "use an IPv4 range from /16 to /24, e.g. 10.60.0.0/16")
+    if cloud == "aws" and v["enableGrpc"] and not v["enableHttps"]:
+        raise ConfigError(
+            f"{PROJECT}:enableGrpc = true needs {PROJECT}:enableHttps on aws (an ALB takes gRPC only on HTTPS "
+            "listeners); set enableGrpc to false or enable HTTPS with a certificateArn"
+        )
     if v["enableHttps"]:
         if cloud == "gcp" and not v["httpsDomains"]:
             raise ConfigError(f"{PROJECT}:httpsDomains is required when enableHttps is true on gcp: list the domains")

@@ -85,11 +85,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
             out.update(extra(args.name, inputs))
         return rid, out
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         fake = self.calls.get(args.token)
         if fake is None:
             raise NotImplementedError(f"no offline answer for invoke {args.token}; add one to mock_calls.py")
-        return fake(args.token, dict(args.args)), None
+        return fake(args.token, dict(args.args)), []
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):

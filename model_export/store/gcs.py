@@ -40,12 +40,13 @@ class GCSStore(Store):
         return StoreError(f"GCS request for gs://{self.bucket.name}/{self.prefix}{key} failed: {err}")
 
     def check(self) -> None:
+        # A one-object listing of the prefix, not buckets.get: readers hold only object permissions.
         try:
-            exists = self.bucket.exists()
+            list(self.client.list_blobs(self.bucket, prefix=self.prefix, max_results=1))
+        except gexc.NotFound as e:
+            raise StoreNotFound(f"bucket {self.bucket.name!r} does not exist (from {self.uri!r})") from e
         except gexc.GoogleAPIError as e:
             raise self._fail(e, "") from e
-        if not exists:
-            raise StoreNotFound(f"bucket {self.bucket.name!r} does not exist (from {self.uri!r})")
 
     def _download(self, key: str, **kwargs: Any) -> Blob:
         blob = self._blob(key)

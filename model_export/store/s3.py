@@ -64,8 +64,9 @@ class S3Store(Store):
         return StoreError(f"S3 request for s3://{self.bucket}/{self._key(key)} failed: {err}")
 
     def check(self) -> None:
+        # A one-key listing of the prefix, not HeadBucket: the fleets' role may list only its prefix.
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except ClientError as e:
             if _code(e) in {"404", "NoSuchBucket", "NotFound"}:
                 raise StoreNotFound(f"bucket {self.bucket!r} does not exist (from {self.uri!r})") from e

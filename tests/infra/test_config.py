@@ -20,7 +20,7 @@ from infra.stack import stack_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GCP: dict[str, Any] = {"cloud": "gcp", "region": "europe-west1", "gcpProject": "acme-ml-test", "models": ["digits"]}
-AWS: dict[str, Any] = {"cloud": "aws", "region": "eu-west-1", "models": ["digits"]}
+AWS: dict[str, Any] = {"cloud": "aws", "region": "eu-west-1", "models": ["digits"], "enableGrpc": False}
 
 
 def test_minimal_configs_get_defaults() -> None:
@@ -45,6 +45,7 @@ def test_pulumi_strings_are_parsed() -> None:
         cloud="aws",
         region="eu-west-1",
         models='["a","b"]',
+        enableGrpc="false",
         canaryWeightPercent="25",
         batchingEnabled="true",
         allowedSourceCidrs='["203.0.113.0/24"]',
@@ -108,6 +109,12 @@ def test_bad_values_fail_with_their_message(change: dict[str, Any], message: str
             "an ALB needs public subnets in at least two availability zones",
         ),
         ({"gcpProject": "p-123456"}, "modelfleet:gcpProject applies only to gcp, not cloud 'aws'"),
+        ({"enableGrpc": True}, "modelfleet:enableGrpc = true needs modelfleet:enableHttps on aws"),
+        ({"allowedSourceCidrs": ["2001:db8::/32"]}, "'2001:db8::/32' is invalid; the AWS load balancer is IPv4-only"),
+        (
+            {"networkCidr": "10.0.0.0/26"},
+            "modelfleet:networkCidr = '10.0.0.0/26' is invalid; use an IPv4 range from /16",
+        ),
     ],
 )
 def test_bad_aws_values(change: dict[str, Any], message: str) -> None:

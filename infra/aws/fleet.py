@@ -1,0 +1,254 @@
+"""One serving fleet (stable or canary): a launch template and an auto scaling group behind the load balancer.
+
+- Launch template: Ubuntu 24.04 (or a GPU image), IMDSv2 only with hop limit 2 (Docker's bridge adds a hop),
+  no public IP, encrypted gp3 root volume, the fleet's instance profile, the bootstrap's cloud-config (base64).
+  `update_default_version` so the template's default is always what the group runs.
+- Auto scaling group: private subnets, the template's `latest_version` (a number, so a new version triggers the
+  instance refresh; `$Latest` would not), ELB health with the configured grace, a rolling refresh that launches
+  before it terminates (min 100 % / max 200 % healthy), so VMs that never get healthy never displace healthy ones.
+  `desired_capacity` is left to the scaling policy (Pulumi would reset it on every update), except 0 for a fleet
+  that is switched off (min = max = desired = 0).
+- Target tracking on CPU or on requests per VM (per minute, as ALB publishes it).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.bootstrap import BootstrapArgs, render_user_data
+from infra.config import FleetSize
+from model_export.constants import ROLES
+
+TYPE = "modelfleet:aws:ServingFleet"
+ROOT_DEVICE = "/dev/sda1"  # Ubuntu's and the Deep Learning AMIs' root device
+IMDS_HOP_LIMIT = 2
+_M = aws.autoscaling.Metric
+# Group metrics are free at 1-minute granularity: capacity and refresh progress on a dashboard.
+GROUP_METRICS = (
+    _M.GROUP_DESIRED_CAPACITY,
+    _M.GROUP_IN_SERVICE_INSTANCES,
+    _M.GROUP_PENDING_INSTANCES,
+    _M.GROUP_TERMINATING_INSTANCES,
+    _M.GROUP_TOTAL_INSTANCES,
+)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    metric: Literal["cpu", "requests"]
+    target_cpu_percent: int = 60
+    target_requests_per_second: int = 50
+    # For "requests": the load balancer's and the fleet's target groups' CloudWatch dimensions (ARN suffixes).
+    load_balancer_arn_suffix: pulumi.Input[str] | None = None
+    target_group_arn_suffixes: Sequence[pulumi.Input[str]] = ()
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("cpu", "requests"):
+            raise ValueError(f"scaling metric must be cpu or requests, got {self.metric!r}")
+        if self.metric == "requests" and (self.load_balancer_arn_suffix is None or not self.target_group_arn_suffixes):
+            raise ValueError("request-based scaling needs the load balancer and target group ARN suffixes")
+
+
+@dataclass(frozen=True)
+class ServingFleetArgs:
+    role: str  # model_export.constants.ROLES
+    bootstrap: pulumi.Input[BootstrapArgs]  # rendered to the launch template's user-data
+    image_id: pulumi.Input[str]
+    machine_type: str
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # private subnets
+    security_group_ids: Sequence[pulumi.Input[str]]
+    instance_profile_arn: pulumi.Input[str]
+    target_group_arns: Sequence[pulumi.Input[str]]
+    size: FleetSize
+    scaling: Scaling
+    enabled: bool = True  # False: min = max = desired = 0
+    health_check_grace_seconds: int = 300
+    root_volume_gib: int = 50  # Docker image + two copies of the models (old and new during a transition)
+    detailed_monitoring: bool = True  # 1-minute EC2 metrics: target tracking on CPU reacts in minutes, not 5+
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.root_volume_gib < 8:
+            raise ValueError(f"root_volume_gib must be 8 or more, got {self.root_volume_gib}")
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return (self.size.min_replicas, self.size.max_replicas) if self.enabled else (0, 0)
+
+
+def user_data_base64(bootstrap: BootstrapArgs) -> str:
+    return base64.b64encode(render_user_data(bootstrap).encode("utf-8")).decode("ascii")
+
+
+def _target_tracking(scaling: Scaling) -> aws.autoscaling.PolicyTargetTrackingConfigurationArgs:
+    if scaling.metric == "cpu":
+        return aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+            target_value=float(scaling.target_cpu_percent),
+            predefined_metric_specification=aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
+                predefined_metric_type="ASGAverageCPUUtilization"
+            ),
+        )
+    # RequestCountPerTarget is a per-minute count: the target is requests per second times 60.
+    per_minute = float(scaling.target_requests_per_second * 60)
+    lb = scaling.load_balancer_arn_suffix
+    suffixes = list(scaling.target_group_arn_suffixes)
+    if len(suffixes) == 1:
+        label = pulumi.Output.all(lb, suffixes[0]).apply(lambda v: f"{v[0]}/{v[1]}")
+        return aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+            target_value=per_minute,
+            predefined_metric_specification=aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
+                predefined_metric_type="ALBRequestCountPerTarget", resource_label=label
+            ),
+        )
+    # REST and gRPC arrive through different target groups on the same VMs: track their sum per VM.
+    spec = aws.autoscaling
+    queries = [
+        spec.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationMetricArgs(
+            id=f"m{i}",
+            return_data=False,
+            metric_stat=spec.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationMetricMetricStatArgs(
+                stat="Sum",
+                metric=spec.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationMetricMetricStatMetricArgs(
+                    namespace="AWS/ApplicationELB",
+                    metric_name="RequestCountPerTarget",
+                    dimensions=[
+                        spec.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationMetricMetricStatMetricDimensionArgs(
+                            name="TargetGroup", value=suffix
+                        ),
+                    ],
+                ),
+            ),
+        )
+        for i, suffix in enumerate(suffixes)
+    ]
+    total = spec.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationMetricArgs(
+        id="requests_per_target",
+        expression=" + ".join(f"FILL(m{i}, 0)" for i in range(len(suffixes))),
+        label="REST + gRPC requests per target",
+        return_data=True,
+    )
+    return aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+        target_value=per_minute,
+        customized_metric_specification=spec.PolicyTargetTrackingConfigurationCustomizedMetricSpecificationArgs(
+            metrics=[*queries, total]
+        ),
+    )
+
+
+class ServingFleet(pulumi.ComponentResource):
+    group_name: pulumi.Output[str]
+    launch_template_id: pulumi.Output[str]
+    launch_template_version: pulumi.Output[int]
+
+    def __init__(self, name: str, args: ServingFleetArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role_tags = {**args.tags, "modelfleet-role": args.role}
+        instance_tags = {**role_tags, "Name": f"{name}-vm"}
+
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-lt",
+            description=f"modelfleet {args.role} fleet",
+            image_id=args.image_id,
+            instance_type=args.machine_type,
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=args.instance_profile_arn),
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                http_put_response_hop_limit=IMDS_HOP_LIMIT,
+                instance_metadata_tags="disabled",
+            ),
+            network_interfaces=[
+                aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+                    device_index=0,
+                    associate_public_ip_address="false",
+                    delete_on_termination="true",
+                    security_groups=args.security_group_ids,
+                )
+            ],
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name=ROOT_DEVICE,
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=args.root_volume_gib,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
+            monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=args.detailed_monitoring),
+            user_data=pulumi.Output.from_input(args.bootstrap).apply(user_data_base64),
+            update_default_version=True,
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags=instance_tags),
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=instance_tags),
+            ],
+            tags={**role_tags, "Name": f"{name}-lt"},
+            opts=child,
+        )
+
+        grace = args.health_check_grace_seconds
+        min_size, max_size = args.bounds
+        group = aws.autoscaling.Group(
+            f"{name}-asg",
+            vpc_zone_identifiers=args.subnet_ids,
+            min_size=min_size,
+            max_size=max_size,
+            desired_capacity=None if args.enabled else 0,
+            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)
+            ),
+            target_group_arns=args.target_group_arns,
+            health_check_type="ELB",
+            health_check_grace_period=grace,
+            default_instance_warmup=grace,
+            instance_maintenance_policy=aws.autoscaling.GroupInstanceMaintenancePolicyArgs(
+                min_healthy_percentage=100, max_healthy_percentage=200
+            ),
+            instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+                strategy="Rolling",
+                preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+                    min_healthy_percentage=100,
+                    max_healthy_percentage=200,
+                    instance_warmup=str(grace),
+                    skip_matching=True,
+                    # Not auto_rollback: the provider moves the group to the new version before it starts the
+                    # refresh, so a "rollback" relaunches the same bad version (terraform-provider-aws#34189).
+                    # With min 100 % healthy a bad version never takes capacity away; the next `pulumi up` fixes it.
+                    auto_rollback=False,
+                ),
+            ),
+            enabled_metrics=list(GROUP_METRICS),
+            metrics_granularity="1Minute",
+            tags=[
+                aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
+                for key, value in sorted({**role_tags, "Name": f"{name}-vm"}.items())
+            ],
+            opts=child,
+        )
+        aws.autoscaling.Policy(
+            f"{name}-scaling",
+            autoscaling_group_name=group.name,
+            policy_type="TargetTrackingScaling",
+            target_tracking_configuration=_target_tracking(args.scaling),
+            opts=child,
+        )
+
+        self.group_name = group.name
+        self.launch_template_id = template.id
+        self.launch_template_version = template.latest_version
+        outputs: dict[str, Any] = {
+            "group_name": self.group_name,
+            "launch_template_id": self.launch_template_id,
+            "launch_template_version": self.launch_template_version,
+        }
+        self.register_outputs(outputs)

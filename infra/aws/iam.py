@@ -1,0 +1,222 @@
+"""Who may touch the model store: the fleet's instance role (read only) and the publisher policy (write).
+
+The policy documents are plain functions of plain strings, so tests can read them without Pulumi. Both are scoped
+to the store prefix; neither grants ``s3:DeleteObjectVersion`` (history ends only through the lifecycle rule).
+See docs/aws.md ("Store access").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+TYPE = "modelfleet:aws:StoreAccess"
+SESSION_MANAGER_POLICY = "AmazonSSMManagedInstanceCore"
+
+
+def partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if "-gov-" in region:
+        return "aws-us-gov"
+    return "aws"
+
+
+def s3_service_host(region: str) -> str:
+    """The `kms:ViaService` value for S3 in ``region``."""
+    return f"s3.{region}.amazonaws.com.cn" if region.startswith("cn-") else f"s3.{region}.amazonaws.com"
+
+
+def _objects(bucket_arn: str, prefix: str) -> str:
+    return f"{bucket_arn}/{prefix}/*" if prefix else f"{bucket_arn}/*"
+
+
+def _list_prefix(bucket_arn: str, prefix: str) -> dict[str, Any]:
+    statement: dict[str, Any] = {
+        "Sid": "ListStorePrefix",
+        "Effect": "Allow",
+        "Action": "s3:ListBucket",
+        "Resource": bucket_arn,
+    }
+    if prefix:
+        statement["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}
+    return statement
+
+
+def _kms(key_arn: str, region: str, actions: list[str]) -> dict[str, Any]:
+    return {
+        "Sid": "UseStoreKeyThroughS3",
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": key_arn,
+        "Condition": {"StringEquals": {"kms:ViaService": s3_service_host(region)}},
+    }
+
+
+def fleet_read_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: str | None = None) -> dict[str, Any]:
+    """The fleet may list the store prefix and read objects under it; nothing else in S3."""
+    statements = [
+        _list_prefix(bucket_arn, prefix),
+        {
+            "Sid": "ReadStoreObjects",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": _objects(bucket_arn, prefix),
+        },
+    ]
+    if kms_key_arn:
+        statements.append(_kms(kms_key_arn, region, ["kms:Decrypt"]))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def publisher_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: str | None = None) -> dict[str, Any]:
+    """Publish, label, promote, roll back and prune: conditional puts, reads, deletes (delete markers) under the
+    prefix, listing the prefix, and HeadBucket for ``Store.check()``."""
+    statements: list[dict[str, Any]] = [_list_prefix(bucket_arn, prefix)]
+    if prefix:
+        # HeadBucket is authorised as s3:ListBucket without an s3:prefix key, so the prefix condition above never
+        # matches it. Drop this statement once the S3 backend's check() lists the prefix instead of HeadBucket.
+        statements.append(
+            {
+                "Sid": "CheckBucket",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket_arn,
+                "Condition": {"Null": {"s3:prefix": "true"}},
+            }
+        )
+    statements.append(
+        {
+            "Sid": "WriteStoreObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            "Resource": _objects(bucket_arn, prefix),
+        }
+    )
+    if kms_key_arn:
+        statements.append(_kms(kms_key_arn, region, ["kms:Decrypt", "kms:GenerateDataKey"]))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def service_trust(service: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+    }
+
+
+def principals_trust(principal_arns: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": list(principal_arns)}, "Action": "sts:AssumeRole"}],
+    }
+
+
+@dataclass(frozen=True)
+class StoreAccessArgs:
+    bucket_arn: pulumi.Input[str]
+    prefix: str
+    region: str
+    kms_key_arn: str | None = None
+    iam_path: str = "/"  # e.g. /modelfleet/<stack>/: groups the stack's roles and policies in IAM
+    # Attach AmazonSSMManagedInstanceCore so operators reach the (SSH-less, private) VMs with Session Manager.
+    session_manager: bool = True
+    # IAM principals (role ARNs) allowed to assume a publisher role; empty = no role, only the managed policy.
+    publisher_trusted_principals: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (self.iam_path.startswith("/") and self.iam_path.endswith("/")):
+            raise ValueError(f"iam_path {self.iam_path!r} must start and end with '/'")
+        for arn in self.publisher_trusted_principals:
+            if not arn.startswith("arn:"):
+                raise ValueError(f"publisher_trusted_principals: {arn!r} is not an IAM principal ARN")
+
+
+class StoreAccess(pulumi.ComponentResource):
+    fleet_role_arn: pulumi.Output[str]
+    fleet_role_name: pulumi.Output[str]
+    instance_profile_arn: pulumi.Output[str]
+    publisher_policy_arn: pulumi.Output[str]
+    publisher_role_arn: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: StoreAccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        bucket_arn = pulumi.Output.from_input(args.bucket_arn)
+        prefix, region, key = args.prefix, args.region, args.kms_key_arn
+
+        fleet_role = aws.iam.Role(
+            f"{name}-fleet",
+            description="modelfleet serving VMs: read the model store",
+            path=args.iam_path,
+            assume_role_policy=json.dumps(service_trust("ec2.amazonaws.com")),
+            tags=args.tags,
+            opts=child,
+        )
+        read_store = aws.iam.RolePolicy(
+            f"{name}-fleet-read-store",
+            role=fleet_role.name,
+            policy=bucket_arn.apply(lambda arn: json.dumps(fleet_read_policy(arn, prefix, region, key))),
+            opts=child,
+        )
+        if args.session_manager:
+            aws.iam.RolePolicyAttachment(
+                f"{name}-fleet-session-manager",
+                role=fleet_role.name,
+                policy_arn=f"arn:{partition(region)}:iam::aws:policy/{SESSION_MANAGER_POLICY}",
+                opts=child,
+            )
+        profile = aws.iam.InstanceProfile(
+            f"{name}-fleet",
+            role=fleet_role.name,
+            path=args.iam_path,
+            tags=args.tags,
+            opts=child,
+        )
+
+        publisher = aws.iam.Policy(
+            f"{name}-publisher",
+            description="modelfleet publishers (training jobs, CI): write the model store",
+            path=args.iam_path,
+            policy=bucket_arn.apply(lambda arn: json.dumps(publisher_policy(arn, prefix, region, key))),
+            tags=args.tags,
+            opts=child,
+        )
+        self.publisher_role_arn = None
+        if args.publisher_trusted_principals:
+            publisher_role = aws.iam.Role(
+                f"{name}-publisher",
+                description="modelfleet publishers: assume to write the model store",
+                path=args.iam_path,
+                assume_role_policy=json.dumps(principals_trust(args.publisher_trusted_principals)),
+                tags=args.tags,
+                opts=child,
+            )
+            aws.iam.RolePolicyAttachment(
+                f"{name}-publisher",
+                role=publisher_role.name,
+                policy_arn=publisher.arn,
+                opts=child,
+            )
+            self.publisher_role_arn = publisher_role.arn
+
+        self.fleet_role_arn = fleet_role.arn
+        self.fleet_role_name = fleet_role.name
+        # Carries the read policy as a dependency: no VM launches with a profile that cannot read the store yet.
+        self.instance_profile_arn = pulumi.Output.all(profile.arn, read_store.id).apply(lambda v: str(v[0]))
+        self.publisher_policy_arn = publisher.arn
+        outputs: dict[str, Any] = {
+            "fleet_role_arn": self.fleet_role_arn,
+            "fleet_role_name": self.fleet_role_name,
+            "instance_profile_arn": self.instance_profile_arn,
+            "publisher_policy_arn": self.publisher_policy_arn,
+        }
+        if self.publisher_role_arn is not None:
+            outputs["publisher_role_arn"] = self.publisher_role_arn
+        self.register_outputs(outputs)

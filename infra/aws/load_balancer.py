@@ -1,0 +1,386 @@
+"""The Application Load Balancer in front of both fleets, and the two security groups that fence them.
+
+- ALB security group: ingress only from ``allowed_source_cidrs`` on 80 (and 443 with HTTPS); no rule at all when
+  the list is empty, so nobody gets in. Egress only to the instances' security group, on the ports it needs.
+- Instance security group: ingress only from the ALB's security group (TF Serving REST, the agent's health port,
+  TF Serving gRPC when exposed); never a CIDR. Egress 80/443 (apt, Docker Hub, PyPI, S3).
+- Target groups per fleet role: REST on TFS_REST_PORT, health-checked on the agent's AGENT_PORT + HEALTH_PATH
+  (200 only when the desired versions are AVAILABLE); gRPC (protocol version GRPC) on TFS_GRPC_PORT, health-checked
+  with grpc.health.v1 (only with HTTPS: ALB speaks gRPC on HTTPS listeners only).
+- Listeners forward with weights: stable 100 - w, canary w. With HTTPS, HTTP answers 301 to HTTPS. TF Serving's
+  metrics path (on its REST port) answers 404 at the load balancer.
+See docs/aws.md for the gRPC choice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, ROLES, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+
+TYPE = "modelfleet:aws:LoadBalancer"
+HTTP_PORT, HTTPS_PORT = 80, 443
+# TLS 1.3 + 1.2 only, AWS's recommended policy for new listeners.
+SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+GRPC_HEALTH_PATH = "/grpc.health.v1.Health/Check"  # TF Serving: --enable_grpc_healthcheck_service=true
+GRPC_CONTENT_TYPE = "application/grpc*"
+GRPC_RULE_PRIORITY = 10
+# TF Serving serves its Prometheus metrics on the REST port; clients have no business there.
+INTERNAL_PATHS = ("/monitoring/*",)
+INTERNAL_RULE_PRIORITY = 20
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    interval_seconds: int = 10
+    timeout_seconds: int = 5
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class LoadBalancerArgs:
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # public subnets in at least two zones
+    allowed_source_cidrs: tuple[str, ...]  # empty = nobody
+    canary_weight_percent: int
+    enable_https: bool = False
+    certificate_arn: str | None = None
+    enable_grpc: bool = True  # takes effect with HTTPS only (see docs/aws.md)
+    access_logs_bucket: str | None = None
+    access_logs_prefix: str = ""
+    deletion_protection: bool = False
+    deregistration_delay_seconds: int = 30
+    health_check: HealthCheck = field(default_factory=HealthCheck)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.canary_weight_percent <= 100:
+            raise ValueError(f"canary_weight_percent must be between 0 and 100, got {self.canary_weight_percent}")
+        if self.enable_https and not self.certificate_arn:
+            raise ValueError("enable_https needs a certificate_arn (ACM)")
+        for cidr in self.allowed_source_cidrs:
+            if ipaddress.ip_network(cidr, strict=True).version != 4:
+                raise ValueError(f"allowed source {cidr!r}: the load balancer is IPv4-only; list IPv4 CIDRs")
+
+    @property
+    def weights(self) -> dict[str, int]:
+        return {STABLE: 100 - self.canary_weight_percent, CANARY: self.canary_weight_percent}
+
+    @property
+    def grpc_exposed(self) -> bool:
+        return self.enable_grpc and self.enable_https
+
+    @property
+    def client_ports(self) -> tuple[int, ...]:
+        return (HTTP_PORT, HTTPS_PORT) if self.enable_https else (HTTP_PORT,)
+
+    @property
+    def instance_ports(self) -> tuple[int, ...]:
+        """What the ALB reaches on the instances: traffic, health checks."""
+        ports = (TFS_REST_PORT, AGENT_PORT)
+        return (*ports, TFS_GRPC_PORT) if self.grpc_exposed else ports
+
+
+@dataclass(frozen=True)
+class FleetTargets:
+    """One fleet's target groups (ASG attachment) and their CloudWatch dimensions (request-based scaling)."""
+
+    target_group_arns: list[pulumi.Output[str]]
+    target_group_arn_suffixes: list[pulumi.Output[str]]
+
+
+class LoadBalancer(pulumi.ComponentResource):
+    arn: pulumi.Output[str]
+    arn_suffix: pulumi.Output[str]
+    dns_name: pulumi.Output[str]
+    zone_id: pulumi.Output[str]
+    endpoint: pulumi.Output[str]
+    grpc_endpoint: pulumi.Output[str] | None
+    security_group_id: pulumi.Output[str]
+    instance_security_group_id: pulumi.Output[str]
+    targets: dict[str, FleetTargets]
+
+    def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        def tags(suffix: str) -> dict[str, str]:
+            return {**args.tags, "Name": f"{name}-{suffix}"}
+
+        if args.enable_grpc and not args.enable_https:
+            pulumi.log.warn(
+                "enableGrpc is on but enableHttps is off: an ALB serves gRPC on HTTPS listeners only, so gRPC is not "
+                "exposed (set enableHttps and certificateArn). See docs/aws.md.",
+                resource=self,
+            )
+
+        alb_sg = aws.ec2.SecurityGroup(
+            f"{name}-alb",
+            description="modelfleet load balancer: clients in, instances out",
+            vpc_id=args.vpc_id,
+            revoke_rules_on_delete=True,
+            tags=tags("alb"),
+            opts=child,
+        )
+        instance_sg = aws.ec2.SecurityGroup(
+            f"{name}-instances",
+            description="modelfleet serving VMs: only the load balancer gets in",
+            vpc_id=args.vpc_id,
+            revoke_rules_on_delete=True,
+            tags=tags("instances"),
+            opts=child,
+        )
+        for cidr in args.allowed_source_cidrs:
+            for port in args.client_ports:
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-alb-in-{port}-{cidr.replace('/', '-')}",  # named by source: reordering changes nothing
+                    security_group_id=alb_sg.id,
+                    description=f"clients {cidr} on {port}",
+                    ip_protocol="tcp",
+                    from_port=port,
+                    to_port=port,
+                    cidr_ipv4=cidr,
+                    opts=child,
+                )
+        for port in args.instance_ports:
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-alb-out-{port}",
+                security_group_id=alb_sg.id,
+                description=f"to the instances on {port}",
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                referenced_security_group_id=instance_sg.id,
+                opts=child,
+            )
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-instances-in-{port}",
+                security_group_id=instance_sg.id,
+                description=f"from the load balancer on {port}",
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                referenced_security_group_id=alb_sg.id,
+                opts=child,
+            )
+        for port in (HTTP_PORT, HTTPS_PORT):
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-instances-out-{port}",
+                security_group_id=instance_sg.id,
+                description=f"packages, images, the store (tcp {port})",
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                cidr_ipv4="0.0.0.0/0",
+                opts=child,
+            )
+
+        access_logs = None
+        if args.access_logs_bucket:
+            access_logs = aws.lb.LoadBalancerAccessLogsArgs(
+                bucket=args.access_logs_bucket, prefix=args.access_logs_prefix or None, enabled=True
+            )
+        alb = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_type="application",
+            internal=False,
+            ip_address_type="ipv4",
+            subnets=args.subnet_ids,
+            security_groups=[alb_sg.id],
+            drop_invalid_header_fields=True,
+            enable_deletion_protection=args.deletion_protection,
+            enable_http2=True,
+            access_logs=access_logs,
+            tags=tags("alb"),
+            opts=child,
+        )
+
+        hc = args.health_check
+        rest: dict[str, aws.lb.TargetGroup] = {}
+        grpc: dict[str, aws.lb.TargetGroup] = {}
+        for role in ROLES:
+            rest[role] = aws.lb.TargetGroup(
+                f"{name}-{role}-rest",
+                vpc_id=args.vpc_id,
+                target_type="instance",
+                protocol="HTTP",
+                protocol_version="HTTP1",
+                port=TFS_REST_PORT,
+                deregistration_delay=args.deregistration_delay_seconds,
+                # Inference latency varies with batch size and model: send each request to the least busy VM.
+                load_balancing_algorithm_type="least_outstanding_requests",
+                health_check=aws.lb.TargetGroupHealthCheckArgs(
+                    enabled=True,
+                    protocol="HTTP",
+                    port=str(AGENT_PORT),
+                    path=HEALTH_PATH,
+                    matcher="200",
+                    interval=hc.interval_seconds,
+                    timeout=hc.timeout_seconds,
+                    healthy_threshold=hc.healthy_threshold,
+                    unhealthy_threshold=hc.unhealthy_threshold,
+                ),
+                tags={**tags(f"{role}-rest"), "modelfleet-role": role},
+                opts=child,
+            )
+            if args.grpc_exposed:
+                grpc[role] = aws.lb.TargetGroup(
+                    f"{name}-{role}-grpc",
+                    vpc_id=args.vpc_id,
+                    target_type="instance",
+                    protocol="HTTP",
+                    protocol_version="GRPC",
+                    port=TFS_GRPC_PORT,
+                    deregistration_delay=args.deregistration_delay_seconds,
+                    # A gRPC target group's check is a gRPC call; the agent speaks HTTP/1.1, so this checks TF
+                    # Serving's own health service. The ASG still replaces a VM the REST group finds unhealthy.
+                    health_check=aws.lb.TargetGroupHealthCheckArgs(
+                        enabled=True,
+                        protocol="HTTP",
+                        port="traffic-port",
+                        path=GRPC_HEALTH_PATH,
+                        matcher="0",
+                        interval=hc.interval_seconds,
+                        timeout=hc.timeout_seconds,
+                        healthy_threshold=hc.healthy_threshold,
+                        unhealthy_threshold=hc.unhealthy_threshold,
+                    ),
+                    tags={**tags(f"{role}-grpc"), "modelfleet-role": role},
+                    opts=child,
+                )
+
+        def forward(groups: Mapping[str, aws.lb.TargetGroup]) -> aws.lb.ListenerDefaultActionArgs:
+            # The canary group stays in the action with weight 0 when the canary is off: a request-count scaling
+            # policy needs its target group attached to the load balancer.
+            return aws.lb.ListenerDefaultActionArgs(
+                type="forward",
+                forward=aws.lb.ListenerDefaultActionForwardArgs(
+                    target_groups=[
+                        aws.lb.ListenerDefaultActionForwardTargetGroupArgs(arn=groups[r].arn, weight=args.weights[r])
+                        for r in ROLES
+                    ]
+                ),
+            )
+
+        if args.enable_https:
+            serving = https = aws.lb.Listener(
+                f"{name}-https",
+                load_balancer_arn=alb.arn,
+                port=HTTPS_PORT,
+                protocol="HTTPS",
+                ssl_policy=SSL_POLICY,
+                certificate_arn=args.certificate_arn,
+                default_actions=[forward(rest)],
+                tags=tags("https"),
+                opts=child,
+            )
+            aws.lb.Listener(
+                f"{name}-http",
+                load_balancer_arn=alb.arn,
+                port=HTTP_PORT,
+                protocol="HTTP",
+                default_actions=[
+                    aws.lb.ListenerDefaultActionArgs(
+                        type="redirect",
+                        redirect=aws.lb.ListenerDefaultActionRedirectArgs(
+                            protocol="HTTPS", port=str(HTTPS_PORT), status_code="HTTP_301"
+                        ),
+                    )
+                ],
+                tags=tags("http"),
+                opts=child,
+            )
+            if grpc:
+                aws.lb.ListenerRule(
+                    f"{name}-grpc",
+                    listener_arn=https.arn,
+                    priority=GRPC_RULE_PRIORITY,
+                    conditions=[
+                        aws.lb.ListenerRuleConditionArgs(
+                            http_header=aws.lb.ListenerRuleConditionHttpHeaderArgs(
+                                http_header_name="content-type", values=[GRPC_CONTENT_TYPE]
+                            )
+                        )
+                    ],
+                    actions=[
+                        aws.lb.ListenerRuleActionArgs(
+                            type="forward",
+                            forward=aws.lb.ListenerRuleActionForwardArgs(
+                                target_groups=[
+                                    aws.lb.ListenerRuleActionForwardTargetGroupArgs(
+                                        arn=grpc[r].arn, weight=args.weights[r]
+                                    )
+                                    for r in ROLES
+                                ]
+                            ),
+                        )
+                    ],
+                    tags=tags("grpc"),
+                    opts=child,
+                )
+        else:
+            serving = aws.lb.Listener(
+                f"{name}-http",
+                load_balancer_arn=alb.arn,
+                port=HTTP_PORT,
+                protocol="HTTP",
+                default_actions=[forward(rest)],
+                tags=tags("http"),
+                opts=child,
+            )
+        aws.lb.ListenerRule(
+            f"{name}-internal-paths",
+            listener_arn=serving.arn,
+            priority=INTERNAL_RULE_PRIORITY,
+            conditions=[
+                aws.lb.ListenerRuleConditionArgs(
+                    path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=list(INTERNAL_PATHS))
+                )
+            ],
+            actions=[
+                aws.lb.ListenerRuleActionArgs(
+                    type="fixed-response",
+                    fixed_response=aws.lb.ListenerRuleActionFixedResponseArgs(
+                        content_type="text/plain", message_body="not found\n", status_code="404"
+                    ),
+                )
+            ],
+            tags=tags("internal-paths"),
+            opts=child,
+        )
+
+        self.arn = alb.arn
+        self.arn_suffix = alb.arn_suffix
+        self.dns_name = alb.dns_name
+        self.zone_id = alb.zone_id
+        scheme = "https" if args.enable_https else "http"
+        self.endpoint = alb.dns_name.apply(lambda dns: f"{scheme}://{dns}")
+        self.grpc_endpoint = alb.dns_name.apply(lambda dns: f"{dns}:{HTTPS_PORT}") if grpc else None
+        self.security_group_id = alb_sg.id
+        self.instance_security_group_id = instance_sg.id
+        self.targets = {
+            role: FleetTargets(
+                [rest[role].arn, *([grpc[role].arn] if grpc else [])],
+                [rest[role].arn_suffix, *([grpc[role].arn_suffix] if grpc else [])],
+            )
+            for role in ROLES
+        }
+        outputs: dict[str, Any] = {
+            "arn": self.arn,
+            "dns_name": self.dns_name,
+            "zone_id": self.zone_id,
+            "endpoint": self.endpoint,
+            "security_group_id": self.security_group_id,
+            "instance_security_group_id": self.instance_security_group_id,
+            "target_group_arns": {role: t.target_group_arns for role, t in self.targets.items()},
+        }
+        if self.grpc_endpoint is not None:
+            outputs["grpc_endpoint"] = self.grpc_endpoint
+        self.register_outputs(outputs)

@@ -1,0 +1,205 @@
+"""The AWS stack: store, store access, network, load balancer and the two fleets, wired from one `StackConfig`.
+
+`build(cfg)` creates every resource (through an explicit provider for `cfg.region`) and returns the stack outputs.
+Choices that are not config keys (yet) follow `cfg.deletion_protection` as the "production-grade" signal: three
+zones and one NAT gateway per zone instead of two zones sharing one. See docs/aws.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import bootstrap
+from infra.agent_package import build_agent_wheel
+from infra.aws.fleet import Scaling, ServingFleet, ServingFleetArgs
+from infra.aws.iam import StoreAccess, StoreAccessArgs
+from infra.aws.load_balancer import LoadBalancer, LoadBalancerArgs
+from infra.aws.network import ExistingNetwork, Network, NetworkArgs
+from infra.aws.store import AgentWheelFile, ModelStore, ModelStoreArgs, bucket_prefix_for
+from infra.config import PROJECT, StackConfig
+from model_export.constants import ROLES, STABLE
+
+# Canonical's and AWS's public SSM parameters: the current image, resolved at `pulumi up` (see docs/aws.md).
+UBUNTU_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+# Ubuntu 24.04 with the NVIDIA driver, Docker (docker-ce) and the NVIDIA container toolkit.
+GPU_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+ROOT_VOLUME_GIB = {False: 50, True: 150}  # the GPU image and the -gpu TF Serving image are far larger
+
+
+@functools.cache
+def agent_wheel() -> AgentWheelFile:
+    """This repo's agent wheel, built once per process into a directory that outlives the deployment."""
+    path, sha256 = build_agent_wheel(Path(tempfile.mkdtemp(prefix="modelfleet-agent-")))
+    return AgentWheelFile(path, sha256)
+
+
+def base_tags(cfg: StackConfig) -> dict[str, str]:
+    return {"modelfleet-project": PROJECT, "modelfleet-stack": cfg.stack, "managed-by": "pulumi"}
+
+
+def production_grade(cfg: StackConfig) -> bool:
+    return cfg.deletion_protection
+
+
+def bootstrap_args(
+    cfg: StackConfig, role: str, store_uri: str, wheel_uri: str, wheel_sha256: str
+) -> bootstrap.BootstrapArgs:
+    return bootstrap.BootstrapArgs(
+        cloud="aws",
+        aws_region=cfg.region,
+        store_uri=store_uri,
+        models=cfg.models,
+        role=role,
+        agent_wheel=bootstrap.AgentWheel(wheel_uri, wheel_sha256),
+        tfs_image=cfg.tfs_image,
+        gpu=cfg.gpu,
+        batching=cfg.batching,
+        model_config_poll_seconds=cfg.model_config_poll_seconds,
+        agent_poll_seconds=cfg.agent_poll_seconds,
+    )
+
+
+def _bootstrap_from_outputs(
+    cfg: StackConfig, role: str, wheel_sha256: str, resolved: list[Any]
+) -> bootstrap.BootstrapArgs:
+    store_uri, wheel_uri = resolved
+    return bootstrap_args(cfg, role, str(store_uri), str(wheel_uri), wheel_sha256)
+
+
+def build(cfg: StackConfig) -> dict[str, Any]:
+    tags = base_tags(cfg)
+    provider = aws.Provider(
+        "aws",
+        region=cfg.region,
+        default_tags=aws.ProviderDefaultTagsArgs(tags=tags),
+    )
+    opts = pulumi.ResourceOptions(providers=[provider])
+    ha = production_grade(cfg)
+    wheel = agent_wheel()
+
+    store = ModelStore(
+        "store",
+        ModelStoreArgs(
+            prefix=cfg.store_prefix,
+            noncurrent_version_days=cfg.noncurrent_version_days,
+            bucket_name=cfg.bucket_name,
+            bucket_prefix=bucket_prefix_for(cfg.stack),
+            kms_key_arn=cfg.kms_key,
+            protect=cfg.deletion_protection,
+            agent_wheel=wheel,
+            tags=tags,
+        ),
+        opts,
+    )
+    access = StoreAccess(
+        "store-access",
+        StoreAccessArgs(
+            bucket_arn=store.bucket_arn,
+            prefix=cfg.store_prefix,
+            region=cfg.region,
+            kms_key_arn=cfg.kms_key,
+            iam_path=f"/{PROJECT}/{cfg.stack}/",
+            tags=tags,
+        ),
+        opts,
+    )
+    existing = None
+    if cfg.existing_network:
+        existing = ExistingNetwork(
+            cfg.existing_network, cfg.existing_instance_subnets, cfg.existing_load_balancer_subnets
+        )
+    network = Network(
+        "network",
+        NetworkArgs(
+            region=cfg.region,
+            cidr=cfg.network_cidr,
+            zone_count=3 if ha else 2,
+            nat_gateway_per_zone=ha,
+            existing=existing,
+            tags=tags,
+        ),
+        opts,
+    )
+    lb = LoadBalancer(
+        "lb",
+        LoadBalancerArgs(
+            vpc_id=network.vpc_id,
+            subnet_ids=network.public_subnet_ids,
+            allowed_source_cidrs=cfg.allowed_source_cidrs,
+            canary_weight_percent=cfg.canary_weight_percent,
+            enable_https=cfg.enable_https,
+            certificate_arn=cfg.certificate_arn,
+            enable_grpc=cfg.enable_grpc,
+            access_logs_bucket=cfg.access_logs_bucket,
+            access_logs_prefix=f"{PROJECT}/{cfg.stack}",
+            deletion_protection=cfg.deletion_protection,
+            tags=tags,
+        ),
+        opts,
+    )
+    image_id = aws.ssm.get_parameter_output(
+        name=GPU_AMI_PARAMETER if cfg.gpu else UBUNTU_AMI_PARAMETER,
+        region=cfg.region,
+        opts=pulumi.InvokeOptions(provider=provider),
+    ).insecure_value
+
+    wheel_uri = store.agent_wheel_uri
+    if wheel_uri is None:  # pragma: no cover - the wheel is always passed above
+        raise RuntimeError("the model store did not upload the agent wheel")
+    fleets: dict[str, ServingFleet] = {}
+    for role in ROLES:
+        targets = lb.targets[role]
+        bootstrap_for_role = pulumi.Output.all(store.store_uri, wheel_uri).apply(
+            functools.partial(_bootstrap_from_outputs, cfg, role, wheel.sha256)
+        )
+        fleets[role] = ServingFleet(
+            role,
+            ServingFleetArgs(
+                role=role,
+                bootstrap=bootstrap_for_role,
+                image_id=image_id,
+                machine_type=cfg.machine_type,
+                subnet_ids=network.private_subnet_ids,
+                security_group_ids=[lb.instance_security_group_id],
+                instance_profile_arn=access.instance_profile_arn,
+                target_group_arns=targets.target_group_arns,
+                size=cfg.stable if role == STABLE else cfg.canary,
+                enabled=role == STABLE or cfg.canary_enabled,
+                health_check_grace_seconds=cfg.health_check_initial_delay_seconds,
+                root_volume_gib=ROOT_VOLUME_GIB[cfg.gpu],
+                scaling=Scaling(
+                    metric="requests" if cfg.autoscaling_metric == "requests" else "cpu",
+                    target_cpu_percent=cfg.target_cpu_percent,
+                    target_requests_per_second=cfg.target_requests_per_second,
+                    load_balancer_arn_suffix=lb.arn_suffix,
+                    target_group_arn_suffixes=targets.target_group_arn_suffixes,
+                ),
+                tags=tags,
+            ),
+            opts,
+        )
+
+    outputs: dict[str, Any] = {
+        "endpoint": lb.endpoint,
+        "loadBalancerDnsName": lb.dns_name,
+        "loadBalancerZoneId": lb.zone_id,
+        "bucketName": store.bucket_name,
+        "storeUri": store.store_uri,
+        "agentWheelUri": wheel_uri,
+        "fleetRoleArn": access.fleet_role_arn,
+        "publisherPolicyArn": access.publisher_policy_arn,
+        "vpcId": network.vpc_id,
+        "autoScalingGroups": {role: fleet.group_name for role, fleet in fleets.items()},
+        "canaryWeightPercent": cfg.canary_weight_percent,
+    }
+    if lb.grpc_endpoint is not None:
+        outputs["grpcEndpoint"] = lb.grpc_endpoint
+    if access.publisher_role_arn is not None:
+        outputs["publisherRoleArn"] = access.publisher_role_arn
+    return outputs

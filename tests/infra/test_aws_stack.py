@@ -1,0 +1,503 @@
+"""The AWS stack under Pulumi's mocks: each stack file's resource graph carries the hardening and wiring that matter
+(store locked down, IMDSv2, no public IPs, instances reachable only from the load balancer, health on the agent,
+weights from config, instance refresh on template change), and the rendered user-data passes cloud-init's schema."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import infra.aws.stack as aws_stack
+from infra.aws import mock_calls
+from infra.aws.store import AgentWheelFile
+from infra.config import StackConfig, load_config, read_stack_file
+from infra.mocks import Plan, PlannedResource, evaluate
+from infra.stack import STACKS_DIR, plan_stack
+from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, ROLES, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+
+STACKS = ("aws-staging", "aws-prod")
+T_BUCKET = "aws:s3/bucket:Bucket"
+T_LT = "aws:ec2/launchTemplate:LaunchTemplate"
+T_ASG = "aws:autoscaling/group:Group"
+T_TG = "aws:lb/targetGroup:TargetGroup"
+T_LISTENER = "aws:lb/listener:Listener"
+T_RULE = "aws:lb/listenerRule:ListenerRule"
+T_SG = "aws:ec2/securityGroup:SecurityGroup"
+T_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+T_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+T_POLICY = "aws:autoscaling/policy:Policy"
+PROVIDER = "pulumi:providers:aws"
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def planned(request: pytest.FixtureRequest) -> tuple[StackConfig, Plan]:
+    return plan_stack(request.param)
+
+
+def config(**overrides: Any) -> StackConfig:
+    return load_config({**read_stack_file(STACKS_DIR / "Pulumi.aws-staging.yaml"), **overrides}, "test")
+
+
+def plan_of(cfg: StackConfig) -> Plan:
+    return evaluate("test", lambda: aws_stack.build(cfg), state=mock_calls.STATE, calls=mock_calls.CALLS)
+
+
+def by_role(plan: Plan, type_: str) -> dict[str, PlannedResource]:
+    """The resource of ``type_`` in each fleet (stable / canary components)."""
+    return {r.parent_name or "": r for r in plan.of_type(type_) if r.parent_name in ROLES}
+
+
+def statements(document: str) -> list[dict[str, Any]]:
+    doc = json.loads(document)
+    assert doc["Version"] == "2012-10-17"
+    return list(doc["Statement"])
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# --- the store -----------------------------------------------------------------------------------------------------
+
+
+def test_bucket_is_private_versioned_encrypted_and_tls_only(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    bucket = plan.one(T_BUCKET)
+    assert bucket.inputs.get("forceDestroy") is False
+    pab = plan.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
+    for flag in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
+        assert pab[flag] is True, flag
+    ownership = plan.one("aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs
+    assert ownership["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    sse = plan.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    [rule] = sse.inputs["rules"]
+    assert rule["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "AES256"}  # no kmsKey in the stack files
+    versioning = plan.one("aws:s3/bucketVersioning:BucketVersioning").inputs
+    assert versioning["versioningConfiguration"]["status"] == "Enabled"
+
+    rules = {
+        r["id"]: r for r in plan.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration").inputs["rules"]
+    }
+    expire = rules["expire-noncurrent-versions"]
+    assert expire["status"] == "Enabled"
+    assert expire["noncurrentVersionExpiration"]["noncurrentDays"] == cfg.noncurrent_version_days
+    assert rules["abort-incomplete-multipart-uploads"]["abortIncompleteMultipartUpload"]["daysAfterInitiation"] >= 1
+
+    [deny_plain, deny_old_tls] = statements(plan.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    assert deny_plain["Effect"] == "Deny" and deny_plain["Principal"] == "*"
+    assert deny_plain["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny_old_tls["Condition"] == {"NumericLessThan": {"s3:TlsVersion": "1.2"}}
+
+
+def test_agent_wheel_is_uploaded_content_addressed_under_the_prefix(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    wheel = aws_stack.agent_wheel()
+    obj = plan.one("aws:s3/bucketObjectv2:BucketObjectv2").inputs
+    assert obj["key"] == f"{cfg.store_prefix}/_agent/{wheel.sha256}/{wheel.path.name}"
+    assert plan.outputs["agentWheelUri"] == f"{plan.outputs['storeUri']}/_agent/{wheel.sha256}/{wheel.path.name}"
+
+
+# --- who may touch the store ------------------------------------------------------------------------------------
+
+
+def test_fleet_role_may_only_list_the_prefix_and_read_objects_under_it(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    bucket_arn = f"arn:aws:s3:::{plan.outputs['bucketName']}"
+    policy = plan.one("aws:iam/rolePolicy:RolePolicy")
+    role = plan.one("aws:iam/role:Role", policy.name.removesuffix("-read-store"))
+    assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+    found = statements(policy.inputs["policy"])
+    actions = sorted(a for s in found for a in as_list(s["Action"]))
+    assert actions == ["s3:GetObject", "s3:ListBucket"]
+    for s in found:
+        assert s["Effect"] == "Allow"
+        assert all("*" not in a for a in as_list(s["Action"]))
+        assert all(r != "*" and not r.endswith(":::*") for r in as_list(s["Resource"]))
+    [get] = [s for s in found if s["Action"] == "s3:GetObject"]
+    assert get["Resource"] == f"{bucket_arn}/{cfg.store_prefix}/*"
+    [lst] = [s for s in found if s["Action"] == "s3:ListBucket"]
+    assert lst["Resource"] == bucket_arn
+    assert lst["Condition"] == {"StringLike": {"s3:prefix": [f"{cfg.store_prefix}/*"]}}
+    assert plan.outputs["fleetRoleArn"].startswith("arn:aws:iam::")
+
+
+def test_publisher_policy_writes_only_under_the_prefix_and_cannot_erase_history(
+    planned: tuple[StackConfig, Plan],
+) -> None:
+    cfg, plan = planned
+    bucket_arn = f"arn:aws:s3:::{plan.outputs['bucketName']}"
+    found = statements(plan.one("aws:iam/policy:Policy").inputs["policy"])
+    actions = {a for s in found for a in as_list(s["Action"])}
+    assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
+    assert not any("*" in a or "Version" in a for a in actions)  # no s3:*, no DeleteObjectVersion
+    for s in found:
+        for resource in as_list(s["Resource"]):
+            assert resource in (bucket_arn, f"{bucket_arn}/{cfg.store_prefix}/*")
+    assert plan.outputs["publisherPolicyArn"].startswith("arn:aws:iam::")
+
+
+# --- network -------------------------------------------------------------------------------------------------------
+
+
+def test_network_spreads_over_zones_with_private_instance_subnets(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    zones = 3 if cfg.deletion_protection else 2
+    subnets = plan.of_type("aws:ec2/subnet:Subnet")
+    private = [s for s in subnets if s.inputs["tags"]["tier"] == "private"]
+    public = [s for s in subnets if s.inputs["tags"]["tier"] == "public"]
+    assert len(private) == len(public) == zones
+    assert {s.inputs["availabilityZone"] for s in private} == {f"{cfg.region}{z}" for z in "abc"[:zones]}
+    assert all(s.inputs.get("mapPublicIpOnLaunch") is False for s in subnets)
+    assert plan.one("aws:ec2/vpc:Vpc").inputs["cidrBlock"] == cfg.network_cidr
+    assert len(plan.of_type("aws:ec2/natGateway:NatGateway")) == (zones if cfg.deletion_protection else 1)
+    endpoint = plan.one("aws:ec2/vpcEndpoint:VpcEndpoint").inputs
+    assert endpoint["vpcEndpointType"] == "Gateway" and endpoint["serviceName"] == f"com.amazonaws.{cfg.region}.s3"
+
+    private_ids = {s.name for s in private}
+    for asg in plan.of_type(T_ASG):
+        assert {i.rsplit("-", 1)[0] for i in asg.inputs["vpcZoneIdentifiers"]} == private_ids
+
+
+# --- the fleets ----------------------------------------------------------------------------------------------------
+
+
+def test_launch_templates_require_imdsv2_and_give_no_public_ip(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    templates = by_role(plan, T_LT)
+    assert set(templates) == set(ROLES)
+    instances_sg = plan.one(T_SG, "lb-instances")
+    for lt in templates.values():
+        i = lt.inputs
+        assert i["metadataOptions"]["httpTokens"] == "required"
+        assert i["metadataOptions"]["httpEndpoint"] == "enabled"
+        assert i["metadataOptions"]["httpPutResponseHopLimit"] == 2
+        [nic] = i["networkInterfaces"]
+        assert nic["associatePublicIpAddress"] == "false"
+        assert [sg.rsplit("-", 1)[0] for sg in nic["securityGroups"]] == [instances_sg.name]
+        assert "vpcSecurityGroupIds" not in i
+        [disk] = i["blockDeviceMappings"]
+        assert disk["ebs"]["encrypted"] == "true" and disk["ebs"]["volumeType"] == "gp3"
+        assert disk["ebs"]["volumeSize"] >= 50
+        assert i["updateDefaultVersion"] is True
+        assert i["instanceType"] == cfg.machine_type
+        assert i["imageId"].startswith("ami-0")
+        assert i["iamInstanceProfile"]["arn"].startswith("arn:aws:iam::")
+
+
+def test_user_data_passes_cloud_init_schema_and_carries_the_role(
+    planned: tuple[StackConfig, Plan], tmp_path: Path
+) -> None:
+    cfg, plan = planned
+    for role, lt in by_role(plan, T_LT).items():
+        text = base64.b64decode(lt.inputs["userData"]).decode("utf-8")
+        assert text.startswith("#cloud-config\n")
+        assert plan.outputs["storeUri"] in text and plan.outputs["agentWheelUri"] in text
+        assert f"--role {role}" in text and f"AWS_DEFAULT_REGION={cfg.region}" in text
+        path = tmp_path / f"user-data-{role}"
+        path.write_text(text)
+        proc = subprocess.run(
+            ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_groups_run_the_templates_latest_version_with_elb_health_and_refresh(
+    planned: tuple[StackConfig, Plan],
+) -> None:
+    cfg, plan = planned
+    templates = by_role(plan, T_LT)
+    for role, asg in by_role(plan, T_ASG).items():
+        i = asg.inputs
+        lt = i["launchTemplate"]
+        assert lt["version"] == "1"  # the mock's latestVersion; never $Latest / $Default
+        assert lt["id"].rsplit("-", 1)[0] == templates[role].name
+        assert i["healthCheckType"] == "ELB"
+        assert i["healthCheckGracePeriod"] == cfg.health_check_initial_delay_seconds
+        refresh = i["instanceRefresh"]
+        assert refresh["strategy"] == "Rolling"
+        assert refresh["preferences"]["minHealthyPercentage"] == 100
+        assert refresh["preferences"]["maxHealthyPercentage"] == 200
+        assert refresh["preferences"].get("autoRollback") is not True  # terraform-provider-aws#34189
+        # Capacity is the scaling policy's: a desired count in the program would reset it on every update.
+        size = cfg.stable if role == STABLE else cfg.canary
+        if role == STABLE or cfg.canary_enabled:
+            assert (i["minSize"], i["maxSize"]) == (size.min_replicas, size.max_replicas)
+            assert "desiredCapacity" not in i
+        else:
+            assert (i["minSize"], i["maxSize"], i["desiredCapacity"]) == (0, 0, 0)
+
+
+def test_groups_attach_their_own_target_groups(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    grpc = cfg.enable_grpc and cfg.enable_https
+    for role, asg in by_role(plan, T_ASG).items():
+        attached = {arn.split("/")[1] for arn in asg.inputs["targetGroupArns"]}
+        expected = {f"lb-{role}-rest"} | ({f"lb-{role}-grpc"} if grpc else set())
+        assert {name.rsplit("-", 1)[0] for name in attached} == expected
+
+
+def test_scaling_policy_follows_the_configured_metric(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    for policy in by_role(plan, T_POLICY).values():
+        tracking = policy.inputs["targetTrackingConfiguration"]
+        assert policy.inputs["policyType"] == "TargetTrackingScaling"
+        if cfg.autoscaling_metric == "cpu":
+            assert tracking["predefinedMetricSpecification"]["predefinedMetricType"] == "ASGAverageCPUUtilization"
+            assert tracking["targetValue"] == cfg.target_cpu_percent
+        else:  # RequestCountPerTarget counts per minute
+            assert tracking["targetValue"] == cfg.target_requests_per_second * 60
+            metrics = tracking.get("customizedMetricSpecification", {}).get("metrics")
+            if metrics:  # REST + gRPC target groups summed
+                names = {m["metricStat"]["metric"]["metricName"] for m in metrics if "metricStat" in m}
+                assert names == {"RequestCountPerTarget"}
+                assert [m["id"] for m in metrics if m.get("returnData")] == ["requests_per_target"]
+            else:
+                spec = tracking["predefinedMetricSpecification"]
+                assert spec["predefinedMetricType"] == "ALBRequestCountPerTarget"
+                assert "/targetgroup/" in spec["resourceLabel"]
+
+
+# --- load balancer and security groups ------------------------------------------------------------------------------
+
+
+def test_instances_admit_only_the_load_balancer(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    alb_sg, instances_sg = plan.one(T_SG, "lb-alb"), plan.one(T_SG, "lb-instances")
+    rules = [r for r in plan.of_type(T_INGRESS) if r.inputs["securityGroupId"].startswith(f"{instances_sg.name}-")]
+    assert rules
+    for rule in rules:
+        assert rule.inputs["referencedSecurityGroupId"].rsplit("-", 1)[0] == alb_sg.name
+        assert not any(k in rule.inputs for k in ("cidrIpv4", "cidrIpv6", "prefixListId"))
+    expected = {TFS_REST_PORT, AGENT_PORT} | ({TFS_GRPC_PORT} if cfg.enable_grpc and cfg.enable_https else set())
+    assert {r.inputs["fromPort"] for r in rules} == expected
+
+
+def test_load_balancer_admits_only_the_allowed_sources(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    alb_sg = plan.one(T_SG, "lb-alb")
+    rules = [r for r in plan.of_type(T_INGRESS) if r.inputs["securityGroupId"].startswith(f"{alb_sg.name}-")]
+    assert sorted(r.inputs["cidrIpv4"] for r in rules) == sorted(
+        c for c in cfg.allowed_source_cidrs for _ in range(2 if cfg.enable_https else 1)
+    )  # the stack files list none: nobody gets in
+    egress = [r for r in plan.of_type(T_EGRESS) if r.inputs["securityGroupId"].startswith(f"{alb_sg.name}-")]
+    assert egress and all(r.inputs["referencedSecurityGroupId"].startswith("lb-instances-") for r in egress)
+
+
+def test_alb_is_hardened(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    alb = plan.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    assert alb["loadBalancerType"] == "application" and alb["internal"] is False
+    assert alb["dropInvalidHeaderFields"] is True
+    assert alb["enableDeletionProtection"] is cfg.deletion_protection
+    assert {s.rsplit("-", 1)[0] for s in alb["subnets"]} == {
+        s.name for s in plan.of_type("aws:ec2/subnet:Subnet") if s.inputs["tags"]["tier"] == "public"
+    }
+    if cfg.access_logs_bucket:
+        assert alb["accessLogs"] == {
+            "bucket": cfg.access_logs_bucket,
+            "enabled": True,
+            "prefix": f"modelfleet/{cfg.stack}",
+        }
+    else:
+        assert "accessLogs" not in alb
+
+
+def test_target_groups_health_check_the_agent(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    groups = {g.name: g.inputs for g in plan.of_type(T_TG)}
+    for role in ROLES:
+        rest = groups[f"lb-{role}-rest"]
+        assert (rest["port"], rest["protocol"], rest["protocolVersion"]) == (TFS_REST_PORT, "HTTP", "HTTP1")
+        hc = rest["healthCheck"]
+        assert (hc["port"], hc["path"], hc["matcher"], hc["protocol"]) == (str(AGENT_PORT), HEALTH_PATH, "200", "HTTP")
+        assert rest["deregistrationDelay"] <= 60
+        if cfg.enable_grpc and cfg.enable_https:
+            grpc = groups[f"lb-{role}-grpc"]
+            assert (grpc["port"], grpc["protocolVersion"]) == (TFS_GRPC_PORT, "GRPC")
+            assert grpc["healthCheck"]["path"] == "/grpc.health.v1.Health/Check"
+            assert grpc["healthCheck"]["matcher"] == "0"
+        else:
+            assert f"lb-{role}-grpc" not in groups
+
+
+def weights(forward: dict[str, Any]) -> dict[str, int]:
+    return {g["arn"].split("/")[1].split("-")[1]: g["weight"] for g in forward["targetGroups"]}
+
+
+def test_listeners_split_traffic_by_the_configured_weights(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    expected = {STABLE: cfg.stable_weight_percent, CANARY: cfg.canary_weight_percent}
+    assert sum(expected.values()) == 100
+    listeners = {r.name: r.inputs for r in plan.of_type(T_LISTENER)}
+    if cfg.enable_https:
+        https = listeners["lb-https"]
+        assert https["protocol"] == "HTTPS" and https["port"] == 443
+        assert https["certificateArn"] == cfg.certificate_arn
+        assert https["sslPolicy"].startswith("ELBSecurityPolicy-TLS13-1-2")
+        [action] = https["defaultActions"]
+        [redirect] = listeners["lb-http"]["defaultActions"]
+        assert redirect["type"] == "redirect"
+        assert redirect["redirect"] == {"protocol": "HTTPS", "port": "443", "statusCode": "HTTP_301"}
+        assert plan.outputs["endpoint"].startswith("https://")
+    else:
+        assert set(listeners) == {"lb-http"}
+        [action] = listeners["lb-http"]["defaultActions"]
+        assert plan.outputs["endpoint"].startswith("http://")
+    assert action["type"] == "forward"
+    assert weights(action["forward"]) == expected
+    assert "stickiness" not in action["forward"]
+
+    rules = {r.name: r for r in plan.of_type(T_RULE)}
+    internal = rules.pop("lb-internal-paths").inputs
+    assert internal["listenerArn"].split("/")[2] == ("lb-https" if cfg.enable_https else "lb-http")
+    assert internal["conditions"] == [{"pathPattern": {"values": ["/monitoring/*"]}}]
+    assert internal["actions"][0]["fixedResponse"]["statusCode"] == "404"
+    if cfg.enable_grpc and cfg.enable_https:
+        rule = rules.pop("lb-grpc")
+        [condition] = rule.inputs["conditions"]
+        assert condition["httpHeader"] == {"httpHeaderName": "content-type", "values": ["application/grpc*"]}
+        [grpc_action] = rule.inputs["actions"]
+        assert weights(grpc_action["forward"]) == expected
+        assert plan.outputs["grpcEndpoint"].endswith(":443")
+    else:
+        assert "grpcEndpoint" not in plan.outputs
+    assert rules == {}
+
+
+# --- structure and outputs ------------------------------------------------------------------------------------------
+
+
+def test_every_resource_belongs_to_a_modelfleet_component(planned: tuple[StackConfig, Plan]) -> None:
+    _, plan = planned
+    for r in plan.resources:
+        if r.type == PROVIDER or r.type.startswith("modelfleet:aws:"):
+            assert r.parent_type == "pulumi:pulumi:Stack", r.urn
+        else:
+            assert r.parent_type is not None and r.parent_type.startswith("modelfleet:aws:"), r.urn
+    components = {r.type for r in plan.resources if not r.custom}
+    assert components == {
+        "modelfleet:aws:ModelStore",
+        "modelfleet:aws:StoreAccess",
+        "modelfleet:aws:Network",
+        "modelfleet:aws:LoadBalancer",
+        "modelfleet:aws:ServingFleet",
+    }
+
+
+def test_outputs_name_the_store_as_publish_takes_it(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    out = plan.outputs
+    assert out["storeUri"] == f"s3://{out['bucketName']}/{cfg.store_prefix}"
+    assert out["bucketName"].startswith(f"modelfleet-{cfg.stack}-")
+    assert out["endpoint"].endswith(out["loadBalancerDnsName"])
+    assert set(out["autoScalingGroups"]) == set(ROLES)
+
+
+# --- config variants --------------------------------------------------------------------------------------------
+
+
+KMS = "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+
+
+def test_kms_key_encrypts_the_bucket_and_only_the_fleet_may_decrypt_through_s3() -> None:
+    plan = plan_of(config(kmsKey=KMS))
+    sse = plan.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    [rule] = sse.inputs["rules"]
+    assert rule["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": KMS}
+    assert rule["bucketKeyEnabled"] is True
+    [kms] = [s for s in statements(plan.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"]) if s["Resource"] == KMS]
+    assert kms["Action"] == ["kms:Decrypt"]
+    assert kms["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
+
+
+def test_existing_network_is_used_as_given() -> None:
+    cfg = config(
+        existingNetwork="vpc-0abc",
+        existingInstanceSubnets=["subnet-priv-a", "subnet-priv-b"],
+        existingLoadBalancerSubnets=["subnet-pub-a", "subnet-pub-b"],
+    )
+    plan = plan_of(cfg)
+    assert not plan.of_type("aws:ec2/vpc:Vpc") and not plan.of_type("aws:ec2/subnet:Subnet")
+    assert plan.one("aws:lb/loadBalancer:LoadBalancer").inputs["subnets"] == ["subnet-pub-a", "subnet-pub-b"]
+    for asg in plan.of_type(T_ASG):
+        assert asg.inputs["vpcZoneIdentifiers"] == ["subnet-priv-a", "subnet-priv-b"]
+    assert {sg.inputs["vpcId"] for sg in plan.of_type(T_SG)} == {"vpc-0abc"}
+    assert plan.outputs["vpcId"] == "vpc-0abc"
+
+
+def test_allowed_sources_open_http_and_https_to_exactly_them() -> None:
+    cidrs = ["203.0.113.0/24", "198.51.100.7/32"]
+    cfg = config(
+        allowedSourceCidrs=cidrs,
+        enableHttps=True,
+        certificateArn="arn:aws:acm:eu-west-1:123456789012:certificate/abc",
+        canaryWeightPercent=100,
+    )
+    plan = plan_of(cfg)
+    alb_sg = plan.one(T_SG, "lb-alb")
+    rules = [r.inputs for r in plan.of_type(T_INGRESS) if r.inputs["securityGroupId"].startswith(f"{alb_sg.name}-")]
+    assert sorted((r["cidrIpv4"], r["fromPort"], r["toPort"]) for r in rules) == sorted(
+        (c, p, p) for c in cidrs for p in (80, 443)
+    )
+    [action] = plan.one(T_LISTENER, "lb-https").inputs["defaultActions"]
+    assert weights(action["forward"]) == {STABLE: 0, CANARY: 100}
+
+
+def test_a_new_agent_wheel_changes_the_launch_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config()
+    before = {r: lt.inputs["userData"] for r, lt in by_role(plan_of(cfg), T_LT).items()}
+    other = tmp_path / "modelfleet-0.1.0-py3-none-any.whl"
+    other.write_bytes(b"another build")
+    replacement: Callable[[], AgentWheelFile] = lambda: AgentWheelFile(other, "ab" * 32)  # noqa: E731
+    monkeypatch.setattr(aws_stack, "agent_wheel", replacement)
+    plan = plan_of(cfg)
+    after = {r: lt.inputs["userData"] for r, lt in by_role(plan, T_LT).items()}
+    for role in ROLES:
+        assert after[role] != before[role]
+        assert "ab" * 32 in base64.b64decode(after[role]).decode()
+    assert plan.one("aws:s3/bucketObjectv2:BucketObjectv2").inputs["key"] == f"models/_agent/{'ab' * 32}/{other.name}"
+
+
+def test_gpu_fleets_use_the_deep_learning_image_a_bigger_disk_and_the_gpu_serving_image() -> None:
+    plan = plan_of(config(gpu=True, machineType="g5.xlarge"))
+    ami = mock_calls.CALLS["aws:ssm/getParameter:getParameter"](
+        "", {"name": aws_stack.GPU_AMI_PARAMETER, "region": "eu-west-1"}
+    )["insecureValue"]
+    for lt in by_role(plan, T_LT).values():
+        assert lt.inputs["imageId"] == ami
+        assert lt.inputs["blockDeviceMappings"][0]["ebs"]["volumeSize"] == aws_stack.ROOT_VOLUME_GIB[True]
+        assert "tensorflow/serving:2.20.0-gpu" in base64.b64decode(lt.inputs["userData"]).decode()
+
+
+def test_publisher_role_is_created_only_for_named_principals() -> None:
+    from infra.aws.iam import StoreAccess, StoreAccessArgs
+
+    ci_role = "arn:aws:iam::123456789012:role/ci-training"
+
+    def program() -> dict[str, Any]:
+        access = StoreAccess(
+            "access",
+            StoreAccessArgs(
+                bucket_arn="arn:aws:s3:::b",
+                prefix="models",
+                region="eu-west-1",
+                publisher_trusted_principals=(ci_role,),
+            ),
+        )
+        assert access.publisher_role_arn is not None
+        return {"role": access.publisher_role_arn}
+
+    plan = evaluate("test", program, state=mock_calls.STATE, calls=mock_calls.CALLS)
+    publisher = plan.one("aws:iam/role:Role", "access-publisher")
+    trust = json.loads(publisher.inputs["assumeRolePolicy"])["Statement"]
+    assert trust == [{"Effect": "Allow", "Principal": {"AWS": [ci_role]}, "Action": "sts:AssumeRole"}]
+    attachments = {a.name: a.inputs for a in plan.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
+    assert attachments["access-publisher"]["policyArn"].startswith("arn:aws:iam::123456789012:policy/")
+    assert plan.outputs["role"].startswith("arn:aws:iam::123456789012:role/")
