@@ -76,20 +76,8 @@ def fleet_read_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: st
 
 def publisher_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: str | None = None) -> dict[str, Any]:
     """Publish, label, promote, roll back and prune: conditional puts, reads, deletes (delete markers) under the
-    prefix, listing the prefix, and HeadBucket for ``Store.check()``."""
+    prefix, and listing the prefix (which is also how ``Store.check()`` probes the bucket)."""
     statements: list[dict[str, Any]] = [_list_prefix(bucket_arn, prefix)]
-    if prefix:
-        # HeadBucket is authorised as s3:ListBucket without an s3:prefix key, so the prefix condition above never
-        # matches it. Drop this statement once the S3 backend's check() lists the prefix instead of HeadBucket.
-        statements.append(
-            {
-                "Sid": "CheckBucket",
-                "Effect": "Allow",
-                "Action": "s3:ListBucket",
-                "Resource": bucket_arn,
-                "Condition": {"Null": {"s3:prefix": "true"}},
-            }
-        )
     statements.append(
         {
             "Sid": "WriteStoreObjects",

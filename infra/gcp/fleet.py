@@ -1,0 +1,248 @@
+"""One serving fleet (stable or canary): instance template, regional managed instance group, autoscaler.
+
+- The template carries the whole VM in its ``user-data`` (``infra.bootstrap``); any change to it (image, flags,
+  agent wheel hash) makes a new template (``name_prefix``: created before the old one is deleted), and the MIG's
+  PROACTIVE update policy rolls the fleet onto it: ``max_surge`` 3 (a regional MIG needs 0 or at least its number
+  of zones), ``max_unavailable`` 0, so serving capacity never drops during a roll.
+- Autohealing probes the agent's health endpoint, which is 200 only when TF Serving has the fleet's version
+  AVAILABLE, after ``initial_delay_sec`` (image pull + model download + warmup).
+- The autoscaler owns the group's size (the MIG sets no ``target_size``). ``max_replicas`` 0 scales the fleet to
+  zero (the canary while it gets no traffic): GCP accepts an autoscaler with min = max = 0.
+- With ``target_pool`` the group also keeps its VMs in a target pool (health-checked on the agent's endpoint), the
+  backend of the stack's gRPC passthrough Network Load Balancer. A pool, not a second backend service: an
+  autoscaler cannot scale on load-balancer utilisation for a group that is in more than one backend service
+  (``MORE_THAN_ONE_BACKEND_SERVICE``), and the group is already the ALB's backend (docs/gcp.md "gRPC").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from model_export.constants import AGENT_PORT, HEALTH_PATH, TFS_GRPC_PORT, TFS_REST_PORT
+
+UBUNTU_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+# Ubuntu 24.04 with the NVIDIA driver (Google's Deep Learning VM base image); see docs/gcp.md "GPU".
+GPU_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2404-nvidia-580"
+# Reading GCS is all a serving VM does with Google APIs; IAM narrows it further to one bucket (docs/gcp.md).
+SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
+REST_PORT_NAME = "http"
+GRPC_PORT_NAME = "grpc"
+MAX_SURGE = 3  # regional MIGs: 0 or at least the number of zones the group spans (3 by default)
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    metric: str  # "cpu" | "requests"
+    target_cpu_percent: int = 60
+    # "requests": the load balancer backend's max_rate_per_instance is set to the target requests per second, so a
+    # utilisation target of 1.0 keeps each VM at that rate.
+    target_lb_utilization: float = 1.0
+    cooldown_sec: int = 300
+
+
+@dataclass(frozen=True)
+class ServingFleetArgs:
+    role: str  # stable | canary
+    region: str
+    machine_type: str
+    service_account_email: pulumi.Input[str]
+    subnetwork: pulumi.Input[str]
+    user_data: pulumi.Input[str]
+    autoscaling: Autoscaling
+    health_check_initial_delay_sec: int
+    gpu: bool = False  # GPU image, no live migration, Secure Boot off (see docs/gcp.md "GPU")
+    gpu_type: str | None = None  # attach one accelerator of this type (N1); None when the machine type has its GPU
+    image: str | None = None  # default: Ubuntu 24.04 LTS, or GPU_IMAGE with a GPU
+    disk_size_gb: int | None = None  # default: 50, or 100 with a GPU (the GPU image and TF Serving's are large)
+    grpc_port_name: bool = True  # also name TF Serving's gRPC port on the group
+    target_pool: bool = False  # keep the VMs in a target pool for an L4 (gRPC) passthrough load balancer
+    # Resources the VMs need before they boot (the agent wheel object, the bucket grant that lets them read it).
+    boot_dependencies: Sequence[pulumi.Resource] = ()
+
+
+class ServingFleet(pulumi.ComponentResource):
+    instance_group: pulumi.Output[str]  # the regional instance group's URL (a load balancer backend)
+    instance_group_manager: pulumi.Output[str]
+    instance_template: pulumi.Output[str]
+    target_pool: pulumi.Output[str] | None  # the pool's self link (with args.target_pool)
+    rest_port_name: str
+    grpc_port_name: str | None
+
+    def __init__(self, name: str, args: ServingFleetArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("modelfleet:gcp:ServingFleet", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        gpu = args.gpu
+
+        # Autohealing gets its own, more patient check than the load balancer's: a VM is recreated only after a
+        # minute of failures, while the load balancer stops sending it traffic after ten seconds.
+        self.health_check = gcp.compute.HealthCheck(
+            f"{name}-autoheal",
+            description=f"modelfleet {args.role} autohealing: the agent's {HEALTH_PATH}",
+            check_interval_sec=10,
+            timeout_sec=5,
+            healthy_threshold=2,
+            unhealthy_threshold=6,
+            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=AGENT_PORT, request_path=HEALTH_PATH),
+            log_config=gcp.compute.HealthCheckLogConfigArgs(enable=True),
+            opts=child,
+        )
+
+        self.template = gcp.compute.InstanceTemplate(
+            f"{name}-template",
+            name_prefix=f"{name}-",
+            description=f"modelfleet {args.role} TF Serving VM",
+            machine_type=args.machine_type,
+            disks=[
+                gcp.compute.InstanceTemplateDiskArgs(
+                    boot=True,
+                    auto_delete=True,
+                    source_image=args.image or (GPU_IMAGE if gpu else UBUNTU_IMAGE),
+                    disk_size_gb=args.disk_size_gb or (100 if gpu else 50),
+                    disk_type="pd-balanced",
+                )
+            ],
+            # No access_configs: no external address. Egress goes through Cloud NAT.
+            network_interfaces=[gcp.compute.InstanceTemplateNetworkInterfaceArgs(subnetwork=args.subnetwork)],
+            metadata={
+                "user-data": args.user_data,
+                "enable-oslogin": "TRUE",
+                "block-project-ssh-keys": "TRUE",
+            },
+            service_account=gcp.compute.InstanceTemplateServiceAccountArgs(
+                email=args.service_account_email, scopes=list(SCOPES)
+            ),
+            shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
+                # The GPU image's NVIDIA kernel modules are not signed with a key Secure Boot trusts (docs/gcp.md).
+                enable_secure_boot=not gpu,
+                enable_vtpm=True,
+                enable_integrity_monitoring=True,
+            ),
+            guest_accelerators=(
+                [gcp.compute.InstanceTemplateGuestAcceleratorArgs(type=args.gpu_type, count=1)]
+                if gpu and args.gpu_type
+                else None
+            ),
+            scheduling=gcp.compute.InstanceTemplateSchedulingArgs(
+                automatic_restart=True,
+                # GPUs cannot live-migrate.
+                on_host_maintenance="TERMINATE" if gpu else "MIGRATE",
+            ),
+            labels={"modelfleet-role": args.role},
+            opts=child,
+        )
+
+        self.target_pool = None
+        pools: list[pulumi.Output[str]] = []
+        if args.target_pool:
+            # Target pools take only legacy HTTP health checks.
+            self.pool_health_check = gcp.compute.HttpHealthCheck(
+                f"{name}-pool-hc",
+                description=f"modelfleet {args.role} target pool: the agent's {HEALTH_PATH}",
+                port=AGENT_PORT,
+                request_path=HEALTH_PATH,
+                check_interval_sec=5,
+                timeout_sec=5,
+                healthy_threshold=2,
+                unhealthy_threshold=2,
+                opts=child,
+            )
+            self.pool = gcp.compute.TargetPool(
+                f"{name}-pool",
+                description=f"modelfleet {args.role} fleet, L4 (gRPC)",
+                region=args.region,
+                health_checks=self.pool_health_check.self_link,
+                session_affinity="NONE",
+                opts=child,
+            )
+            self.target_pool = self.pool.self_link
+            pools.append(self.pool.self_link)
+
+        named_ports = [gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=REST_PORT_NAME, port=TFS_REST_PORT)]
+        if args.grpc_port_name:
+            named_ports.append(
+                gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=GRPC_PORT_NAME, port=TFS_GRPC_PORT)
+            )
+        self.manager = gcp.compute.RegionInstanceGroupManager(
+            f"{name}-mig",
+            description=f"modelfleet {args.role} fleet",
+            region=args.region,
+            base_instance_name=f"{name}",
+            versions=[
+                gcp.compute.RegionInstanceGroupManagerVersionArgs(
+                    name=args.role, instance_template=self.template.self_link_unique
+                )
+            ],
+            distribution_policy_target_shape="EVEN",
+            named_ports=named_ports,
+            auto_healing_policies=gcp.compute.RegionInstanceGroupManagerAutoHealingPoliciesArgs(
+                health_check=self.health_check.self_link,
+                initial_delay_sec=args.health_check_initial_delay_sec,
+            ),
+            update_policy=gcp.compute.RegionInstanceGroupManagerUpdatePolicyArgs(
+                type="PROACTIVE",
+                minimal_action="REPLACE",
+                most_disruptive_allowed_action="REPLACE",
+                replacement_method="SUBSTITUTE",
+                instance_redistribution_type="PROACTIVE",
+                max_surge_fixed=MAX_SURGE,
+                max_unavailable_fixed=0,
+                # With an autohealing check the MIG waits for a new VM to be HEALTHY (model AVAILABLE), then this.
+                min_ready_sec=60,
+            ),
+            instance_lifecycle_policy=gcp.compute.RegionInstanceGroupManagerInstanceLifecyclePolicyArgs(
+                force_update_on_repair="YES",
+                default_action_on_failure="REPAIR",
+            ),
+            target_pools=pools or None,
+            wait_for_instances=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.boot_dependencies)),
+        )
+
+        scaling = args.autoscaling
+        policy = gcp.compute.RegionAutoscalerAutoscalingPolicyArgs(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            mode="ON",
+            cooldown_period=max(scaling.cooldown_sec, 60),
+            cpu_utilization=(
+                gcp.compute.RegionAutoscalerAutoscalingPolicyCpuUtilizationArgs(target=scaling.target_cpu_percent / 100)
+                if scaling.metric == "cpu"
+                else None
+            ),
+            load_balancing_utilization=(
+                gcp.compute.RegionAutoscalerAutoscalingPolicyLoadBalancingUtilizationArgs(
+                    target=scaling.target_lb_utilization
+                )
+                if scaling.metric == "requests"
+                else None
+            ),
+        )
+        self.autoscaler = gcp.compute.RegionAutoscaler(
+            f"{name}-autoscaler",
+            region=args.region,
+            target=self.manager.self_link,
+            autoscaling_policy=policy,
+            opts=child,
+        )
+
+        self.instance_group = self.manager.instance_group
+        self.instance_group_manager = self.manager.self_link
+        self.instance_template = self.template.self_link
+        self.rest_port_name = REST_PORT_NAME
+        self.grpc_port_name = GRPC_PORT_NAME if args.grpc_port_name else None
+        self.register_outputs(
+            {
+                "instance_group": self.instance_group,
+                "instance_group_manager": self.instance_group_manager,
+                "instance_template": self.instance_template,
+                "target_pool": self.target_pool,
+                "rest_port_name": self.rest_port_name,
+                "grpc_port_name": self.grpc_port_name,
+            }
+        )

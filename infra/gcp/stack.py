@@ -1,0 +1,202 @@
+"""The GCP stack: identities, model store, network, the stable and canary fleets, and the load balancers.
+
+``build(cfg)`` creates every resource through one explicit ``gcp.Provider`` (project and region from the stack
+config; no ambient ``gcp:`` settings are read) and returns the stack outputs. Design notes: docs/gcp.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.agent_package import agent_wheel_uri, build_agent_wheel
+from infra.bootstrap import AgentWheel, BootstrapArgs, render_user_data
+from infra.config import PROJECT, ConfigError, StackConfig
+from infra.gcp.fleet import Autoscaling, ServingFleet, ServingFleetArgs
+from infra.gcp.iam import ServiceAccounts, ServiceAccountsArgs
+from infra.gcp.load_balancer import GrpcArgs, LoadBalancer, LoadBalancerArgs
+from infra.gcp.network import Network, NetworkArgs
+from infra.gcp.store import AgentWheelFile, ModelStore, ModelStoreArgs
+from model_export.constants import CANARY, ROLES, STABLE
+
+# Machine families whose GPUs come with the machine type (no guest_accelerators); N1 takes attachable GPUs.
+ATTACHED_GPU_FAMILIES = ("a2", "a3", "a4", "g2", "g4")
+ATTACHABLE_GPU_FAMILIES = ("n1",)
+
+
+def slug(stack: str, limit: int = 20) -> str:
+    """The stack name as a GCP name fragment: lowercase letters, digits and '-', at most ``limit`` characters."""
+    text = re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-") or "stack"
+    if len(text) > limit:
+        text = f"{text[: limit - 5].rstrip('-')}-{hashlib.sha256(stack.encode()).hexdigest()[:4]}"
+    return text
+
+
+def default_bucket_name(project: str, stack: str) -> str:
+    """``<project>-modelfleet-<stack>``: globally unique as long as project ids are (3-63 characters)."""
+    return f"{project}-{PROJECT}-{slug(stack, 63 - len(project) - len(PROJECT) - 2)}"
+
+
+def store_uri(bucket: str, prefix: str) -> str:
+    """Exactly what ``modelfleet publish --store`` takes."""
+    return f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}"
+
+
+@functools.cache
+def agent_wheel() -> tuple[Path, str]:
+    """Build the agent wheel once per process. The directory outlives the program on purpose: the Pulumi engine
+    reads the FileAsset when it uploads, which may be after the program has returned."""
+    return build_agent_wheel(Path(tempfile.mkdtemp(prefix="modelfleet-agent-")))
+
+
+def gpu_accelerator(cfg: StackConfig) -> str | None:
+    """The accelerator type to attach, or None (no GPU, or one that comes with the machine type)."""
+    if not cfg.gpu:
+        return None
+    family = cfg.machine_type.split("-", 1)[0]
+    if family in ATTACHED_GPU_FAMILIES:
+        return None
+    if family in ATTACHABLE_GPU_FAMILIES:
+        return cfg.gpu_type
+    raise ConfigError(
+        f"{PROJECT}:machineType = {cfg.machine_type!r} cannot take a GPU ({PROJECT}:gpu is true); use an "
+        f"n1-* type with {PROJECT}:gpuType (e.g. n1-standard-8 + nvidia-tesla-t4) or a GPU machine type such as "
+        "g2-standard-8"
+    )
+
+
+def user_data(cfg: StackConfig, role: str, uri: str, wheel: AgentWheel) -> str:
+    """The fleet VM's cloud-config (``infra.bootstrap``)."""
+    return render_user_data(
+        BootstrapArgs(
+            cloud="gcp",
+            store_uri=uri,
+            models=cfg.models,
+            role=role,
+            agent_wheel=wheel,
+            tfs_image=cfg.tfs_image,
+            gpu=cfg.gpu,
+            batching=cfg.batching,
+            model_config_poll_seconds=cfg.model_config_poll_seconds,
+            agent_poll_seconds=cfg.agent_poll_seconds,
+        )
+    )
+
+
+def build(cfg: StackConfig) -> dict[str, Any]:
+    if cfg.cloud != "gcp" or not cfg.gcp_project:
+        raise ConfigError(f"the GCP stack needs {PROJECT}:cloud = gcp and {PROJECT}:gcpProject")
+    name = f"mf-{slug(cfg.stack)}"
+    labels = {"modelfleet-stack": slug(cfg.stack, 63)}
+    gpu_type = gpu_accelerator(cfg)
+
+    provider = gcp.Provider(f"{name}-gcp", project=cfg.gcp_project, region=cfg.region, default_labels=labels)
+    opts = pulumi.ResourceOptions(providers=[provider])
+
+    bucket = cfg.bucket_name or default_bucket_name(cfg.gcp_project, cfg.stack)
+    uri = store_uri(bucket, cfg.store_prefix)
+    wheel_path, wheel_sha = agent_wheel()
+    wheel_uri = agent_wheel_uri(uri, wheel_path, wheel_sha)
+
+    accounts = ServiceAccounts(
+        f"{name}-sa", ServiceAccountsArgs(project=cfg.gcp_project, id_prefix=name, stack=cfg.stack), opts
+    )
+    store = ModelStore(
+        f"{name}-store",
+        ModelStoreArgs(
+            bucket_name=bucket,
+            location=cfg.region,
+            noncurrent_version_days=cfg.noncurrent_version_days,
+            kms_key=cfg.kms_key,
+            deletion_protection=cfg.deletion_protection,
+            reader_members=[accounts.fleet_member],
+            publisher_members=[accounts.publisher_member],
+            agent_wheel=AgentWheelFile(wheel_path, wheel_sha, wheel_uri.removeprefix(f"gs://{bucket}/")),
+        ),
+        opts,
+    )
+    network = Network(
+        f"{name}-net",
+        NetworkArgs(
+            region=cfg.region,
+            cidr=cfg.network_cidr,
+            existing_network=cfg.existing_network,
+            existing_subnetwork=cfg.existing_instance_subnets[0] if cfg.existing_instance_subnets else None,
+        ),
+        opts,
+    )
+
+    fleets: dict[str, ServingFleet] = {}
+    for role in ROLES:
+        size = cfg.stable if role == STABLE else cfg.canary
+        serving = role == STABLE or cfg.canary_enabled  # no traffic, no VMs: the canary scales to zero
+        fleets[role] = ServingFleet(
+            f"{name}-{role}",
+            ServingFleetArgs(
+                role=role,
+                region=cfg.region,
+                machine_type=cfg.machine_type,
+                service_account_email=accounts.fleet_email,
+                subnetwork=network.subnetwork,
+                user_data=user_data(cfg, role, uri, AgentWheel(wheel_uri, wheel_sha)),
+                autoscaling=Autoscaling(
+                    min_replicas=size.min_replicas if serving else 0,
+                    max_replicas=size.max_replicas if serving else 0,
+                    metric=cfg.autoscaling_metric,
+                    target_cpu_percent=cfg.target_cpu_percent,
+                    cooldown_sec=cfg.health_check_initial_delay_seconds,
+                ),
+                health_check_initial_delay_sec=cfg.health_check_initial_delay_seconds,
+                gpu=cfg.gpu,
+                gpu_type=gpu_type,
+                grpc_port_name=cfg.enable_grpc,
+                target_pool=cfg.enable_grpc and role == STABLE,  # gRPC goes to the stable fleet only
+                boot_dependencies=[store],
+            ),
+            opts,
+        )
+
+    pool = fleets[STABLE].target_pool
+    lb = LoadBalancer(
+        f"{name}-lb",
+        LoadBalancerArgs(
+            network=network.network,
+            backend_service_account=accounts.fleet_email,
+            stable_group=fleets[STABLE].instance_group,
+            canary_group=fleets[CANARY].instance_group,
+            canary_weight_percent=cfg.canary_weight_percent,
+            rest_port_name=fleets[STABLE].rest_port_name,
+            max_rate_per_instance=cfg.target_requests_per_second,
+            allowed_source_cidrs=cfg.allowed_source_cidrs,
+            https_domains=cfg.https_domains if cfg.enable_https else (),
+            grpc=GrpcArgs(region=cfg.region, target_pool=pool) if pool is not None else None,
+            deletion_protection=cfg.deletion_protection,
+        ),
+        opts,
+    )
+
+    outputs: dict[str, Any] = {
+        "endpoint": lb.endpoint,
+        "loadBalancerAddress": lb.address,
+        "bucketName": store.bucket_name,
+        "storeUri": uri,
+        "agentWheelUri": wheel_uri,
+        "fleetServiceAccount": accounts.fleet_email,
+        "publisherServiceAccount": accounts.publisher_email,
+        "stableInstanceGroup": fleets[STABLE].instance_group_manager,
+        "canaryInstanceGroup": fleets[CANARY].instance_group_manager,
+        "canaryWeightPercent": cfg.canary_weight_percent,
+        "securityPolicy": lb.security_policy,
+    }
+    if lb.grpc_endpoint is not None:
+        outputs["grpcEndpoint"] = lb.grpc_endpoint
+    if cfg.enable_https:
+        outputs["httpsDomains"] = list(cfg.https_domains)
+    return outputs

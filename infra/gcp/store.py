@@ -1,0 +1,117 @@
+"""The model store: a hardened GCS bucket, who may read and write it, and the agent wheel the VMs install from it.
+
+Roles are granted on the bucket only (never on the project):
+- readers (the fleets' service account): ``roles/storage.objectViewer`` = ``storage.objects.get`` + ``.list``,
+  all the agent does (conditional GETs of manifests, listing and downloading versions, fetching its wheel).
+- publishers (training jobs): ``roles/storage.objectUser`` (create, read, overwrite, delete objects: publishing
+  writes new files, replaces ``manifest.json`` under a generation precondition (a replace needs
+  ``storage.objects.delete``), prune deletes). ``Store.check()`` probes the bucket with a one-object listing, so
+  no bucket-level permission (``storage.buckets.get``) is needed by either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_gcp as gcp
+
+READER_ROLES = ("roles/storage.objectViewer",)
+PUBLISHER_ROLES = ("roles/storage.objectUser",)
+
+
+@dataclass(frozen=True)
+class AgentWheelFile:
+    """A built agent wheel (``infra.agent_package.build_agent_wheel``) and where it goes in the bucket."""
+
+    path: Path
+    sha256: str
+    object_name: str  # <prefix>/_agent/<sha256>/<wheel name>
+
+
+@dataclass(frozen=True)
+class ModelStoreArgs:
+    bucket_name: str
+    location: str  # the fleets' region: no cross-region transfer when VMs download models
+    noncurrent_version_days: int
+    kms_key: str | None = None
+    deletion_protection: bool = False
+    reader_members: Sequence[pulumi.Input[str]] = ()  # "serviceAccount:..." members that may only read
+    publisher_members: Sequence[pulumi.Input[str]] = ()  # members that publish, label and prune
+    agent_wheel: AgentWheelFile | None = None
+
+
+class ModelStore(pulumi.ComponentResource):
+    bucket_name: pulumi.Output[str]
+    bucket_url: pulumi.Output[str]
+    agent_wheel_object: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: ModelStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("modelfleet:gcp:ModelStore", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.bucket = gcp.storage.Bucket(
+            f"{name}-bucket",
+            name=args.bucket_name,
+            location=args.location.upper(),
+            storage_class="STANDARD",
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            # Every overwrite (manifest.json) and delete (prune) keeps a noncurrent copy for the grace period.
+            versioning=gcp.storage.BucketVersioningArgs(enabled=True),
+            lifecycle_rules=[
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        days_since_noncurrent_time=args.noncurrent_version_days,
+                        with_state="ARCHIVED",
+                    ),
+                ),
+            ],
+            encryption=(gcp.storage.BucketEncryptionArgs(default_kms_key_name=args.kms_key) if args.kms_key else None),
+            force_destroy=False,
+            deletion_policy="PREVENT" if args.deletion_protection else None,
+            opts=child,
+        )
+        self.grants: list[gcp.storage.BucketIAMMember] = []
+        for who, group, roles in (
+            ("reader", args.reader_members, READER_ROLES),
+            ("publisher", args.publisher_members, PUBLISHER_ROLES),
+        ):
+            for i, member in enumerate(group):
+                for role in roles:
+                    self.grants.append(
+                        gcp.storage.BucketIAMMember(
+                            f"{name}-{who}{i}-{role.rsplit('.', 1)[-1].lower()}",
+                            bucket=self.bucket.name,
+                            role=role,
+                            member=member,
+                            opts=child,
+                        )
+                    )
+
+        self.agent_wheel_object = None
+        if args.agent_wheel is not None:
+            wheel = gcp.storage.BucketObject(
+                f"{name}-agent-wheel",
+                bucket=self.bucket.name,
+                name=args.agent_wheel.object_name,
+                source=pulumi.FileAsset(str(args.agent_wheel.path)),
+                content_type="application/zip",
+                # Content-addressed: a new agent is a new object. Keep the old ones, so a VM created from a template
+                # that is still being replaced can fetch the wheel it was told to (docs/bootstrap.md).
+                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+            )
+            self.wheel = wheel
+            self.agent_wheel_object = wheel.output_name
+
+        self.bucket_name = self.bucket.name
+        self.bucket_url = self.bucket.url
+        self.register_outputs(
+            {
+                "bucket_name": self.bucket_name,
+                "bucket_url": self.bucket_url,
+                "agent_wheel_object": self.agent_wheel_object,
+            }
+        )

@@ -1,0 +1,647 @@
+"""The GCP stack's resource graph, evaluated offline under Pulumi's mocks (no CLI, no credentials).
+
+Each stack file (staging, prod) is checked for every resource and its hardening, and config variants (canary
+weights, client CIDRs, HTTPS, gRPC off, GPU, an existing network) are built from the staging file's values with
+overrides. The fleets' user-data is read back from the instance templates and checked by ``cloud-init schema``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import infra.mocks
+from infra import bootstrap
+from infra.config import ConfigError, StackConfig, load_config, read_stack_file
+from infra.gcp.mock_calls import CALLS, STATE
+from infra.gcp.stack import build
+from infra.mocks import Plan, PlannedResource, evaluate
+from infra.stack import STACKS_DIR, plan_stack
+from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+from model_export.store import parse_uri
+
+T_BUCKET = "gcp:storage/bucket:Bucket"
+T_BUCKET_IAM = "gcp:storage/bucketIAMMember:BucketIAMMember"
+T_OBJECT = "gcp:storage/bucketObject:BucketObject"
+T_ACCOUNT = "gcp:serviceaccount/account:Account"
+T_NETWORK = "gcp:compute/network:Network"
+T_SUBNET = "gcp:compute/subnetwork:Subnetwork"
+T_ROUTER = "gcp:compute/router:Router"
+T_NAT = "gcp:compute/routerNat:RouterNat"
+T_FIREWALL = "gcp:compute/firewall:Firewall"
+T_TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
+T_MIG = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
+T_AUTOSCALER = "gcp:compute/regionAutoscaler:RegionAutoscaler"
+T_HC = "gcp:compute/healthCheck:HealthCheck"
+T_LEGACY_HC = "gcp:compute/httpHealthCheck:HttpHealthCheck"
+T_POOL = "gcp:compute/targetPool:TargetPool"
+T_BACKEND = "gcp:compute/backendService:BackendService"
+T_REGION_BACKEND = "gcp:compute/regionBackendService:RegionBackendService"  # must not exist (see the gRPC test)
+T_ARMOR = "gcp:compute/securityPolicy:SecurityPolicy"
+T_URLMAP = "gcp:compute/uRLMap:URLMap"
+T_HTTP_PROXY = "gcp:compute/targetHttpProxy:TargetHttpProxy"
+T_HTTPS_PROXY = "gcp:compute/targetHttpsProxy:TargetHttpsProxy"
+T_CERT = "gcp:compute/managedSslCertificate:ManagedSslCertificate"
+T_GLOBAL_ADDRESS = "gcp:compute/globalAddress:GlobalAddress"
+T_ADDRESS = "gcp:compute/address:Address"
+T_GLOBAL_RULE = "gcp:compute/globalForwardingRule:GlobalForwardingRule"
+T_RULE = "gcp:compute/forwardingRule:ForwardingRule"
+
+GOOGLE_LB_RANGES = {"35.191.0.0/16", "130.211.0.0/22"}
+GOOGLE_NLB_HC_RANGES = {"35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"}
+READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+STACKS = ("staging", "prod")
+
+
+# --- plans --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def stack(request: pytest.FixtureRequest) -> tuple[StackConfig, Plan]:
+    return plan_stack(request.param)
+
+
+_variants: dict[tuple[tuple[str, Any], ...], tuple[StackConfig, Plan]] = {}
+
+
+def variant(**overrides: Any) -> tuple[StackConfig, Plan]:
+    """The staging stack file's values with ``overrides`` (config key names), planned once per test session."""
+    key = tuple(sorted((k, repr(v)) for k, v in overrides.items()))
+    if key not in _variants:
+        values = {**read_stack_file(STACKS_DIR / "Pulumi.staging.yaml"), **overrides}
+        cfg = load_config(values, "test")
+        _variants[key] = (cfg, evaluate("test", lambda: build(cfg), state=STATE, calls=CALLS))
+    return _variants[key]
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+
+
+def by_role(plan: Plan, type_: str, role: str) -> PlannedResource:
+    found = [r for r in plan.of_type(type_) if r.parent_name is not None and r.parent_name.endswith(f"-{role}")]
+    assert len(found) == 1, f"expected one {type_} in the {role} fleet, found {[r.name for r in found]}"
+    return found[0]
+
+
+def state_of(resource: PlannedResource, key: str) -> Any:
+    """A computed attribute as the mocks answer it for this resource (the self link other resources refer to)."""
+    return STATE[resource.type](resource.name, resource.inputs)[key]
+
+
+def self_link(resource: PlannedResource) -> str:
+    link: str = state_of(resource, "selfLink")
+    return link
+
+
+def walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from walk(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from walk(item)
+
+
+def allowed_ports(rule: PlannedResource) -> set[int]:
+    return {int(p) for allow in rule.inputs.get("allows", []) for p in allow.get("ports", [])}
+
+
+def fleet_email(plan: Plan) -> str:
+    return str(plan.outputs["fleetServiceAccount"])
+
+
+# --- the graph ----------------------------------------------------------------------------------------------------
+
+
+def test_every_resource_exists(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    counts = {
+        T_BUCKET: 1,
+        T_OBJECT: 1,
+        T_ACCOUNT: 2,
+        T_BUCKET_IAM: 2,
+        T_NETWORK: 1,
+        T_SUBNET: 1,
+        T_ROUTER: 1,
+        T_NAT: 1,
+        T_TEMPLATE: 2,
+        T_MIG: 2,
+        T_AUTOSCALER: 2,
+        T_HC: 3,  # two autohealing checks, one for the ALB
+        T_BACKEND: 2,
+        T_ARMOR: 1,
+        T_URLMAP: 2 if cfg.enable_https else 1,
+        T_HTTP_PROXY: 1,
+        T_HTTPS_PROXY: 1 if cfg.enable_https else 0,
+        T_CERT: 1 if cfg.enable_https else 0,
+        T_GLOBAL_ADDRESS: 1,
+        T_GLOBAL_RULE: 2 if cfg.enable_https else 1,
+        T_LEGACY_HC: 1,
+        T_POOL: 1,
+        T_REGION_BACKEND: 0,
+        T_ADDRESS: 1,
+        T_RULE: 1,
+    }
+    assert cfg.enable_grpc
+    got = {type_: len(plan.of_type(type_)) for type_ in counts}
+    assert got == counts
+    components = {r.type for r in plan.resources if not r.custom}
+    assert components == {
+        "modelfleet:gcp:ServiceAccounts",
+        "modelfleet:gcp:ModelStore",
+        "modelfleet:gcp:Network",
+        "modelfleet:gcp:ServingFleet",
+        "modelfleet:gcp:LoadBalancer",
+    }
+
+
+def test_every_child_belongs_to_a_modelfleet_component(stack: tuple[StackConfig, Plan]) -> None:
+    _, plan = stack
+    for r in plan.resources:
+        if r.type.startswith("pulumi:providers:"):
+            assert r.parent_type == "pulumi:pulumi:Stack"
+        elif r.custom:
+            assert r.parent_type is not None and r.parent_type.startswith("modelfleet:gcp:"), (r.name, r.parent_type)
+            assert r.parent_name is not None and r.name.startswith(f"{r.parent_name}-"), (r.name, r.parent_name)
+        else:
+            assert r.parent_type == "pulumi:pulumi:Stack", r.name
+
+
+def test_every_gcp_resource_uses_the_stack_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No resource falls back to the default provider (ambient `gcp:project` / credentials config)."""
+    seen: list[tuple[str, str]] = []
+    register = infra.mocks.RecordingMonitor.RegisterResource
+
+    def recording(self: infra.mocks.RecordingMonitor, request: Any) -> Any:
+        seen.append((request.type, request.provider))
+        return register(self, request)
+
+    monkeypatch.setattr(infra.mocks.RecordingMonitor, "RegisterResource", recording)
+    cfg, plan = plan_stack("staging")
+    gcp_resources = [(t, p) for t, p in seen if t.startswith("gcp:")]
+    assert len(gcp_resources) > 30
+    for type_, provider in gcp_resources:
+        assert "pulumi:providers:gcp::mf-staging-gcp::" in provider, type_
+    settings = plan.one("pulumi:providers:gcp").inputs
+    assert (settings["project"], settings["region"]) == (cfg.gcp_project, cfg.region)
+
+
+# --- store and identities -----------------------------------------------------------------------------------------
+
+
+def test_bucket_is_hardened(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    bucket = plan.one(T_BUCKET).inputs
+    assert bucket["uniformBucketLevelAccess"] is True
+    assert bucket["publicAccessPrevention"] == "enforced"
+    assert bucket["versioning"] == {"enabled": True}
+    assert bucket["forceDestroy"] is False
+    assert bucket["location"] == cfg.region.upper()
+    (rule,) = bucket["lifecycleRules"]
+    assert rule["action"]["type"] == "Delete"
+    assert rule["condition"]["daysSinceNoncurrentTime"] == cfg.noncurrent_version_days
+    assert rule["condition"]["withState"] == "ARCHIVED"
+    assert "encryption" not in bucket  # no kmsKey in the stack files
+    assert bucket.get("deletionPolicy") == ("PREVENT" if cfg.deletion_protection else None)
+
+
+def test_fleet_reads_and_publisher_writes_only_this_bucket(stack: tuple[StackConfig, Plan]) -> None:
+    _, plan = stack
+    bucket = plan.one(T_BUCKET).inputs["name"]
+    grants = {(g.inputs["member"], g.inputs["role"]) for g in plan.of_type(T_BUCKET_IAM)}
+    fleet, publisher = plan.outputs["fleetServiceAccount"], plan.outputs["publisherServiceAccount"]
+    assert grants == {
+        (f"serviceAccount:{fleet}", "roles/storage.objectViewer"),
+        (f"serviceAccount:{publisher}", "roles/storage.objectUser"),
+    }
+    assert {g.inputs["bucket"] for g in plan.of_type(T_BUCKET_IAM)} == {bucket}
+    # Nothing is granted anywhere else: no project, folder or organisation IAM resources.
+    iam_types = {r.type for r in plan.resources if "iam" in r.type.lower()}
+    assert iam_types == {T_BUCKET_IAM}
+
+
+def test_no_grant_or_input_names_all_users(stack: tuple[StackConfig, Plan]) -> None:
+    _, plan = stack
+    for r in plan.resources:
+        for value in walk(r.inputs):
+            if isinstance(value, str):
+                assert "allUsers" not in value and "allAuthenticatedUsers" not in value, r.name
+
+
+def test_outputs(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    out = plan.outputs
+    scheme, bucket, prefix = parse_uri(out["storeUri"])
+    assert (scheme, bucket, prefix) == ("gs", out["bucketName"], cfg.store_prefix)
+    assert out["storeUri"] == f"gs://{out['bucketName']}/{cfg.store_prefix}"
+    assert out["bucketName"] == plan.one(T_BUCKET).inputs["name"]
+    accounts = {a.inputs["accountId"]: a for a in plan.of_type(T_ACCOUNT)}
+    assert out["fleetServiceAccount"] == f"mf-{cfg.stack}-fleet@{cfg.gcp_project}.iam.gserviceaccount.com"
+    assert out["publisherServiceAccount"] == f"mf-{cfg.stack}-publisher@{cfg.gcp_project}.iam.gserviceaccount.com"
+    assert set(accounts) == {f"mf-{cfg.stack}-fleet", f"mf-{cfg.stack}-publisher"}
+    address = state_of(plan.one(T_GLOBAL_ADDRESS), "address")
+    assert out["loadBalancerAddress"] == address
+    assert out["endpoint"] == (f"https://{cfg.https_domains[0]}" if cfg.enable_https else f"http://{address}")
+    grpc_ip = state_of(plan.one(T_ADDRESS), "address")
+    assert out["grpcEndpoint"] == f"{grpc_ip}:{TFS_GRPC_PORT}"
+    assert out["canaryWeightPercent"] == cfg.canary_weight_percent
+
+
+def test_agent_wheel_is_an_object_in_the_store_that_the_user_data_names(stack: tuple[StackConfig, Plan]) -> None:
+    _, plan = stack
+    wheel = plan.one(T_OBJECT).inputs
+    uri = plan.outputs["agentWheelUri"]
+    _, _, key = parse_uri(uri)
+    assert (wheel["bucket"], wheel["name"]) == (plan.outputs["bucketName"], key)
+    assert key.startswith(f"{parse_uri(plan.outputs['storeUri'])[2]}/_agent/")
+    sha = key.split("/")[-2]
+    assert len(sha) == 64
+    for role in (STABLE, CANARY):
+        env = user_data_files(by_role(plan, T_TEMPLATE, role))[bootstrap.AGENT_ENV_FILE]
+        assert f"MODELFLEET_WHEEL_URI={uri}\n" in env
+        assert f"MODELFLEET_WHEEL_SHA256={sha}\n" in env
+
+
+# --- fleets -------------------------------------------------------------------------------------------------------
+
+
+def user_data(template: PlannedResource) -> str:
+    text: str = template.inputs["metadata"]["user-data"]
+    return text
+
+
+def user_data_files(template: PlannedResource) -> dict[str, str]:
+    doc = yaml.safe_load(user_data(template))
+    return {f["path"]: f["content"] for f in doc["write_files"]}
+
+
+def test_instance_templates_are_hardened(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    for role in (STABLE, CANARY):
+        t = by_role(plan, T_TEMPLATE, role).inputs
+        assert t["shieldedInstanceConfig"] == {
+            "enableSecureBoot": True,
+            "enableVtpm": True,
+            "enableIntegrityMonitoring": True,
+        }
+        (nic,) = t["networkInterfaces"]
+        assert "accessConfigs" not in nic and "ipv6AccessConfigs" not in nic  # no external address
+        assert nic["subnetwork"] == self_link(plan.one(T_SUBNET))
+        assert t["serviceAccount"] == {"email": fleet_email(plan), "scopes": [READ_ONLY_SCOPE]}
+        (disk,) = t["disks"]
+        assert disk["boot"] and disk["sourceImage"].endswith(
+            "ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+        )
+        assert t["machineType"] == cfg.machine_type
+        assert t["metadata"]["enable-oslogin"] == "TRUE"
+        assert t["metadata"]["block-project-ssh-keys"] == "TRUE"
+        assert "guestAccelerators" not in t
+        assert t["namePrefix"].startswith(f"mf-{cfg.stack}-{role}-")  # a changed template is a new one: fleet rolls
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="needs Debian's cloud-init (make system-deps)")
+def test_user_data_is_valid_cloud_config(stack: tuple[StackConfig, Plan], tmp_path: Path) -> None:
+    cfg, plan = stack
+    for role in (STABLE, CANARY):
+        text = user_data(by_role(plan, T_TEMPLATE, role))
+        assert text.startswith("#cloud-config\n")
+        path = tmp_path / f"{role}.yaml"
+        path.write_text(text)
+        proc = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        agent_unit = user_data_files(by_role(plan, T_TEMPLATE, role))[f"{bootstrap.UNIT_DIR}/{bootstrap.AGENT_UNIT}"]
+        assert f"--role {role}" in agent_unit
+        assert f"--store {plan.outputs['storeUri']}" in agent_unit
+        assert f"--models {','.join(cfg.models)}" in agent_unit
+        assert cfg.tfs_image in text
+
+
+def test_fleets_roll_autoheal_and_name_their_ports(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    for role in (STABLE, CANARY):
+        mig = by_role(plan, T_MIG, role).inputs
+        template = by_role(plan, T_TEMPLATE, role)
+        assert mig["versions"] == [{"name": role, "instanceTemplate": state_of(template, "selfLinkUnique")}]
+        assert mig["region"] == cfg.region
+        assert {p["name"]: p["port"] for p in mig["namedPorts"]} == {"http": TFS_REST_PORT, "grpc": TFS_GRPC_PORT}
+        healing = mig["autoHealingPolicies"]
+        assert healing["initialDelaySec"] == cfg.health_check_initial_delay_seconds
+        check = [h for h in plan.of_type(T_HC) if self_link(h) == healing["healthCheck"]]
+        assert len(check) == 1 and check[0].parent_name == f"mf-{cfg.stack}-{role}"
+        assert check[0].inputs["httpHealthCheck"] == {"port": AGENT_PORT, "requestPath": HEALTH_PATH}
+        update = mig["updatePolicy"]
+        assert update["type"] == "PROACTIVE" and update["minimalAction"] == "REPLACE"
+        assert update["maxSurgeFixed"] >= 3 and update["maxUnavailableFixed"] == 0
+        assert "targetSize" not in mig  # the autoscaler owns the size
+        assert mig["distributionPolicyTargetShape"] == "EVEN"
+
+
+def test_autoscalers_follow_the_config(stack: tuple[StackConfig, Plan]) -> None:
+    assert_autoscalers(*stack)
+
+
+def assert_autoscalers(cfg: StackConfig, plan: Plan) -> None:
+    for role, size in ((STABLE, cfg.stable), (CANARY, cfg.canary)):
+        scaler = by_role(plan, T_AUTOSCALER, role).inputs
+        assert scaler["target"] == self_link(by_role(plan, T_MIG, role))
+        policy = scaler["autoscalingPolicy"]
+        expected = (size.min_replicas, size.max_replicas) if role == STABLE or cfg.canary_enabled else (0, 0)
+        assert (policy["minReplicas"], policy["maxReplicas"]) == expected
+        assert policy["mode"] == "ON"
+        if cfg.autoscaling_metric == "cpu":
+            assert policy["cpuUtilization"]["target"] == pytest.approx(cfg.target_cpu_percent / 100)
+            assert "loadBalancingUtilization" not in policy
+        else:
+            assert policy["loadBalancingUtilization"]["target"] == pytest.approx(1.0)
+            assert "cpuUtilization" not in policy
+
+
+# --- load balancing -----------------------------------------------------------------------------------------------
+
+
+def test_backend_services_match_the_fleets(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    lb_check = plan.named(f"mf-{cfg.stack}-lb-hc")
+    assert lb_check.inputs["httpHealthCheck"] == {"port": AGENT_PORT, "requestPath": HEALTH_PATH}
+    armor = plan.one(T_ARMOR)
+    for role in (STABLE, CANARY):
+        backend = plan.named(f"mf-{cfg.stack}-lb-{role}").inputs
+        mig = by_role(plan, T_MIG, role)
+        rest_port_names = [p["name"] for p in mig.inputs["namedPorts"] if p["port"] == TFS_REST_PORT]
+        assert [backend["portName"]] == rest_port_names
+        assert backend["loadBalancingScheme"] == "EXTERNAL_MANAGED"
+        assert backend["protocol"] == "HTTP"
+        assert backend["healthChecks"] == self_link(lb_check)
+        assert backend["securityPolicy"] == self_link(armor)
+        assert backend["logConfig"] == {"enable": True, "sampleRate": 1.0}
+        (b,) = backend["backends"]
+        assert b["group"] == state_of(mig, "instanceGroup")
+        assert b["balancingMode"] == "RATE" and b["maxRatePerInstance"] == cfg.target_requests_per_second
+
+
+def test_url_map_splits_by_the_configured_weight(stack: tuple[StackConfig, Plan]) -> None:
+    assert_split(*stack)
+
+
+def assert_split(cfg: StackConfig, plan: Plan) -> None:
+    urlmap = plan.named(f"mf-{cfg.stack}-lb-urlmap").inputs
+    backends = {self_link(plan.named(f"mf-{cfg.stack}-lb-{role}")): role for role in (STABLE, CANARY)}
+    if 0 < cfg.canary_weight_percent < 100:
+        weighted = urlmap["defaultRouteAction"]["weightedBackendServices"]
+        weights = {backends[w["backendService"]]: w["weight"] for w in weighted}
+        assert weights == {STABLE: cfg.stable_weight_percent, CANARY: cfg.canary_weight_percent}
+        assert sum(weights.values()) == 100
+        assert "defaultService" not in urlmap
+    else:
+        only = STABLE if cfg.canary_weight_percent == 0 else CANARY
+        assert backends[urlmap["defaultService"]] == only
+        assert "defaultRouteAction" not in urlmap
+
+
+def test_forwarding_rules_are_external_managed_on_the_reserved_address(stack: tuple[StackConfig, Plan]) -> None:
+    assert_forwarding(*stack)
+
+
+def assert_forwarding(cfg: StackConfig, plan: Plan) -> None:
+    address = state_of(plan.one(T_GLOBAL_ADDRESS), "address")
+    rules = {r.inputs["portRange"]: r.inputs for r in plan.of_type(T_GLOBAL_RULE)}
+    assert set(rules) == ({"80", "443"} if cfg.enable_https else {"80"})
+    for rule in rules.values():
+        assert rule["loadBalancingScheme"] == "EXTERNAL_MANAGED"
+        assert rule["ipAddress"] == address
+        assert rule["ipProtocol"] == "TCP"
+        assert rule.get("deletionPolicy") == ("PREVENT" if cfg.deletion_protection else None)
+    proxy = plan.one(T_HTTP_PROXY)
+    assert rules["80"]["target"] == self_link(proxy)
+    serving_map = self_link(plan.named(f"mf-{cfg.stack}-lb-urlmap"))
+    if cfg.enable_https:
+        redirect = plan.named(f"mf-{cfg.stack}-lb-redirect")
+        assert proxy.inputs["urlMap"] == self_link(redirect)
+        assert redirect.inputs["defaultUrlRedirect"]["httpsRedirect"] is True
+        https = plan.one(T_HTTPS_PROXY)
+        assert rules["443"]["target"] == self_link(https)
+        assert https.inputs["urlMap"] == serving_map
+        cert = plan.one(T_CERT)
+        assert https.inputs["sslCertificates"] == [self_link(cert)]
+        assert cert.inputs["managed"]["domains"] == list(cfg.https_domains)
+    else:
+        assert proxy.inputs["urlMap"] == serving_map
+
+
+def armor_rules(plan: Plan) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = plan.one(T_ARMOR).inputs["rules"]
+    return rules
+
+
+def test_cloud_armor_denies_by_default_and_admits_only_the_configured_cidrs(stack: tuple[StackConfig, Plan]) -> None:
+    assert_armor(*stack)
+
+
+def assert_armor(cfg: StackConfig, plan: Plan) -> None:
+    rules = armor_rules(plan)
+    default = [r for r in rules if r["priority"] == 2147483647]
+    assert len(default) == 1
+    assert default[0]["action"] == "deny(403)"
+    assert default[0]["match"] == {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["*"]}}
+    others = [r for r in rules if r["priority"] != 2147483647]
+    assert all(r["action"] == "allow" for r in others)
+    admitted = [c for r in others for c in r["match"]["config"]["srcIpRanges"]]
+    assert sorted(admitted) == sorted(cfg.allowed_source_cidrs)
+    assert all(len(r["match"]["config"]["srcIpRanges"]) <= 10 for r in others)
+    assert len({r["priority"] for r in rules}) == len(rules)
+
+
+def test_firewall_admits_only_google_and_the_allowed_clients(stack: tuple[StackConfig, Plan]) -> None:
+    assert_firewalls(*stack)
+
+
+def assert_firewalls(cfg: StackConfig, plan: Plan) -> None:
+    rules = plan.of_type(T_FIREWALL)
+    assert rules
+    google = GOOGLE_LB_RANGES | GOOGLE_NLB_HC_RANGES
+    clients = {c for c in cfg.allowed_source_cidrs if ipaddress.ip_network(c).version == 4}
+    for rule in rules:
+        inputs = rule.inputs
+        sources = set(inputs["sourceRanges"])
+        assert "0.0.0.0/0" not in sources and "::/0" not in sources, rule.name
+        assert inputs["direction"] == "INGRESS"
+        assert inputs["targetServiceAccounts"] == [fleet_email(plan)]
+        ports = allowed_ports(rule)
+        if ports & {AGENT_PORT, TFS_REST_PORT}:
+            # The health-checked and proxied ports: Google's front ends and health checkers only.
+            assert sources <= google, rule.name
+        if sources - google:
+            assert sources <= clients and ports == {TFS_GRPC_PORT}, rule.name
+    hc_ports = {p for r in rules if set(r.inputs["sourceRanges"]) == GOOGLE_LB_RANGES for p in allowed_ports(r)}
+    assert {AGENT_PORT, TFS_REST_PORT} <= hc_ports
+    if cfg.enable_grpc:
+        nlb = [r for r in rules if set(r.inputs["sourceRanges"]) == GOOGLE_NLB_HC_RANGES]
+        assert len(nlb) == 1 and allowed_ports(nlb[0]) == {AGENT_PORT}
+        grpc_clients = [r for r in rules if TFS_GRPC_PORT in allowed_ports(r)]
+        assert [set(r.inputs["sourceRanges"]) for r in grpc_clients] == ([clients] if clients else [])
+    network = plan.of_type(T_NETWORK)
+    expected_network = self_link(network[0]) if network else cfg.existing_network
+    assert {r.inputs["network"] for r in rules} == {expected_network}
+
+
+def test_grpc_goes_through_a_passthrough_nlb_to_the_stable_fleet(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    pool = plan.one(T_POOL)
+    assert pool.parent_name == f"mf-{cfg.stack}-stable"
+    assert pool.inputs["region"] == cfg.region
+    check = plan.one(T_LEGACY_HC)
+    assert pool.inputs["healthChecks"] == self_link(check)
+    assert (check.inputs["port"], check.inputs["requestPath"]) == (AGENT_PORT, HEALTH_PATH)
+    assert by_role(plan, T_MIG, STABLE).inputs["targetPools"] == [self_link(pool)]
+    assert "targetPools" not in by_role(plan, T_MIG, CANARY).inputs
+    rule = plan.one(T_RULE).inputs
+    assert rule["loadBalancingScheme"] == "EXTERNAL" and rule["ipProtocol"] == "TCP"
+    assert rule["portRange"] == str(TFS_GRPC_PORT)
+    assert rule["target"] == self_link(pool)
+    assert rule["ipAddress"] == state_of(plan.one(T_ADDRESS), "address")
+
+
+def test_each_group_is_in_exactly_one_backend_service(stack: tuple[StackConfig, Plan]) -> None:
+    """Load-balancing-utilisation autoscaling refuses a group in two backend services (MORE_THAN_ONE_BACKEND_SERVICE),
+    which is why the gRPC NLB uses a target pool."""
+    _, plan = stack
+    backends = plan.of_type(T_BACKEND) + plan.of_type(T_REGION_BACKEND)
+    for role in (STABLE, CANARY):
+        group = state_of(by_role(plan, T_MIG, role), "instanceGroup")
+        users = [b.name for b in backends for x in b.inputs["backends"] if x["group"] == group]
+        assert len(users) == 1, (role, users)
+
+
+def test_network_is_private_with_nat_egress(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    assert plan.one(T_NETWORK).inputs["autoCreateSubnetworks"] is False
+    subnet = plan.one(T_SUBNET).inputs
+    assert subnet["ipCidrRange"] == cfg.network_cidr
+    assert subnet["privateIpGoogleAccess"] is True
+    assert subnet["network"] == self_link(plan.one(T_NETWORK))
+    nat = plan.one(T_NAT).inputs
+    assert nat["router"] == state_of(plan.one(T_ROUTER), "name")
+    assert [s["name"] for s in nat["subnetworks"]] == [self_link(plan.one(T_SUBNET))]
+
+
+# --- config variants ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight", [0, 35, 100])
+def test_canary_weight(weight: int) -> None:
+    cfg, plan = variant(canaryWeightPercent=weight)
+    assert_split(cfg, plan)
+    canary = by_role(plan, T_AUTOSCALER, CANARY).inputs["autoscalingPolicy"]
+    if weight == 0:
+        assert (canary["minReplicas"], canary["maxReplicas"]) == (0, 0)  # scaled to zero
+        weighted = plan.named("mf-test-lb-urlmap").inputs.get("defaultRouteAction")
+        assert weighted is None
+    else:
+        assert (canary["minReplicas"], canary["maxReplicas"]) == (cfg.canary.min_replicas, cfg.canary.max_replicas)
+    stable = by_role(plan, T_AUTOSCALER, STABLE).inputs["autoscalingPolicy"]
+    assert (stable["minReplicas"], stable["maxReplicas"]) == (cfg.stable.min_replicas, cfg.stable.max_replicas)
+
+
+def test_allowed_cidrs_open_armor_and_the_grpc_port_only() -> None:
+    cidrs = [f"198.51.{i}.0/24" for i in range(12)] + ["2001:db8::/32"]
+    cfg, plan = variant(allowedSourceCidrs=cidrs)
+    assert_armor(cfg, plan)
+    assert len([r for r in armor_rules(plan) if r["action"] == "allow"]) == 2  # 13 ranges, 10 per rule
+    assert_firewalls(cfg, plan)
+    (grpc_clients,) = [r for r in plan.of_type(T_FIREWALL) if TFS_GRPC_PORT in allowed_ports(r)]
+    assert set(grpc_clients.inputs["sourceRanges"]) == set(cidrs[:-1])  # IPv4 only: the NLB address is IPv4
+    assert grpc_clients.inputs["logConfig"] == {"metadata": "INCLUDE_ALL_METADATA"}
+
+
+def test_https_with_several_domains_redirects_http() -> None:
+    domains = ["models.example.com", "ml.example.org"]
+    cfg, plan = variant(enableHttps=True, httpsDomains=domains)
+    assert_forwarding(cfg, plan)
+    https = plan.one(T_HTTPS_PROXY).inputs
+    tls = plan.named("mf-test-lb-tls").inputs
+    assert https["sslPolicy"] == self_link(plan.named("mf-test-lb-tls"))
+    assert tls["minTlsVersion"] == "TLS_1_2"
+    assert plan.outputs["endpoint"] == "https://models.example.com"
+
+
+def test_grpc_disabled_builds_no_nlb() -> None:
+    cfg, plan = variant(enableGrpc=False)
+    for type_ in (T_POOL, T_LEGACY_HC, T_ADDRESS, T_RULE):
+        assert plan.of_type(type_) == []
+    assert all("targetPools" not in m.inputs for m in plan.of_type(T_MIG))
+    assert "grpcEndpoint" not in plan.outputs
+    for role in (STABLE, CANARY):
+        assert [p["name"] for p in by_role(plan, T_MIG, role).inputs["namedPorts"]] == ["http"]
+    assert all(TFS_GRPC_PORT not in allowed_ports(r) for r in plan.of_type(T_FIREWALL))
+    assert_firewalls(cfg, plan)
+
+
+def test_gpu_fleet() -> None:
+    _, plan = variant(gpu=True, machineType="n1-standard-8", gpuType="nvidia-tesla-t4")
+    for role in (STABLE, CANARY):
+        t = by_role(plan, T_TEMPLATE, role).inputs
+        assert t["guestAccelerators"] == [{"type": "nvidia-tesla-t4", "count": 1}]
+        assert t["scheduling"]["onHostMaintenance"] == "TERMINATE"
+        assert "deeplearning-platform-release" in t["disks"][0]["sourceImage"]
+        assert t["shieldedInstanceConfig"]["enableVtpm"] is True
+        assert "tensorflow/serving:2.20.0-gpu" in user_data(by_role(plan, T_TEMPLATE, role))
+    _, g2 = variant(gpu=True, machineType="g2-standard-8")
+    assert all("guestAccelerators" not in t.inputs for t in g2.of_type(T_TEMPLATE))  # the L4 comes with g2
+
+
+def test_gpu_on_a_machine_type_without_gpus_is_refused() -> None:
+    values = {**read_stack_file(STACKS_DIR / "Pulumi.staging.yaml"), "gpu": True}
+    cfg = load_config(values, "test")
+    with pytest.raises(ConfigError, match=r"modelfleet:machineType = 'e2-standard-2' cannot take a GPU"):
+        build(cfg)
+
+
+def test_existing_network_is_used_not_created() -> None:
+    network = "https://www.googleapis.com/compute/v1/projects/acme-net/global/networks/shared"
+    subnet = "https://www.googleapis.com/compute/v1/projects/acme-net/regions/europe-west1/subnetworks/ml"
+    cfg, plan = variant(existingNetwork=network, existingInstanceSubnets=[subnet])
+    for type_ in (T_NETWORK, T_SUBNET, T_ROUTER, T_NAT):
+        assert plan.of_type(type_) == []
+    for t in plan.of_type(T_TEMPLATE):
+        assert t.inputs["networkInterfaces"] == [{"subnetwork": subnet}]
+    assert_firewalls(cfg, plan)
+
+
+def test_explicit_bucket_cmek_and_empty_prefix() -> None:
+    key = "projects/acme-kms/locations/europe-west1/keyRings/ml/cryptoKeys/models"
+    _, plan = variant(bucketName="acme-models-eu", kmsKey=key, storePrefix="", noncurrentVersionDays=7)
+    bucket = plan.one(T_BUCKET).inputs
+    assert bucket["name"] == "acme-models-eu"
+    assert bucket["encryption"] == {"defaultKmsKeyName": key}
+    assert bucket["lifecycleRules"][0]["condition"]["daysSinceNoncurrentTime"] == 7
+    assert plan.outputs["storeUri"] == "gs://acme-models-eu"
+    assert plan.one(T_OBJECT).inputs["name"].startswith("_agent/")
+
+
+def test_requests_metric_scales_on_load_balancer_rate() -> None:
+    cfg, plan = variant(autoscalingMetric="requests", targetRequestsPerSecond=120)
+    assert_autoscalers(cfg, plan)
+    for role in (STABLE, CANARY):
+        (b,) = plan.named(f"mf-test-lb-{role}").inputs["backends"]
+        assert b["maxRatePerInstance"] == 120
+
+
+def test_names_of_a_long_stack_fit_gcp_limits() -> None:
+    values = read_stack_file(STACKS_DIR / "Pulumi.staging.yaml")
+    cfg = load_config(values, "Team_ML.Serving-Europe-Production-Blue")
+    plan = evaluate(cfg.stack, lambda: build(cfg), state=STATE, calls=CALLS)
+    for account in plan.of_type(T_ACCOUNT):
+        assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", account.inputs["accountId"])
+    name = plan.one(T_BUCKET).inputs["name"]
+    assert re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", name) and len(name) <= 63
+    for t in plan.of_type(T_TEMPLATE):
+        assert len(t.inputs["namePrefix"]) <= 37
