@@ -58,7 +58,8 @@ def _reset_s3(server: Server) -> None:
 
 def _compare(name: str, runs: int, ours: Callable[[int], float], anchor: Callable[[int], float], label: str) -> float:
     ours(-1), anchor(-1)  # warm-up (page cache, server allocations), not counted
-    t_ours, t_anchor = [], []
+    t_ours: list[float] = []
+    t_anchor: list[float] = []
     for i in range(runs):
         order = [(t_ours, ours), (t_anchor, anchor)] if i % 2 == 0 else [(t_anchor, anchor), (t_ours, ours)]
         for bucket, fn in order:
@@ -136,7 +137,7 @@ if bad:
 
 
 def bench_gcs(model: Path, runs: int, total_bytes: int, workers: int) -> float:
-    results = []
+    results: list[str] = []
     with running("gcs") as server:
         env = {**os.environ, "STORAGE_EMULATOR_HOST": server.endpoint, "GOOGLE_CLOUD_PROJECT": "bench"}
         os.environ.update(STORAGE_EMULATOR_HOST=server.endpoint, GOOGLE_CLOUD_PROJECT="bench")

@@ -441,9 +441,7 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-PULUMI_YAML_HEADER = (
-    "# Generated from infra/config.py (`python -m infra.config > Pulumi.yaml`); edit the keys there.\n"
-)
+PULUMI_YAML_HEADER = "# Generated from infra/config.py (`python -m infra.config > Pulumi.yaml`); edit the keys there.\n"
 
 
 def render_pulumi_yaml() -> str:

@@ -62,7 +62,12 @@ def run_demo(
         model, norm, sample, accuracy = _train(hidden, epochs, seed=n)
         out = workdir / f"export-{os.getpid()}-{n}"
         export_model(
-            model, out, sample=sample, preprocessing=norm, output_names=["probabilities"], model_name=MODEL,
+            model,
+            out,
+            sample=sample,
+            preprocessing=norm,
+            output_names=["probabilities"],
+            model_name=MODEL,
             overwrite=True,
         )
         result = publish(out, store, MODEL, label=label, source={"job_id": f"demo-{n}"})

@@ -86,11 +86,7 @@ def git_sha(cwd: Path) -> str | None:
 
 def _reserve(store: Store, model: str, manifest: Manifest, record: dict[str, Any]) -> int:
     """Claim the lowest free version number above everything published or reserved."""
-    reserved = [
-        int(Path(o.key).stem)
-        for o in store.list(f"{model}/{PENDING}/")
-        if Path(o.key).stem.isdigit()
-    ]
+    reserved = [int(Path(o.key).stem) for o in store.list(f"{model}/{PENDING}/") if Path(o.key).stem.isdigit()]
     version = max([manifest.last_version, *reserved]) + 1
     while True:
         try:

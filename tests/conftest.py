@@ -18,7 +18,7 @@ def s3_server() -> Iterator[Server]:
         os.environ.update(
             AWS_ENDPOINT_URL=server.endpoint,
             AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",  # noqa: S105 - moto accepts any key
+            AWS_SECRET_ACCESS_KEY="testing",
             AWS_DEFAULT_REGION="us-east-1",
         )
         yield server

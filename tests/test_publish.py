@@ -77,7 +77,7 @@ def test_download_refuses_a_corrupted_object(store_uri: str, savedmodels: dict[s
     st = open_store(store_uri)
     manifest, _ = load_manifest(st, "m")
     st.write("m/1/saved_model.pb", b"not the bytes that were published")
-    with pytest.raises(TransferError, match="saved_model.pb: checksum mismatch"):
+    with pytest.raises(TransferError, match=r"saved_model\.pb: checksum mismatch"):
         download_tree(st, "m/1", manifest.get(1).files, tmp_path / "d")
 
 
@@ -88,7 +88,7 @@ def test_savedmodel_without_variables_is_refused_before_any_upload(
     shutil.copytree(savedmodels["v1"], broken)
     shutil.rmtree(broken / "variables")
     before = _objects(store_uri)
-    with pytest.raises(NotASavedModel, match="has variables but no variables/variables.index"):
+    with pytest.raises(NotASavedModel, match=r"has variables but no variables/variables\.index"):
         publish(broken, store_uri, "m")
     assert _objects(store_uri) == before
 

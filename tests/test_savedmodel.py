@@ -62,7 +62,7 @@ def test_garbage_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(NotASavedModel, match="is not a directory"):
         inspect_savedmodel(tmp_path / "absent")
     (tmp_path / "d").mkdir()
-    with pytest.raises(NotASavedModel, match="no saved_model.pb"):
+    with pytest.raises(NotASavedModel, match=r"no saved_model\.pb"):
         inspect_savedmodel(tmp_path / "d")
     (tmp_path / "d" / "saved_model.pb").write_bytes(b"\xff\xff\xff")
     with pytest.raises(NotASavedModel, match="is not a valid SavedModel protobuf"):

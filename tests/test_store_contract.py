@@ -82,7 +82,7 @@ def test_missing_bucket_is_store_not_found(kind: str, request: pytest.FixtureReq
     else:
         request.getfixturevalue(f"{kind}_server")
         uri = f"{'s3' if kind == 's3' else 'gs'}://no-such-bucket-mf/prefix"
-    with pytest.raises(StoreNotFound, match="does not exist|not an existing directory"):
+    with pytest.raises(StoreNotFound, match=r"does not exist|not an existing directory"):
         open_store(uri).check()
 
 

@@ -23,7 +23,9 @@ def command(
 
 
 def store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, metavar="URI", help="file:///path, gs://bucket/prefix or s3://bucket/prefix")
+    p.add_argument(
+        "--store", required=True, metavar="URI", help="file:///path, gs://bucket/prefix or s3://bucket/prefix"
+    )
     p.add_argument("--model", required=True, metavar="NAME", help="model name in the store")
 
 

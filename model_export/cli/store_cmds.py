@@ -80,8 +80,14 @@ def print_versions(m: Manifest) -> None:
     for v in sorted(m.versions.values(), key=lambda e: -e.version):
         src = " ".join(f"{k}={val[:12]}" for k, val in sorted(v.source.items()))
         rows.append(
-            [str(v.version), ",".join(m.labels_of(v.version)), v.created, human_bytes(v.total_bytes),
-             str(len(v.files)), src]
+            [
+                str(v.version),
+                ",".join(m.labels_of(v.version)),
+                v.created,
+                human_bytes(v.total_bytes),
+                str(len(v.files)),
+                src,
+            ]
         )
     print(f"model {m.model}")
     print(table(rows))
@@ -182,15 +188,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     Example:
       modelfleet prune --store gs://acme-models/prod --model digits --keep 5 --dry-run
     """
-    plan = ops.prune(
-        args.store, args.model, args.keep, dry_run=args.dry_run, pending_grace_seconds=args.pending_grace
-    )
+    plan = ops.prune(args.store, args.model, args.keep, dry_run=args.dry_run, pending_grace_seconds=args.pending_grace)
     if args.json:
         emit_json(plan.to_json())
         return 0
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{plan.model}: {verb} versions {plan.versions or '[]'}, crashed-publish leftovers {plan.leftovers or '[]'}"
-          f" ({plan.objects} objects, {human_bytes(plan.bytes)})")
+    print(
+        f"{plan.model}: {verb} versions {plan.versions or '[]'}, crashed-publish leftovers {plan.leftovers or '[]'}"
+        f" ({plan.objects} objects, {human_bytes(plan.bytes)})"
+    )
     if plan.in_progress:
         print(f"{plan.model}: left alone, publishes in progress: {plan.in_progress}")
     return 0

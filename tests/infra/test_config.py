@@ -65,7 +65,7 @@ def test_pulumi_strings_are_parsed() -> None:
         ({"cloud": None}, "modelfleet:cloud is required; set it to one of: gcp, aws"),
         (
             {"stableMinReplicas": 5, "stableMaxReplicas": 3},
-            "modelfleet:stableMinReplicas = 5 is greater than modelfleet:stableMaxReplicas = 3; min must be at most max",
+            "modelfleet:stableMinReplicas = 5 is greater than modelfleet:stableMaxReplicas = 3",
         ),
         (
             {"canaryMinReplicas": 3, "canaryMaxReplicas": 2},
