@@ -25,9 +25,10 @@ def check_health(status: AgentStatus, tfs: TfsClient) -> tuple[bool, list[str]]:
     lines: list[str] = []
     tfs_down: str | None = None
     for view in sorted(status.models(), key=lambda v: v.name):
+        problem = (view.problem or "").removeprefix(f"{view.name}: ")
         if view.target is None:
             ok = False
-            lines.append(f"{view.name}: no version to serve yet: {view.problem or 'not synced yet'}")
+            lines.append(f"{view.name}: no version to serve yet: {problem or 'not synced yet'}")
             continue
         if tfs_down is None:
             try:
@@ -44,8 +45,8 @@ def check_health(status: AgentStatus, tfs: TfsClient) -> tuple[bool, list[str]]:
         else:
             ok = False
             lines.append(f"{view.name}: version {view.target} is {state or 'unknown to TF Serving'}, not {AVAILABLE}")
-        if view.problem:
-            lines.append(f"{view.name}: note: {view.problem}")
+        if problem:
+            lines.append(f"{view.name}: note: {problem}")
     return ok, lines
 
 
@@ -67,23 +68,27 @@ def render_metrics(status: AgentStatus) -> str:
 
     metric("modelfleet_agent_up", "gauge", "1 while the agent runs.", [(f'{{role="{_label(status.role)}"}}', 1)])
     metric(
-        "modelfleet_agent_last_sync_success_timestamp_seconds", "gauge",
+        "modelfleet_agent_last_sync_success_timestamp_seconds",
+        "gauge",
         "Unix time of the last sync in which every manifest was read and every fetch worked (0: none yet).",
         [("", float(last or 0.0))],
     )
     metric(
-        "modelfleet_agent_desired_version", "gauge",
+        "modelfleet_agent_desired_version",
+        "gauge",
         "Version the manifest's labels ask this fleet's role to serve (0: none).",
         per_model({v.name: v.desired or 0 for v in views}),
     )
     metric(
-        "modelfleet_agent_current_version", "gauge",
+        "modelfleet_agent_current_version",
+        "gauge",
         "Complete local version the TF Serving config drives to; health checks this one (0: none).",
         per_model({v.name: v.target or 0 for v in views}),
     )
     metric("modelfleet_agent_sync_failures_total", "counter", "Syncs of a model that failed.", per_model(failures))
     metric(
-        "modelfleet_agent_refused_versions_total", "counter",
+        "modelfleet_agent_refused_versions_total",
+        "counter",
         "Versions refused because the store's copy failed verification (checksum, size or missing file).",
         per_model(refused),
     )

@@ -24,12 +24,12 @@ from model_export.agent.health import AgentHTTPServer
 from model_export.agent.plan import next_entry
 from model_export.agent.status import AgentStatus
 from model_export.agent.sync import DEFAULT_REFUSE_RETRY_SECONDS, Follower, ModelReport, ModelState
-from model_export.agent.tfs import TfsClient
+from model_export.agent.tfs import AVAILABLE, TfsClient, TfsNotRunning, TfsUnreachable
 from model_export.agent.tfs_config import ModelEntry, render, write_atomic
 from model_export.constants import AGENT_PORT, HEALTH_PATH, ROLES, TFS_REST_PORT
 from model_export.errors import BadInput, ModelfleetError
 from model_export.manifest import check_model_name
-from model_export.store import Store, open_store
+from model_export.store import Store, open_store, parse_uri
 
 log = logging.getLogger("modelfleet.agent")
 CONFIG_NAME = "models.config"
@@ -37,6 +37,7 @@ STATE_NAME = ".agent-state.json"
 LOCK_NAME = ".agent.lock"
 STATE_SCHEMA = 1
 DEFAULT_POLL_SECONDS = 5.0
+TRANSITION_TICK_SECONDS = 1.0
 DEFAULT_KEEP_LOCAL = 3
 DEFAULT_MAX_BACKOFF_SECONDS = 60.0
 DEFAULT_TFS_URL = f"http://127.0.0.1:{TFS_REST_PORT}"
@@ -60,6 +61,7 @@ class AgentOptions:
     workers: int = 8
 
     def validate(self) -> None:
+        parse_uri(self.store)
         if not self.models:
             raise BadInput("give at least one model with --models a,b")
         for m in self.models:
@@ -87,6 +89,16 @@ def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | 
     return delay / 2 + (rand or random).uniform(0, delay / 2)
 
 
+def _open(uri: str) -> Store:
+    """The store, with an SDK's own setup failure (no credentials, bad endpoint variable) as one clear error."""
+    try:
+        return open_store(uri)
+    except ModelfleetError:
+        raise
+    except Exception as e:
+        raise ModelfleetError(f"cannot open store {uri}: {type(e).__name__}: {e}") from e
+
+
 class Agent:
     """One agent over one model root. Use as a context manager: it holds a lock on the root."""
 
@@ -105,18 +117,22 @@ class Agent:
             self._lock_file.close()
             self._lock_file = None
             raise ModelfleetError(f"another modelfleet agent is running on {self.root} (it holds {LOCK_NAME})") from e
-        self.store = store or open_store(options.store)
-        self.tfs = tfs or TfsClient(options.tfs_url)
-        self.cache = LocalCache(self.root, workers=options.workers)
-        self.follower = Follower(
-            self.store, self.cache, options.role, refuse_retry_seconds=options.refuse_retry_seconds
-        )
-        self.states = {m: ModelState(m) for m in options.models}
-        self.entries: dict[str, ModelEntry] = {}
-        self.status = AgentStatus(options.role, options.models)
-        self.cache.clean_temp(options.models)
-        self._load_state()
-        self.status.publish(self.states)
+        try:
+            self.store = store or _open(options.store)
+            self.tfs = tfs or TfsClient(options.tfs_url)
+            self.cache = LocalCache(self.root, workers=options.workers)
+            self.follower = Follower(
+                self.store, self.cache, options.role, refuse_retry_seconds=options.refuse_retry_seconds
+            )
+            self.states = {m: ModelState(m) for m in options.models}
+            self.entries: dict[str, ModelEntry] = {}
+            self.status = AgentStatus(options.role, options.models)
+            self.cache.clean_temp(options.models)
+            self._load_state()
+            self.status.publish(self.states)
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -145,10 +161,11 @@ class Agent:
     def tick(self, *, poll_store: bool = True) -> list[ModelReport]:
         """Sync every model from the store (when ``poll_store``), then write the next config and prune the cache."""
         reports = [self.follower.sync(st) for st in self.states.values()] if poll_store else []
+        self.status.publish(self.states)
         try:
             self.reconcile()
         except (OSError, ValueError) as e:
-            why = f"cannot write {self.config_path}: {e}"
+            why = f"cannot update {self.root}: {e}"
             reports = [*reports, *(ModelReport(m, error=why, transient=True) for m in self.states)]
         for r in reports:
             if r.error:
@@ -165,9 +182,16 @@ class Agent:
             if st.target is None:
                 continue
             labels = st.manifest.labels if st.manifest is not None else {}
+            available, first_config = self._observe(name)
             entries[name] = next_entry(
-                name, self.base_path(name), self.options.role, st.target, labels,
-                self.entries.get(name), self.tfs.available(name),
+                name,
+                self.base_path(name),
+                self.options.role,
+                st.target,
+                labels,
+                self.entries.get(name),
+                available,
+                first_config=first_config,
             )
         if not entries:
             return False  # never write a config that would unload everything: nothing is known yet
@@ -185,16 +209,34 @@ class Agent:
                 log.info("%s: removed cached versions %s", name, gone)
         return changed
 
-    def sync_ok(self, reports: list[ModelReport]) -> bool:
-        """Whether a sync reached what the manifests ask: no failure, no refusal, every model served as desired."""
-        if any(r.error or r.refused for r in reports):
-            return False
-        return all(st.target is not None and st.target == st.desired for st in self.states.values())
+    def _observe(self, model: str) -> tuple[frozenset[int] | None, bool]:
+        """``(AVAILABLE versions or None when unknown, whether TF Serving is not running)``."""
+        try:
+            states = self.tfs.model_status(model)
+        except TfsNotRunning:
+            return None, True
+        except TfsUnreachable as e:
+            log.warning("%s", e)
+            return None, False
+        return frozenset(v for v, s in states.items() if s == AVAILABLE), False
+
+    def shortfalls(self, reports: list[ModelReport]) -> list[str]:
+        """Why a sync fell short of what the manifests ask (failures, refusals, models not at their desired version);
+        empty when every model is served as desired."""
+        reasons = [r.error or r.refused or "" for r in reports if r.error or r.refused]
+        for st in self.states.values():
+            if st.target is None or st.target != st.desired:
+                reasons.append(st.problem or f"{st.name}: serving version {st.target}, desired {st.desired}")
+        return list(dict.fromkeys(reasons))
 
     # -- loops -----------------------------------------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        return self.sync_ok(self.tick())
+        """One sync; ``True`` when every model is served as desired (the reasons otherwise are logged)."""
+        reasons = self.shortfalls(self.tick())
+        for reason in reasons:
+            log.error("not ready: %s", reason)
+        return not reasons
 
     def run(self, stop: threading.Event) -> None:
         """Tick every ``poll_seconds`` until ``stop``; store polls back off while the store fails."""
@@ -217,7 +259,16 @@ class Agent:
                 else:
                     failures, delay = 0, poll
                 next_store_poll = time.monotonic() + delay
-            stop.wait(poll)
+            stop.wait(poll if self.settled() else min(poll, TRANSITION_TICK_SECONDS))
+
+    def settled(self) -> bool:
+        """Every model's config is in its steady state (the target alone, labeled); otherwise a transition waits on
+        TF Serving, and the loop ticks faster (local status requests only) to finish it."""
+        for name, st in self.states.items():
+            entry = self.entries.get(name)
+            if st.target is not None and (entry is None or entry.versions != (st.target,) or not entry.labels):
+                return False
+        return True
 
     def serve(self, stop: threading.Event) -> None:
         """The long-running agent: the HTTP endpoint (when ``listen``) plus :meth:`run`."""

@@ -41,6 +41,7 @@ class ModelState:
     desired: int | None = None  # what the manifest's labels ask this fleet to serve
     target: int | None = None  # the complete local version the config drives TF Serving to
     refused: dict[int, Refusal] = field(default_factory=dict)
+    bad_manifest: str | None = None  # why the newest manifest read was not used
     problem: str | None = None  # why target is not desired (or why there is none), for health and logs
 
 
@@ -91,18 +92,24 @@ class Follower:
                 raise ManifestError(f"{self.store.uri}/{key} is malformed: it names model {manifest.model!r}")
         except ManifestError as e:
             kept = "keeping the last good one" if st.manifest else "no good one seen yet"
-            report.error = f"{st.name}: {e}; {kept}"
+            st.bad_manifest = report.error = f"{st.name}: {e}; {kept}"
             return True
-        st.manifest = manifest
+        st.manifest, st.bad_manifest = manifest, None
         report.changed = True
         return True
 
     def sync(self, st: ModelState) -> ModelReport:
         report = ModelReport(st.name)
+        self._sync(st, report)
+        if st.bad_manifest and not st.problem:
+            st.problem = st.bad_manifest
+        return report
+
+    def _sync(self, st: ModelState, report: ModelReport) -> None:
         if not self._read_manifest(st, report) or st.manifest is None:
-            if st.target is None:
-                st.problem = report.error
-            return report
+            if report.error:
+                st.problem = self._keeping(st, report.error)
+            return
         manifest = st.manifest
         desired = desired_version(manifest.labels, self.role)
         st.desired = desired
@@ -111,13 +118,14 @@ class Follower:
             st.problem = f"{st.name}: the manifest has no {labels} label"
             if st.target is not None:
                 st.problem += f"; still serving version {st.target}"
-            return report
+            return
         if desired == st.target and self.cache.version_dir(st.name, desired).is_dir():
             st.problem = None
-            return report
+            return
         refusal = st.refused.get(desired)
         if refusal is not None and self.clock() - refusal.at < self.refuse_retry_seconds:
-            return report  # st.problem still says why
+            st.problem = self._keeping(st, refusal.reason)
+            return
         try:
             fetched = self.cache.fetch(self.store, st.name, manifest.get(desired))
         except VersionRefused as e:
@@ -125,18 +133,17 @@ class Follower:
             report.refused = str(e)
             st.problem = self._keeping(st, str(e))
             log.error("%s", st.problem)
-            return report
+            return
         except FetchFailed as e:
             report.error, report.transient = str(e), True
             st.problem = self._keeping(st, str(e))
-            return report
+            return
         st.refused.pop(desired, None)
         previous, st.target, st.problem = st.target, desired, None
         self.cache.touch(st.name, desired)
         report.switched = previous != desired
         how = f"downloaded {fetched} B" if fetched else "from the local cache"
         log.info("%s: version %d ready (%s); was %s", st.name, desired, how, previous)
-        return report
 
     @staticmethod
     def _keeping(st: ModelState, why: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.parse
@@ -12,6 +13,11 @@ AVAILABLE = "AVAILABLE"
 
 class TfsUnreachable(Exception):
     """TF Serving did not answer, or answered something that is not a model status."""
+
+
+class TfsNotRunning(TfsUnreachable):
+    """Nothing serves the REST port (connection refused, or accepted and closed as Docker's proxy does for a
+    container whose server is not listening yet): TF Serving is stopped or still loading its first config."""
 
 
 class TfsClient:
@@ -33,19 +39,13 @@ class TfsClient:
             if e.code == 404:
                 return {}
             raise TfsUnreachable(f"TF Serving at {self.url} answered HTTP {e.code} for model {model!r}") from e
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
+            if isinstance(reason, (ConnectionError, http.client.RemoteDisconnected)):
+                raise TfsNotRunning(f"TF Serving at {self.url} is not serving (stopped or starting): {reason}") from e
             raise TfsUnreachable(f"TF Serving at {self.url} is unreachable: {reason}") from e
         try:
             doc = json.loads(body)
             return {int(s["version"]): str(s["state"]) for s in doc.get("model_version_status", [])}
         except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise TfsUnreachable(f"TF Serving at {self.url} sent an unreadable status for {model!r}: {e}") from e
-
-    def available(self, model: str) -> frozenset[int] | None:
-        """The AVAILABLE versions, or ``None`` when TF Serving cannot be asked."""
-        try:
-            states = self.model_status(model)
-        except TfsUnreachable:
-            return None
-        return frozenset(v for v, s in states.items() if s == AVAILABLE)
