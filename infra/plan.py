@@ -38,6 +38,7 @@ KEY_INPUTS = (
     "healthCheckGracePeriod",
     "healthCheckType",
     "weightedBackendServices",
+    "defaultRouteAction",
     "defaultAction",
     "defaultActions",
     "weight",
@@ -71,8 +72,21 @@ KEY_INPUTS = (
 _MAX = 160
 
 
+def _tidy(value: Any) -> Any:
+    """Shorter to read: self links become their last segment, whole floats (the mocks' numbers) ints."""
+    if isinstance(value, dict):
+        return {k: _tidy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tidy(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.startswith("https://www.googleapis.com/"):
+        return value.rsplit("/", 1)[-1]
+    return value
+
+
 def _short(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(_tidy(value), sort_keys=True, separators=(",", ":"), default=str)
     return text if len(text) <= _MAX else text[: _MAX - 1] + "…"
 
 

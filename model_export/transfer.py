@@ -52,7 +52,9 @@ def _run_all(
                 failed[name] = e
     if failed:
         first = sorted(failed)[0]
-        raise TransferError(f"{what}: {len(failed)} of {len(jobs)} files failed; first {first}: {failed[first]}")
+        raise TransferError(
+            f"{what}: {len(failed)} of {len(jobs)} files failed; first {first}: {failed[first]}"
+        ) from failed[first]
     return done
 
 

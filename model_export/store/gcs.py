@@ -12,10 +12,14 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from model_export.errors import ObjectNotFound, PreconditionFailed, StoreError, StoreNotFound
 from model_export.store.base import Blob, ObjectInfo, Store
 
+# Small reads (manifests) give up after this long, so a poller notices an outage instead of blocking in retries
+# for the SDK's default two minutes.
+_READ_RETRY = DEFAULT_RETRY.with_timeout(30.0)
 # Bigger files go up in resumable chunks; smaller ones in one request (which also carries the preconditions).
 _CHUNK = 32 * 1024 * 1024
 
@@ -50,7 +54,7 @@ class GCSStore(Store):
 
     def _download(self, key: str, **kwargs: Any) -> Blob:
         blob = self._blob(key)
-        data = blob.download_as_bytes(**kwargs)
+        data = blob.download_as_bytes(retry=_READ_RETRY, **kwargs)
         # The download response carries the generation it read; that is the token for a later conditional write.
         return Blob(data, str(blob.generation))
 
