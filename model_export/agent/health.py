@@ -1,7 +1,8 @@
 """The agent's HTTP endpoint: ``HEALTH_PATH`` for load balancers and ``METRICS_PATH`` for Prometheus.
 
-Health is 200 only when TF Serving reports, for every model, the version the agent drives it to as AVAILABLE;
-otherwise 503 with one reason per line. The status code carries the verdict because AWS target-group health checks
+Health is 200 when TF Serving reports, for every model, the version the agent drives it to as AVAILABLE, or, while
+a label move is pending, the version the config's labels still name (the one serving until the new version is
+AVAILABLE); otherwise 503 with one reason per line. The status code carries the verdict because AWS target-group health checks
 can only match status codes; TF Serving's own ``GET /v1/models/NAME`` answers 200 even while a version is LOADING.
 """
 
@@ -40,8 +41,17 @@ def check_health(status: AgentStatus, tfs: TfsClient) -> tuple[bool, list[str]]:
             lines.append(f"{view.name}: version {view.target} not confirmed: {tfs_down}")
             continue
         state = states.get(view.target)
+        serving = sorted(v for v in view.labeled if v != view.target and states.get(v) == AVAILABLE)
         if state == AVAILABLE:
             lines.append(f"{view.name}: version {view.target} {AVAILABLE}")
+        elif serving:
+            # Mid-transition: every VM of the fleet moves at once, so answering 503 here would take the whole fleet
+            # out of the load balancer (and autohealing would recreate it) on every label move, or for good if the
+            # new version cannot load. The labeled version keeps serving; the body says what is pending.
+            lines.append(
+                f"{view.name}: version {serving[-1]} {AVAILABLE} and serving; version {view.target} is "
+                f"{state or 'not loaded yet'}, labels move to it once it is {AVAILABLE}"
+            )
         else:
             ok = False
             lines.append(f"{view.name}: version {view.target} is {state or 'unknown to TF Serving'}, not {AVAILABLE}")

@@ -170,7 +170,7 @@ class Agent:
         for r in reports:
             if r.error:
                 log.warning("%s", r.error)
-        self.status.publish(self.states)
+        self.status.publish(self.states, {n: e.labels.values() for n, e in self.entries.items()})
         if reports:
             self.status.record(reports, at=time.time(), bytes_fetched=self.cache.bytes_fetched)
         return reports

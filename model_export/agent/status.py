@@ -16,10 +16,13 @@ class ModelView:
     desired: int | None
     target: int | None
     problem: str | None
+    # Versions the written config's labels name: during a transition, the version still serving while the target
+    # loads (labels move only once the target is AVAILABLE).
+    labeled: frozenset[int] = frozenset()
 
     @classmethod
-    def of(cls, st: ModelState) -> ModelView:
-        return cls(st.name, st.desired, st.target, st.problem)
+    def of(cls, st: ModelState, labeled: Iterable[int] = ()) -> ModelView:
+        return cls(st.name, st.desired, st.target, st.problem, frozenset(labeled))
 
 
 class AgentStatus:
@@ -38,9 +41,10 @@ class AgentStatus:
         with self._lock:
             return list(self._models.values())
 
-    def publish(self, states: Mapping[str, ModelState]) -> None:
+    def publish(self, states: Mapping[str, ModelState], labeled: Mapping[str, Iterable[int]] | None = None) -> None:
+        labeled = labeled or {}
         with self._lock:
-            self._models = {name: ModelView.of(st) for name, st in states.items()}
+            self._models = {name: ModelView.of(st, labeled.get(name, ())) for name, st in states.items()}
 
     def record(self, reports: Iterable[ModelReport], *, at: float, bytes_fetched: int) -> None:
         """Count one sync's outcome. A sync succeeds when every manifest was read and every fetch that ran worked

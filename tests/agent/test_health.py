@@ -140,3 +140,39 @@ def test_a_transition_completes_without_waiting_for_the_next_store_poll(
             tfs.set_state(MODEL, 1, "AVAILABLE")
             wait_until("the label", lambda: served(agent.config_path) == {MODEL: ([1], {STABLE: 1})}, timeout=5)
             assert http_get(base + HEALTH_PATH)[0] == 200
+
+
+def test_health_stays_200_while_a_label_move_loads_and_if_the_new_version_fails(
+    store: str, savedmodels: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every VM of a fleet moves at once: 503 during a move would empty the load balancer (and trigger autohealing)
+    although TF Serving keeps answering with the labeled version until the new one is AVAILABLE."""
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    listen = ("127.0.0.1", free_port())
+    with TFServingStandIn(grpc=False) as tfs:
+        tfs.set_model(MODEL, versions={1: "AVAILABLE"})
+        agent = make_agent(
+            store, tmp_path / "root", STABLE, tfs=TfsClient(tfs.rest_url), listen=listen, poll_seconds=0.05
+        )
+        with agent, serving(agent) as base:
+            wait_until("v1 labeled", lambda: served(agent.config_path) == {MODEL: ([1], {STABLE: 1})})
+            publish(savedmodels["v2"], store, MODEL, label=STABLE)
+            tfs.set_model(MODEL, versions={1: "AVAILABLE", 2: "LOADING"})
+            wait_until("the transition config", lambda: served(agent.config_path) == {MODEL: ([1, 2], {STABLE: 1})})
+            wait_until("v2 targeted", lambda: agent.status.models()[0].target == 2)
+            expected = (
+                "ok\ndigits: version 1 AVAILABLE and serving; version 2 is LOADING, labels move to it once it is "
+                "AVAILABLE\n"
+            )
+            wait_until("health reflects the transition", lambda: http_get(base + HEALTH_PATH) == (200, expected))
+
+            tfs.set_state(MODEL, 2, "END", error_code="UNKNOWN", error_message="bad graph")
+            code, body = http_get(base + HEALTH_PATH)
+            assert code == 200
+            assert "version 1 AVAILABLE and serving; version 2 is END" in body
+            assert served(agent.config_path) == {MODEL: ([1, 2], {STABLE: 1})}  # labels never moved to v2
+
+            tfs.set_state(MODEL, 1, "END")  # nothing serves any more: now the VM is unhealthy
+            code, body = http_get(base + HEALTH_PATH)
+            assert code == 503
+            assert body == "unhealthy\ndigits: version 2 is END, not AVAILABLE\n"
