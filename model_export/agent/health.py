@@ -2,8 +2,9 @@
 
 Health is 200 when TF Serving reports, for every model, the version the agent drives it to as AVAILABLE, or, while
 a label move is pending, the version the config's labels still name (the one serving until the new version is
-AVAILABLE); otherwise 503 with one reason per line. The status code carries the verdict because AWS target-group health checks
-can only match status codes; TF Serving's own ``GET /v1/models/NAME`` answers 200 even while a version is LOADING.
+AVAILABLE); otherwise 503 with one reason per line. The status code carries the verdict because AWS target-group
+health checks can only match status codes; TF Serving's own ``GET /v1/models/NAME`` answers 200 even while a version
+is LOADING.
 """
 
 from __future__ import annotations
