@@ -13,7 +13,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
@@ -46,7 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lock: $(STAMP)
-	$(BIN)/pip freeze --exclude-editable | grep -v '^modelfleet' > constraints.txt
+	$(BIN)/pip freeze --all --exclude-editable | grep -v '^modelfleet' > constraints.txt
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

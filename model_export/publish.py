@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model_export.constants import STABLE
-from model_export.errors import BadInput, PreconditionFailed, SignatureChanged
+from model_export.errors import BadInput, ModelfleetError, PreconditionFailed, SignatureChanged
 from model_export.manifest import (
     Manifest,
     VersionEntry,
@@ -84,17 +84,24 @@ def git_sha(cwd: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _reserve(store: Store, model: str, manifest: Manifest, record: dict[str, Any]) -> int:
+def _reserve(store: Store, model: str, record: dict[str, Any]) -> int:
     """Claim the lowest free version number above everything published or reserved."""
-    reserved = [int(Path(o.key).stem) for o in store.list(f"{model}/{PENDING}/") if Path(o.key).stem.isdigit()]
-    version = max([manifest.last_version, *reserved]) + 1
     while True:
-        try:
-            body = json.dumps({**record, "version": version}).encode()
-            store.write(pending_key(model, version), body, if_absent=True)
+        manifest, _ = load_manifest(store, model)
+        reserved = [int(Path(o.key).stem) for o in store.list(f"{model}/{PENDING}/") if Path(o.key).stem.isdigit()]
+        version = max([manifest.last_version, *reserved]) + 1
+        while True:
+            try:
+                body = json.dumps({**record, "version": version}).encode()
+                store.write(pending_key(model, version), body, if_absent=True)
+                break
+            except PreconditionFailed:
+                version += 1  # another publisher got there first
+        # A reservation is deleted right after its version is committed, so the create above can succeed for a
+        # number published since our manifest read. Only a manifest read after the reservation settles it.
+        if version > load_manifest(store, model)[0].last_version:
             return version
-        except PreconditionFailed:
-            version += 1  # another publisher got there first
+        store.delete([pending_key(model, version)])
 
 
 @contextlib.contextmanager
@@ -150,7 +157,7 @@ def publish(
         meta["git_sha"] = sha
     by = actor()
     record = {"publisher": uuid.uuid4().hex, "by": by, "started": now()}
-    version = _reserve(st, model, manifest, record)
+    version = _reserve(st, model, record)
     reservation = pending_key(model, version)
     prefix = f"{model}/{version}"
     try:
@@ -161,6 +168,8 @@ def publish(
         entry = VersionEntry(version, now(), entries, info.signature, meta)
 
         def add(m: Manifest) -> None:
+            if version in m.versions:  # cannot happen while reservations hold; never overwrite a published entry
+                raise ModelfleetError(f"version {version} of {model!r} was published by another publisher meanwhile")
             if not allow_signature_change and (problem := signature_problem(m, info)):
                 raise SignatureChanged(problem)
             m.versions[version] = entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from model_export.errors import NotASavedModel, SignatureChanged
 from model_export.manifest import load_manifest
 from model_export.publish import publish
-from model_export.store import open_store
+from model_export.store import ObjectInfo, open_store
 from model_export.transfer import download_tree
 from tests.models import SAMPLE, predict
 
@@ -109,3 +110,33 @@ def test_incompatible_signature_is_refused_unless_allowed(store_uri: str, savedm
 def test_compatible_publish_needs_no_flag(store_uri: str, savedmodels: dict[str, Path]) -> None:
     publish(savedmodels["v1"], store_uri, "m", label="stable")
     assert publish(savedmodels["v2"], store_uri, "m").version == 2
+
+
+def test_a_version_published_during_reservation_is_not_reused(savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    """Publisher A commits version 1 and releases its reservation between publisher B's manifest read and B's
+    reservation: B's create-only write of `_pending/1.json` then succeeds, and only a manifest read after it shows
+    that 1 is taken. (Found by the 8-publisher test on a loaded machine; made deterministic here.)"""
+    from model_export.store.file import FileStore
+
+    root = tmp_path / "s"
+    root.mkdir()
+    uri = f"file://{root}"
+
+    class PublishesDuringListing(FileStore):
+        interfered = False
+
+        def list(self, prefix: str) -> Iterator[ObjectInfo]:
+            listed = list(super().list(prefix))
+            if prefix.endswith("/_pending/") and not self.interfered:
+                self.interfered = True
+                assert publish(savedmodels["v1"], uri, "m").version == 1  # publisher A, start to finish
+            return iter(listed)
+
+    b = publish(savedmodels["v2"], PublishesDuringListing(uri, str(root)), "m")
+    assert b.version == 2
+    manifest, _ = load_manifest(open_store(uri), "m")
+    assert sorted(manifest.versions) == [1, 2]
+    v1_pb = (savedmodels["v1"] / "saved_model.pb").read_bytes()
+    assert manifest.get(1).files["saved_model.pb"].sha256 == hashlib.sha256(v1_pb).hexdigest()
+    assert (root / "m" / "1" / "saved_model.pb").read_bytes() == v1_pb  # A's files were not overwritten
+    assert list(open_store(uri).list("m/_pending/")) == []
