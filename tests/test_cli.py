@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from model_export.cli import main
 from model_export.store import open_store
+from tests.cli import run_cli
 
 FORMS = "use file:///absolute/path, gs://bucket/prefix or s3://bucket/prefix"
 
@@ -21,13 +21,7 @@ def store(tmp_path: Path) -> str:
     return f"file://{tmp_path / 's'}"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own usage errors
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_publish_json_and_versions(

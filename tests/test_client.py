@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from model_export import client
-from model_export.cli import main
 from model_export.errors import BadInput
 from model_export.savedmodel import TensorSpec
+from tests.cli import run_cli
 from tests.tfserving_standin import ConfigError, Status, TFServingStandIn
 
 X = np.array([[1, 2, 3], [4, 5, 6]], np.float32)  # default stand-in model: y = version * x.sum(-1) = version * [6, 15]
@@ -54,13 +54,7 @@ def url_of(tfs: TFServingStandIn, protocol: str) -> str:
     return tfs.grpc_target if protocol == "grpc" else tfs.rest_url
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse's own usage errors
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def closed_port() -> int:

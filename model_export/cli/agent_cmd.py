@@ -12,7 +12,7 @@ from pathlib import Path
 
 from model_export.agent import Agent, AgentOptions
 from model_export.agent.main import DEFAULT_KEEP_LOCAL, DEFAULT_LISTEN, DEFAULT_POLL_SECONDS, DEFAULT_TFS_URL
-from model_export.cli.common import command, int_at_least
+from model_export.cli.common import command, int_at_least, positive_seconds
 from model_export.constants import AGENT_PORT, ROLES
 from model_export.errors import BadInput
 
@@ -30,16 +30,6 @@ def parse_models(text: str) -> tuple[str, ...]:
     if not any(models) or not all(models):
         raise BadInput(f"--models {text!r} must be comma-separated model names, e.g. digits,iris")
     return models
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -97,7 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--role", required=True, choices=ROLES, help="stable serves the stable label; canary serves canary, else stable"
     )
     p.add_argument(
-        "--poll", type=_positive_seconds, default=DEFAULT_POLL_SECONDS, metavar="SECONDS", help="default: %(default)s"
+        "--poll", type=positive_seconds, default=DEFAULT_POLL_SECONDS, metavar="SECONDS", help="default: %(default)s"
     )
     p.add_argument("--once", action="store_true", help="sync once and exit: 0 ready, 1 failed")
     p.add_argument("--tfs-url", default=DEFAULT_TFS_URL, metavar="URL", help="TF Serving REST (%(default)s)")

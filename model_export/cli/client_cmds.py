@@ -9,18 +9,8 @@ from typing import Any
 import numpy as np
 
 from model_export import client
-from model_export.cli.common import command, emit_json, int_at_least, json_arg
+from model_export.cli.common import command, emit_json, int_at_least, json_arg, positive_seconds
 from model_export.errors import ModelfleetError
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
 
 
 def _jsonable(name: str, arr: np.ndarray[Any, Any]) -> Any:
@@ -112,7 +102,7 @@ def _server_args(p: argparse.ArgumentParser, url_help: str) -> None:
         "--version", type=int_at_least(1), metavar="N", help="this version (default: the highest AVAILABLE one)"
     )
     which.add_argument("--label", metavar="LABEL", help="the version this label points at (e.g. stable, canary)")
-    p.add_argument("--timeout", type=_positive_seconds, default=30.0, metavar="SECONDS", help="default: 30")
+    p.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="SECONDS", help="default: 30")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
