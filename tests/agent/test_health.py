@@ -155,6 +155,7 @@ def test_health_stays_200_while_a_label_move_loads_and_if_the_new_version_fails(
             store, tmp_path / "root", STABLE, tfs=TfsClient(tfs.rest_url), listen=listen, poll_seconds=0.05
         )
         with agent, serving(agent) as base:
+            wait_until("the first config", lambda: agent.config_path.exists())
             wait_until("v1 labeled", lambda: served(agent.config_path) == {MODEL: ([1], {STABLE: 1})})
             publish(savedmodels["v2"], store, MODEL, label=STABLE)
             tfs.set_model(MODEL, versions={1: "AVAILABLE", 2: "LOADING"})
