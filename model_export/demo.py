@@ -43,7 +43,7 @@ def _train(hidden: int, epochs: int, seed: int) -> tuple[Any, Any, dict[str, Any
     inputs = keras.Input((64,), name="pixels")
     h = keras.layers.Dense(hidden, activation="relu")(inputs) if hidden else inputs
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probabilities")(h))
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(norm(x[:split]), y[:split], epochs=epochs, batch_size=64, verbose=0)
     _, accuracy = model.evaluate(norm(x[split:]), y[split:], verbose=0)
     return model, norm, {"pixels": np.asarray(x[split : split + 16])}, float(accuracy)
