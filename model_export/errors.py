@@ -73,3 +73,16 @@ class ManifestError(ModelfleetError):
 
 class ExportError(ModelfleetError):
     """Exporting a model, or validating the exported SavedModel, failed."""
+
+
+class ServingError(ModelfleetError):
+    """TF Serving answered with an error, or could not be reached (exit 1).
+
+    ``code`` is the canonical gRPC status name (``NOT_FOUND``, ``INVALID_ARGUMENT``, ``UNAVAILABLE``, ...), also for
+    REST answers (mapped back from the HTTP status TF Serving derived from it); ``http_status`` is set for REST.
+    """
+
+    def __init__(self, message: str, *, code: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status

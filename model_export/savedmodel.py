@@ -1,8 +1,9 @@
 """Check a SavedModel directory before it is published, without importing TensorFlow.
 
-``saved_model.pb`` is read with a small protobuf wire-format walker over the few fields we need (field numbers from
-tensorflow/core/protobuf/{saved_model,meta_graph,saved_object_graph}.proto and framework/{graph,node_def,function,
-tensor_shape}.proto). Publishing then needs neither TensorFlow's 3 s import nor its 600 MB, and neither does the agent.
+``saved_model.pb`` is read with a small protobuf wire-format walker (:mod:`model_export.protowire`) over the few
+fields we need (field numbers from tensorflow/core/protobuf/{saved_model,meta_graph,saved_object_graph}.proto and
+framework/{graph,node_def,function,tensor_shape}.proto). Publishing then needs neither TensorFlow's 3 s import nor its
+600 MB, and neither does the agent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_export.errors import NotASavedModel
+from model_export.protowire import fields
 
 SERVING_TAG = "serve"
 SERVING_SIGNATURE = "serving_default"
@@ -110,53 +112,15 @@ class SavedModelInfo:
 # --- protobuf wire format -------------------------------------------------------------------------------------
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """Yield ``(field_number, value)``: ints for varints and fixed widths, bytes for length-delimited fields."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            yield number, value
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            if pos + size > len(buf):
-                raise ValueError("truncated field")
-            yield number, buf[pos : pos + size]
-            pos += size
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            yield number, int.from_bytes(buf[pos : pos + width], "little")
-            pos += width
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-
-
 def _sub(buf: bytes, number: int) -> Iterator[bytes]:
-    for n, v in _fields(buf):
+    for n, v in fields(buf):
         if n == number and isinstance(v, bytes):
             yield v
 
 
 def _int(buf: bytes, number: int, default: int = 0) -> int:
     value = default
-    for n, v in _fields(buf):
+    for n, v in fields(buf):
         if n == number and isinstance(v, int):
             value = v
     return value
@@ -196,7 +160,7 @@ def _graph_has_variables(graph_def: bytes) -> bool:
 
 
 def _object_graph_has_variables(object_graph: bytes) -> bool:
-    return any(any(n == 7 for n, _ in _fields(node)) for node in _sub(object_graph, 1))
+    return any(any(n == 7 for n, _ in fields(node)) for node in _sub(object_graph, 1))
 
 
 # --- the check ------------------------------------------------------------------------------------------------
