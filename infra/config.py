@@ -69,13 +69,21 @@ KEYS: tuple[Key, ...] = (
     Key("tfServingVersion", "string", "2.20.0", "TF Serving image tag (`tensorflow/serving:<tag>`); never `latest`."),
     Key("stableMinReplicas", "integer", 2, "Minimum VMs of the stable fleet."),
     Key("stableMaxReplicas", "integer", 6, "Maximum VMs of the stable fleet."),
-    Key("canaryMinReplicas", "integer", 1, "Minimum VMs of the canary fleet while `canaryWeightPercent` > 0."),
-    Key("canaryMaxReplicas", "integer", 2, "Maximum VMs of the canary fleet while `canaryWeightPercent` > 0."),
+    Key("canaryMinReplicas", "integer", 1, "Minimum VMs of the canary fleet while it runs (weight > 0 or kept warm)."),
+    Key("canaryMaxReplicas", "integer", 2, "Maximum VMs of the canary fleet while it runs (weight > 0 or kept warm)."),
     Key(
         "canaryWeightPercent",
         "integer",
         0,
-        "Percent of traffic sent to the canary fleet (0-100); 0 scales the canary fleet to zero.",
+        "Percent of traffic sent to the canary fleet (0-100); 0 scales the canary fleet to zero unless "
+        "`canaryKeepWarm`.",
+    ),
+    Key(
+        "canaryKeepWarm",
+        "boolean",
+        False,
+        "Keep the canary fleet at its replica range even at weight 0, so an A/B test starts without cold VMs (and "
+        "the canary can be smoke-tested before it gets traffic).",
     ),
     Key(
         "autoscalingMetric",
@@ -165,6 +173,7 @@ class StackConfig:
     stable: FleetSize
     canary: FleetSize
     canary_weight_percent: int
+    canary_keep_warm: bool
     autoscaling_metric: str
     target_cpu_percent: int
     target_requests_per_second: int
@@ -190,7 +199,13 @@ class StackConfig:
 
     @property
     def canary_enabled(self) -> bool:
+        """The canary fleet gets traffic."""
         return self.canary_weight_percent > 0
+
+    @property
+    def canary_fleet_runs(self) -> bool:
+        """The canary fleet has VMs: it gets traffic, or is kept warm for the next A/B test."""
+        return self.canary_enabled or self.canary_keep_warm
 
 
 # --- parsing ----------------------------------------------------------------------------------------------------
@@ -361,6 +376,7 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         stable=FleetSize(v["stableMinReplicas"], v["stableMaxReplicas"]),
         canary=FleetSize(v["canaryMinReplicas"], v["canaryMaxReplicas"]),
         canary_weight_percent=v["canaryWeightPercent"],
+        canary_keep_warm=v["canaryKeepWarm"],
         autoscaling_metric=v["autoscalingMetric"],
         target_cpu_percent=v["targetCpuPercent"],
         target_requests_per_second=v["targetRequestsPerSecond"],

@@ -170,7 +170,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 instance_profile_arn=access.instance_profile_arn,
                 target_group_arns=targets.target_group_arns,
                 size=cfg.stable if role == STABLE else cfg.canary,
-                enabled=role == STABLE or cfg.canary_enabled,
+                enabled=role == STABLE or cfg.canary_fleet_runs,
                 health_check_grace_seconds=cfg.health_check_initial_delay_seconds,
                 root_volume_gib=ROOT_VOLUME_GIB[cfg.gpu],
                 scaling=Scaling(

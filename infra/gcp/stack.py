@@ -136,7 +136,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
         size = cfg.stable if role == STABLE else cfg.canary
-        serving = role == STABLE or cfg.canary_enabled  # no traffic, no VMs: the canary scales to zero
+        serving = role == STABLE or cfg.canary_fleet_runs  # no traffic and not kept warm: the canary scales to zero
         fleets[role] = ServingFleet(
             f"{name}-{role}",
             ServingFleetArgs(

@@ -227,7 +227,7 @@ def test_groups_run_the_templates_latest_version_with_elb_health_and_refresh(
         assert refresh["preferences"].get("autoRollback") is not True  # terraform-provider-aws#34189
         # Capacity is the scaling policy's: a desired count in the program would reset it on every update.
         size = cfg.stable if role == STABLE else cfg.canary
-        if role == STABLE or cfg.canary_enabled:
+        if role == STABLE or cfg.canary_fleet_runs:
             assert (i["minSize"], i["maxSize"]) == (size.min_replicas, size.max_replicas)
             assert "desiredCapacity" not in i
         else:
@@ -448,6 +448,16 @@ def test_allowed_sources_open_http_and_https_to_exactly_them() -> None:
     )
     [action] = plan.one(T_LISTENER, "lb-https").inputs["defaultActions"]
     assert weights(action["forward"]) == {STABLE: 0, CANARY: 100}
+
+
+@pytest.mark.parametrize(("keep_warm", "size"), [(False, (0, 0)), (True, (1, 1))])
+def test_canary_at_weight_zero_scales_to_zero_unless_kept_warm(keep_warm: bool, size: tuple[int, int]) -> None:
+    cfg = config(canaryWeightPercent=0, canaryKeepWarm=keep_warm)
+    plan = plan_of(cfg)
+    canary = by_role(plan, T_ASG)[CANARY].inputs
+    assert (canary["minSize"], canary["maxSize"]) == size
+    [action] = plan.one(T_LISTENER, "lb-http").inputs["defaultActions"]
+    assert weights(action["forward"]) == {STABLE: 100, CANARY: 0}
 
 
 def test_a_new_agent_wheel_changes_the_launch_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,9 @@ def test_minimal_configs_get_defaults() -> None:
         0,
         (),
     )
-    assert not g.canary_enabled and g.stable_weight_percent == 100
+    assert not g.canary_enabled and not g.canary_fleet_runs and g.stable_weight_percent == 100
+    warm = load_config({**GCP, "canaryKeepWarm": "true"}, "t")
+    assert warm.canary_fleet_runs and not warm.canary_enabled
     a = load_config(AWS, "t")
     assert (a.machine_type, a.gcp_project, a.store_prefix) == ("c6i.xlarge", None, "models")
     gpu = load_config({**GCP, "gpu": "true"}, "t")

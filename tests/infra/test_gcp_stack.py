@@ -354,7 +354,7 @@ def assert_autoscalers(cfg: StackConfig, plan: Plan) -> None:
         scaler = by_role(plan, T_AUTOSCALER, role).inputs
         assert scaler["target"] == self_link(by_role(plan, T_MIG, role))
         policy = scaler["autoscalingPolicy"]
-        expected = (size.min_replicas, size.max_replicas) if role == STABLE or cfg.canary_enabled else (0, 0)
+        expected = (size.min_replicas, size.max_replicas) if role == STABLE or cfg.canary_fleet_runs else (0, 0)
         assert (policy["minReplicas"], policy["maxReplicas"]) == expected
         assert policy["mode"] == "ON"
         if cfg.autoscaling_metric == "cpu":
@@ -549,6 +549,15 @@ def test_canary_weight(weight: int) -> None:
         assert (canary["minReplicas"], canary["maxReplicas"]) == (cfg.canary.min_replicas, cfg.canary.max_replicas)
     stable = by_role(plan, T_AUTOSCALER, STABLE).inputs["autoscalingPolicy"]
     assert (stable["minReplicas"], stable["maxReplicas"]) == (cfg.stable.min_replicas, cfg.stable.max_replicas)
+
+
+def test_canary_kept_warm_at_weight_zero_runs_but_gets_no_traffic() -> None:
+    cfg, plan = variant(canaryWeightPercent=0, canaryKeepWarm=True)
+    canary = by_role(plan, T_AUTOSCALER, CANARY).inputs["autoscalingPolicy"]
+    assert (canary["minReplicas"], canary["maxReplicas"]) == (cfg.canary.min_replicas, cfg.canary.max_replicas)
+    assert cfg.canary.min_replicas >= 1
+    assert plan.named("mf-test-lb-urlmap").inputs.get("defaultRouteAction") is None  # all traffic to stable
+    assert_split(cfg, plan)
 
 
 def test_allowed_cidrs_open_armor_and_the_grpc_port_only() -> None:
