@@ -45,6 +45,23 @@ def make_savedmodel(dest: Path, total_mib: int, files: int) -> Path:
     return dest
 
 
+def _publish_cmd(model: Path, store: str, *extra: str) -> list[str]:
+    """Publish through the real CLI, as a training job would."""
+    return [
+        sys.executable,
+        "-m",
+        "model_export",
+        "publish",
+        str(model),
+        "--store",
+        store,
+        "--model",
+        "m",
+        "--json",
+        *extra,
+    ]
+
+
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -97,19 +114,7 @@ def bench_s3(model: Path, runs: int, total_bytes: int) -> float:
 
         def ours(i: int) -> float:
             fresh_bucket()
-            cmd = [
-                sys.executable,
-                "-m",
-                "model_export",
-                "publish",
-                str(model),
-                "--store",
-                "s3://bench/models",
-                "--model",
-                "m",
-                "--json",
-            ]
-            return _timed(cmd, env)
+            return _timed(_publish_cmd(model, "s3://bench/models"), env)
 
         def anchor(i: int) -> float:
             fresh_bucket()
@@ -159,21 +164,7 @@ def bench_gcs(model: Path, runs: int, total_bytes: int, workers: int) -> float:
 
         def ours(i: int) -> float:
             b = fresh_bucket(i)
-            cmd = [
-                sys.executable,
-                "-m",
-                "model_export",
-                "publish",
-                str(model),
-                "--store",
-                f"gs://{b}/models",
-                "--model",
-                "m",
-                "--json",
-                "--workers",
-                str(workers),
-            ]
-            t = _timed(cmd, env)
+            t = _timed(_publish_cmd(model, f"gs://{b}/models", "--workers", str(workers)), env)
             drop(b)
             return t
 
