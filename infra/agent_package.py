@@ -8,12 +8,14 @@ changes only when the agent's code or packaging does. See docs/bootstrap.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from model_export.errors import ModelfleetError
@@ -71,10 +73,28 @@ def build_agent_wheel(out_dir: Path, repo_root: Path = REPO_ROOT) -> tuple[Path,
     return target, sha256_file(target)
 
 
-def agent_wheel_uri(store_uri: str, wheel: Path, sha256: str) -> str:
-    """The wheel's content-addressed location in the store: ``<store>/_agent/<sha256>/<wheel name>``.
+@dataclass(frozen=True)
+class AgentWheelFile:
+    """A built agent wheel on the deploying machine, and where it goes in a store."""
 
-    The file name stays a valid wheel name (pip needs it); the hash in the path makes every build its own object,
-    so an upload never overwrites what running VMs were told to fetch.
-    """
-    return f"{store_uri.rstrip('/')}/{AGENT_KEY_PREFIX}/{sha256}/{wheel.name}"
+    path: Path
+    sha256: str
+
+    def key(self, prefix: str) -> str:
+        """``<prefix>/_agent/<sha256>/<wheel name>``: the file name stays a valid wheel name (pip needs it); the hash
+        in the path makes every build its own object, so an upload never overwrites what running VMs were told to
+        fetch."""
+        return "/".join(part for part in (prefix, AGENT_KEY_PREFIX, self.sha256, self.path.name) if part)
+
+
+def agent_wheel_uri(store_uri: str, wheel: Path, sha256: str) -> str:
+    """The wheel's content-addressed location in the store at ``store_uri``."""
+    return f"{store_uri.rstrip('/')}/{AgentWheelFile(wheel, sha256).key('')}"
+
+
+@functools.cache
+def deployed_agent_wheel() -> AgentWheelFile:
+    """The wheel a stack deploys, built once per process into a directory that outlives the program: the Pulumi
+    engine reads the FileAsset when it uploads, which may be after the program has returned."""
+    path, sha256 = build_agent_wheel(Path(tempfile.mkdtemp(prefix="modelfleet-agent-")))
+    return AgentWheelFile(path, sha256)

@@ -15,11 +15,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import yaml
 
-from infra.config import Batching
+from infra.config import Batching, StackConfig
 from model_export.agent.main import CONFIG_NAME, DEFAULT_TFS_URL
 from model_export.constants import AGENT_PORT, ROLES, TFS_GRPC_PORT, TFS_METRICS_PATH, TFS_REST_PORT
 from model_export.errors import BadInput
@@ -159,6 +159,23 @@ class BootstrapArgs:
     def enabled_batching(self) -> Batching | None:
         """The batching parameters when batching is on, else None."""
         return self.batching if self.batching is not None and self.batching.enabled else None
+
+
+def fleet_bootstrap_args(cfg: StackConfig, role: str, store_uri: str, wheel: AgentWheel) -> BootstrapArgs:
+    """What a fleet of ``role`` in the stack ``cfg`` boots with (both clouds)."""
+    return BootstrapArgs(
+        cloud=cast(Cloud, cfg.cloud),  # load_config admits only gcp and aws
+        aws_region=cfg.region if cfg.cloud == "aws" else None,
+        store_uri=store_uri,
+        models=cfg.models,
+        role=role,
+        agent_wheel=wheel,
+        tfs_image=cfg.tfs_image,
+        gpu=cfg.gpu,
+        batching=cfg.batching,
+        model_config_poll_seconds=cfg.model_config_poll_seconds,
+        agent_poll_seconds=cfg.agent_poll_seconds,
+    )
 
 
 def _check_batching(batching: Batching) -> None:

@@ -8,20 +8,17 @@ zones and one NAT gateway per zone instead of two zones sharing one. See docs/aw
 from __future__ import annotations
 
 import functools
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from infra import bootstrap
-from infra.agent_package import build_agent_wheel
+from infra import agent_package, bootstrap
 from infra.aws.fleet import Scaling, ServingFleet, ServingFleetArgs
 from infra.aws.iam import StoreAccess, StoreAccessArgs
 from infra.aws.load_balancer import LoadBalancer, LoadBalancerArgs
 from infra.aws.network import ExistingNetwork, Network, NetworkArgs
-from infra.aws.store import AgentWheelFile, ModelStore, ModelStoreArgs, bucket_prefix_for
+from infra.aws.store import ModelStore, ModelStoreArgs, bucket_prefix_for
 from infra.config import PROJECT, StackConfig
 from model_export.constants import ROLES, STABLE
 
@@ -32,13 +29,6 @@ GPU_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver
 ROOT_VOLUME_GIB = {False: 50, True: 150}  # the GPU image and the -gpu TF Serving image are far larger
 
 
-@functools.cache
-def agent_wheel() -> AgentWheelFile:
-    """This repo's agent wheel, built once per process into a directory that outlives the deployment."""
-    path, sha256 = build_agent_wheel(Path(tempfile.mkdtemp(prefix="modelfleet-agent-")))
-    return AgentWheelFile(path, sha256)
-
-
 def base_tags(cfg: StackConfig) -> dict[str, str]:
     return {"modelfleet-project": PROJECT, "modelfleet-stack": cfg.stack, "managed-by": "pulumi"}
 
@@ -47,29 +37,11 @@ def production_grade(cfg: StackConfig) -> bool:
     return cfg.deletion_protection
 
 
-def bootstrap_args(
-    cfg: StackConfig, role: str, store_uri: str, wheel_uri: str, wheel_sha256: str
-) -> bootstrap.BootstrapArgs:
-    return bootstrap.BootstrapArgs(
-        cloud="aws",
-        aws_region=cfg.region,
-        store_uri=store_uri,
-        models=cfg.models,
-        role=role,
-        agent_wheel=bootstrap.AgentWheel(wheel_uri, wheel_sha256),
-        tfs_image=cfg.tfs_image,
-        gpu=cfg.gpu,
-        batching=cfg.batching,
-        model_config_poll_seconds=cfg.model_config_poll_seconds,
-        agent_poll_seconds=cfg.agent_poll_seconds,
-    )
-
-
 def _bootstrap_from_outputs(
     cfg: StackConfig, role: str, wheel_sha256: str, resolved: list[Any]
 ) -> bootstrap.BootstrapArgs:
     store_uri, wheel_uri = resolved
-    return bootstrap_args(cfg, role, str(store_uri), str(wheel_uri), wheel_sha256)
+    return bootstrap.fleet_bootstrap_args(cfg, role, str(store_uri), bootstrap.AgentWheel(str(wheel_uri), wheel_sha256))
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -81,7 +53,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     )
     opts = pulumi.ResourceOptions(providers=[provider])
     ha = production_grade(cfg)
-    wheel = agent_wheel()
+    wheel = agent_package.deployed_agent_wheel()
 
     store = ModelStore(
         "store",

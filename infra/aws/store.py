@@ -11,26 +11,17 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from infra.agent_package import AGENT_KEY_PREFIX
+from infra.agent_package import AgentWheelFile
 
 TYPE = "modelfleet:aws:ModelStore"
 # Incomplete multipart uploads (a publish that died half-way) are aborted after this many days.
 ABORT_MULTIPART_DAYS = 7
 _BUCKET_PREFIX_MAX = 37  # S3's bucket_prefix limit (63 minus the provider's unique suffix)
-
-
-@dataclass(frozen=True)
-class AgentWheelFile:
-    """A built agent wheel on the deploying machine (``infra.agent_package.build_agent_wheel``)."""
-
-    path: Path
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -55,11 +46,6 @@ def bucket_prefix_for(stack: str) -> str:
     """A valid S3 ``bucket_prefix`` naming the stack: lowercase, [a-z0-9-], at most 37 characters."""
     slug = re.sub(r"[^a-z0-9-]+", "-", f"modelfleet-{stack}".lower()).strip("-")
     return slug[: _BUCKET_PREFIX_MAX - 1].rstrip("-") + "-"
-
-
-def agent_wheel_key(prefix: str, wheel: AgentWheelFile) -> str:
-    """The wheel's key, ``<prefix>/_agent/<sha256>/<wheel name>``: ``agent_package.agent_wheel_uri``'s layout."""
-    return "/".join(part for part in (prefix, AGENT_KEY_PREFIX, wheel.sha256, wheel.path.name) if part)
 
 
 def tls_only_policy(bucket_arn: str) -> dict[str, Any]:
@@ -191,7 +177,7 @@ class ModelStore(pulumi.ComponentResource):
         self.agent_wheel_sha256 = None
         if args.agent_wheel is not None:
             wheel = args.agent_wheel
-            key = agent_wheel_key(prefix, wheel)
+            key = wheel.key(prefix)
             obj = aws.s3.BucketObjectv2(
                 f"{name}-agent-wheel",
                 bucket=bucket.bucket,

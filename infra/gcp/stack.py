@@ -6,24 +6,22 @@ config; no ambient ``gcp:`` settings are read) and returns the stack outputs. De
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.agent_package import agent_wheel_uri, build_agent_wheel
-from infra.bootstrap import AgentWheel, BootstrapArgs, render_user_data
+from infra import agent_package
+from infra.agent_package import agent_wheel_uri
+from infra.bootstrap import AgentWheel, fleet_bootstrap_args, render_user_data
 from infra.config import PROJECT, ConfigError, StackConfig
 from infra.gcp.fleet import Autoscaling, ServingFleet, ServingFleetArgs
 from infra.gcp.iam import ServiceAccounts, ServiceAccountsArgs
 from infra.gcp.load_balancer import GrpcArgs, LoadBalancer, LoadBalancerArgs
 from infra.gcp.network import Network, NetworkArgs
-from infra.gcp.store import AgentWheelFile, ModelStore, ModelStoreArgs
+from infra.gcp.store import ModelStore, ModelStoreArgs
 from model_export.constants import CANARY, ROLES, STABLE
 
 # Machine families whose GPUs come with the machine type (no guest_accelerators); N1 takes attachable GPUs.
@@ -49,13 +47,6 @@ def store_uri(bucket: str, prefix: str) -> str:
     return f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}"
 
 
-@functools.cache
-def agent_wheel() -> tuple[Path, str]:
-    """Build the agent wheel once per process. The directory outlives the program on purpose: the Pulumi engine
-    reads the FileAsset when it uploads, which may be after the program has returned."""
-    return build_agent_wheel(Path(tempfile.mkdtemp(prefix="modelfleet-agent-")))
-
-
 def gpu_accelerator(cfg: StackConfig) -> str | None:
     """The accelerator type to attach, or None (no GPU, or one that comes with the machine type)."""
     if not cfg.gpu:
@@ -74,20 +65,7 @@ def gpu_accelerator(cfg: StackConfig) -> str | None:
 
 def user_data(cfg: StackConfig, role: str, uri: str, wheel: AgentWheel) -> str:
     """The fleet VM's cloud-config (``infra.bootstrap``)."""
-    return render_user_data(
-        BootstrapArgs(
-            cloud="gcp",
-            store_uri=uri,
-            models=cfg.models,
-            role=role,
-            agent_wheel=wheel,
-            tfs_image=cfg.tfs_image,
-            gpu=cfg.gpu,
-            batching=cfg.batching,
-            model_config_poll_seconds=cfg.model_config_poll_seconds,
-            agent_poll_seconds=cfg.agent_poll_seconds,
-        )
-    )
+    return render_user_data(fleet_bootstrap_args(cfg, role, uri, wheel))
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -102,8 +80,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
 
     bucket = cfg.bucket_name or default_bucket_name(cfg.gcp_project, cfg.stack)
     uri = store_uri(bucket, cfg.store_prefix)
-    wheel_path, wheel_sha = agent_wheel()
-    wheel_uri = agent_wheel_uri(uri, wheel_path, wheel_sha)
+    wheel = agent_package.deployed_agent_wheel()
+    wheel_uri = agent_wheel_uri(uri, wheel.path, wheel.sha256)
 
     accounts = ServiceAccounts(
         f"{name}-sa", ServiceAccountsArgs(project=cfg.gcp_project, id_prefix=name, stack=cfg.stack), opts
@@ -118,7 +96,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             deletion_protection=cfg.deletion_protection,
             reader_members=[accounts.fleet_member],
             publisher_members=[accounts.publisher_member],
-            agent_wheel=AgentWheelFile(wheel_path, wheel_sha, wheel_uri.removeprefix(f"gs://{bucket}/")),
+            agent_wheel=wheel,
+            store_prefix=cfg.store_prefix,
         ),
         opts,
     )
@@ -145,7 +124,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 machine_type=cfg.machine_type,
                 service_account_email=accounts.fleet_email,
                 subnetwork=network.subnetwork,
-                user_data=user_data(cfg, role, uri, AgentWheel(wheel_uri, wheel_sha)),
+                user_data=user_data(cfg, role, uri, AgentWheel(wheel_uri, wheel.sha256)),
                 autoscaling=Autoscaling(
                     min_replicas=size.min_replicas if serving else 0,
                     max_replicas=size.max_replicas if serving else 0,

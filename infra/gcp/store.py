@@ -13,22 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.agent_package import AgentWheelFile
+
 READER_ROLES = ("roles/storage.objectViewer",)
 PUBLISHER_ROLES = ("roles/storage.objectUser",)
-
-
-@dataclass(frozen=True)
-class AgentWheelFile:
-    """A built agent wheel (``infra.agent_package.build_agent_wheel``) and where it goes in the bucket."""
-
-    path: Path
-    sha256: str
-    object_name: str  # <prefix>/_agent/<sha256>/<wheel name>
 
 
 @dataclass(frozen=True)
@@ -41,6 +33,7 @@ class ModelStoreArgs:
     reader_members: Sequence[pulumi.Input[str]] = ()  # "serviceAccount:..." members that may only read
     publisher_members: Sequence[pulumi.Input[str]] = ()  # members that publish, label and prune
     agent_wheel: AgentWheelFile | None = None
+    store_prefix: str = ""  # the wheel goes to <store_prefix>/_agent/<sha256>/<wheel name>
 
 
 class ModelStore(pulumi.ComponentResource):
@@ -96,7 +89,7 @@ class ModelStore(pulumi.ComponentResource):
             wheel = gcp.storage.BucketObject(
                 f"{name}-agent-wheel",
                 bucket=self.bucket.name,
-                name=args.agent_wheel.object_name,
+                name=args.agent_wheel.key(args.store_prefix),
                 source=pulumi.FileAsset(str(args.agent_wheel.path)),
                 content_type="application/zip",
                 # Content-addressed: a new agent is a new object. Keep the old ones, so a VM created from a template

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 import infra.aws.stack as aws_stack
+from infra import agent_package
+from infra.agent_package import AgentWheelFile
 from infra.aws import mock_calls
-from infra.aws.store import AgentWheelFile
 from infra.config import StackConfig, load_config, read_stack_file
 from infra.mocks import Plan, PlannedResource, evaluate
 from infra.stack import STACKS_DIR, plan_stack
@@ -97,7 +98,7 @@ def test_bucket_is_private_versioned_encrypted_and_tls_only(planned: tuple[Stack
 
 def test_agent_wheel_is_uploaded_content_addressed_under_the_prefix(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
-    wheel = aws_stack.agent_wheel()
+    wheel = agent_package.deployed_agent_wheel()
     obj = plan.one("aws:s3/bucketObjectv2:BucketObjectv2").inputs
     assert obj["key"] == f"{cfg.store_prefix}/_agent/{wheel.sha256}/{wheel.path.name}"
     assert plan.outputs["agentWheelUri"] == f"{plan.outputs['storeUri']}/_agent/{wheel.sha256}/{wheel.path.name}"
@@ -466,7 +467,7 @@ def test_a_new_agent_wheel_changes_the_launch_templates(tmp_path: Path, monkeypa
     other = tmp_path / "modelfleet-0.1.0-py3-none-any.whl"
     other.write_bytes(b"another build")
     replacement: Callable[[], AgentWheelFile] = lambda: AgentWheelFile(other, "ab" * 32)  # noqa: E731
-    monkeypatch.setattr(aws_stack, "agent_wheel", replacement)
+    monkeypatch.setattr(agent_package, "deployed_agent_wheel", replacement)
     plan = plan_of(cfg)
     after = {r: lt.inputs["userData"] for r, lt in by_role(plan, T_LT).items()}
     for role in ROLES:
