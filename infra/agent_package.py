@@ -9,7 +9,6 @@ changes only when the agent's code or packaging does. See docs/bootstrap.md.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,20 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_export.errors import ModelfleetError
+from model_export.transfer import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AGENT_KEY_PREFIX = "_agent"  # model names start alphanumeric, so this never collides with a model's prefix
 # Zip timestamps of every build (1980-01-01, the earliest a zip can hold): the wheel's bytes depend on content only.
 SOURCE_DATE_EPOCH = "315532800"
 _STAGED = ("pyproject.toml", "model_export")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stage(repo_root: Path, stage: Path) -> None:
@@ -70,7 +62,7 @@ def build_agent_wheel(out_dir: Path, repo_root: Path = REPO_ROOT) -> tuple[Path,
             raise ModelfleetError(f"building the agent wheel from {repo_root} failed: {detail}")
         target = out_dir / wheels[0].name
         shutil.move(str(wheels[0]), target)
-    return target, sha256_file(target)
+    return target, sha256_file(target).sha256
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from infra import bootstrap
-from infra.agent_package import REPO_ROOT, agent_wheel_uri, build_agent_wheel, sha256_file
+from infra.agent_package import REPO_ROOT, agent_wheel_uri, build_agent_wheel
 from model_export.errors import ModelfleetError
 
 # Ubuntu 24.04 LTS, the fleet's image: markers are evaluated for its Python, not the one running the tests.
@@ -60,7 +61,7 @@ def base_requirements(wheel: Path) -> list[Requirement]:
 def test_wheel_name_and_hash(built: tuple[Path, str]) -> None:
     wheel, sha = built
     assert wheel.name.startswith("modelfleet-") and wheel.name.endswith("-py3-none-any.whl")
-    assert sha == sha256_file(wheel) and len(sha) == 64
+    assert sha == hashlib.sha256(wheel.read_bytes()).hexdigest() and len(sha) == 64
 
 
 def test_build_is_reproducible(built: tuple[Path, str], tmp_path: Path) -> None:
