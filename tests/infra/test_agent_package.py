@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
 import zipfile
 from email.parser import Parser
-from importlib.metadata import distribution
+from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def test_a_new_subpackage_is_packaged_and_changes_the_hash(built: tuple[Path, st
 
 def test_base_requirements_have_no_tensorflow_or_pulumi(built: tuple[Path, str]) -> None:
     base = {canonicalize_name(r.name) for r in base_requirements(built[0])}
-    assert base == {"boto3", "google-cloud-storage", "tqdm"}
+    assert base == {"boto3", "google-cloud-storage", "numpy", "tqdm"}
     assert not any(heavy in name for name in base for heavy in HEAVY)
     # ... while the extras that do need them are still declared.
     metadata = dist_info_file(built[0], "METADATA")
@@ -139,6 +140,27 @@ def test_cli_imports_from_the_wheel_without_heavy_dependencies(built: tuple[Path
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "modelfleet" in proc.stdout
+
+
+def test_cli_and_agent_import_only_what_the_vm_installs(built: tuple[Path, str]) -> None:
+    """Every third-party module the CLI and the agent import at start-up comes from a package the VM installs
+    (agent-requirements.txt): a module missing there is an ImportError on every fleet VM."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(built[0])!r})
+        import model_export.cli, model_export.agent.main
+        print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    owners = packages_distributions()
+    # Interpreter-level names (``__main__``, site hooks such as setuptools' ``_distutils_hack``) are not our imports.
+    imported = {name for name in json.loads(proc.stdout) if not name.startswith("_") and name != "model_export"}
+    imported -= set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+    third_party = {canonicalize_name(dist) for name in imported for dist in owners.get(name, [name])}
+    pins = _pins(bootstrap.TEMPLATES / "agent-requirements.txt")
+    assert third_party - set(pins) == set(), "imported at start-up but not installed on the VMs"
 
 
 def _pins(path: Path) -> dict[str, str]:
