@@ -82,7 +82,10 @@ class ServingError(ModelfleetError):
     REST answers (mapped back from the HTTP status TF Serving derived from it); ``http_status`` is set for REST.
     """
 
-    def __init__(self, message: str, *, code: str, http_status: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str, http_status: int | None = None, not_listening: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.http_status = http_status
+        # Nothing serves the port (refused, or accepted and closed as Docker's proxy does for a container whose server
+        # is not listening yet): TF Serving is stopped or still loading its first config.
+        self.not_listening = not_listening

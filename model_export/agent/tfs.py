@@ -1,12 +1,9 @@
-"""Ask the local TF Serving which versions of a model it serves (REST ``GET /v1/models/NAME``), stdlib only."""
+"""Ask the local TF Serving which versions of a model it serves, through the predict client's status call."""
 
 from __future__ import annotations
 
-import http.client
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
+from model_export.client.status import model_status
+from model_export.errors import ServingError
 
 AVAILABLE = "AVAILABLE"
 
@@ -31,21 +28,11 @@ class TfsClient:
         ``GET /v1/models/NAME`` answers 200 as soon as any version is known, whatever its state: the state field is
         what counts.
         """
-        url = f"{self.url}/v1/models/{urllib.parse.quote(model)}"
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as resp:  # noqa: S310 - URL built from --tfs-url
-                body = resp.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
+            return {s.version: s.state for s in model_status(self.url, model, timeout=self.timeout)}
+        except ServingError as e:
+            if e.http_status == 404:
                 return {}
-            raise TfsUnreachable(f"TF Serving at {self.url} answered HTTP {e.code} for model {model!r}") from e
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", e)
-            if isinstance(reason, (ConnectionError, http.client.RemoteDisconnected)):
-                raise TfsNotRunning(f"TF Serving at {self.url} is not serving (stopped or starting): {reason}") from e
-            raise TfsUnreachable(f"TF Serving at {self.url} is unreachable: {reason}") from e
-        try:
-            doc = json.loads(body)
-            return {int(s["version"]): str(s["state"]) for s in doc.get("model_version_status", [])}
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise TfsUnreachable(f"TF Serving at {self.url} sent an unreadable status for {model!r}: {e}") from e
+            if e.not_listening:
+                raise TfsNotRunning(f"TF Serving at {self.url} is not serving (stopped or starting): {e}") from e
+            raise TfsUnreachable(f"TF Serving at {self.url} is unreachable: {e}") from e

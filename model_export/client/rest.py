@@ -60,11 +60,19 @@ def _http_json(method: str, base: str, path: str, body: bytes | None, timeout: f
         if isinstance(e.reason, TimeoutError):
             raise _timeout(base, timeout) from None
         reason = getattr(e.reason, "strerror", None) or str(e.reason)
-        raise ServingError(f"cannot reach TF Serving at {base}: {reason}", code="UNAVAILABLE") from None
+        raise ServingError(
+            f"cannot reach TF Serving at {base}: {reason}",
+            code="UNAVAILABLE",
+            not_listening=isinstance(e.reason, ConnectionError),
+        ) from None
     except TimeoutError:
         raise _timeout(base, timeout) from None
     except (OSError, http.client.HTTPException) as e:
-        raise ServingError(f"cannot reach TF Serving at {base}: {e or type(e).__name__}", code="UNAVAILABLE") from None
+        raise ServingError(
+            f"cannot reach TF Serving at {base}: {e or type(e).__name__}",
+            code="UNAVAILABLE",
+            not_listening=isinstance(e, ConnectionError),
+        ) from None
     try:
         return json.loads(raw)
     except ValueError:
