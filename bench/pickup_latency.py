@@ -1,9 +1,9 @@
 """Pickup latency of `modelfleet agent`: from a publish (manifest committed) to TF Serving's config naming the version.
 
 A real small SavedModel plus a 100 MiB asset file is published 20 times as `stable` to a local moto S3 server that
-this benchmark starts (tests/servers.py's launcher); an agent in this process polls every 1 s, downloads, verifies,
-renames and writes models.config. TF Serving is not running, so each config is the steady one (no two-step label
-move; that step waits on TF Serving's own load time, which is not the agent's to measure).
+this benchmark starts (tests/support/servers.py's launcher); an agent in this process polls every 1 s, downloads,
+verifies, renames and writes models.config. TF Serving is not running, so each config is the steady one (no two-step
+label move; that step waits on TF Serving's own load time, which is not the agent's to measure).
 
 Reported: p50 and p95 (nearest rank) of
 - pickup: publish() returned (manifest committed) -> models.config names the version;
@@ -29,15 +29,15 @@ import threading
 import time
 from pathlib import Path
 
-from model_export.agent import Agent, AgentOptions
-from model_export.agent.tfs import TfsClient
 from model_export.constants import STABLE
 from model_export.manifest import VersionEntry
 from model_export.publish import publish
 from model_export.store import open_store
 from model_export.store.base import Store
 from model_export.versions import prune
-from tests.servers import free_port, running
+from modelfleet.agent import Agent, AgentOptions
+from modelfleet.agent.tfs import TfsClient
+from tests.support.servers import free_port, running
 
 MODEL = "bench"
 

@@ -1,4 +1,4 @@
-"""Building a gRPC PredictRequest for a 64 MiB float32 array: ``model_export.client`` against ``tf.make_tensor_proto``,
+"""Building a gRPC PredictRequest for a 64 MiB float32 array: ``modelfleet.client`` against ``tf.make_tensor_proto``,
 with ``ndarray.tobytes()`` (one copy of the array into a new ``bytes``) as the anchor, all in the same run.
 
 Two measurements per way:
@@ -50,7 +50,7 @@ def main() -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    from model_export import client
+    from modelfleet import client
 
     side = int((args.mib * 1024 * 1024 // 4) ** 0.5)
     array = np.random.default_rng(0).random((side, side), dtype=np.float32)

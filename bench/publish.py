@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.servers import Server, running
+from tests.support.servers import Server, running
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,7 +50,7 @@ def _publish_cmd(model: Path, store: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "model_export",
+        "modelfleet",
         "publish",
         str(model),
         "--store",

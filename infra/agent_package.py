@@ -1,9 +1,9 @@
-"""The agent wheel that fleet VMs install: this repo's ``modelfleet`` package, built at ``pulumi up`` time.
+"""The agent wheel that fleet VMs install: the ``modelfleet`` distribution, built at ``pulumi up`` time.
 
 The stack uploads it to ``<store>/_agent/<sha256>/<wheel name>`` (``agent_wheel_uri``) and hands the URI and hash to
 ``infra.bootstrap``; the VM verifies the hash before installing. The build is reproducible (fixed zip timestamps and
-file modes, only ``pyproject.toml`` and ``model_export/`` staged), so the hash, and with it the instance template,
-changes only when the agent's code or packaging does. See docs/bootstrap.md.
+file modes, only ``pyproject.toml``, ``model_export/`` and ``modelfleet/`` staged), so the hash, and with it the
+instance template, changes only when the agent's code or packaging does. See docs/bootstrap.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 AGENT_KEY_PREFIX = "_agent"  # model names start alphanumeric, so this never collides with a model's prefix
 # Zip timestamps of every build (1980-01-01, the earliest a zip can hold): the wheel's bytes depend on content only.
 SOURCE_DATE_EPOCH = "315532800"
-_STAGED = ("pyproject.toml", "model_export")
+# The library and the apps; never `infra/`, tests or docs, whose edits must not roll the fleet.
+_STAGED = ("pyproject.toml", "model_export", "modelfleet")
 
 
 def _stage(repo_root: Path, stage: Path) -> None:
@@ -44,8 +45,8 @@ def _stage(repo_root: Path, stage: Path) -> None:
 def build_agent_wheel(out_dir: Path, repo_root: Path = REPO_ROOT) -> tuple[Path, str]:
     """Build ``modelfleet-<version>-py3-none-any.whl`` into ``out_dir``; return its path and sha256.
 
-    Runs ``pip wheel --no-deps --no-build-isolation`` on a staged copy of the repo (``pyproject.toml`` and
-    ``model_export/`` only: no ``infra/``, tests or README, whose edits must not roll the fleet), with the deploying
+    Runs ``pip wheel --no-deps --no-build-isolation`` on a staged copy of the project (``_STAGED`` only), with the
+    deploying
     environment's setuptools. The base requirements carry no TensorFlow or Pulumi (those are extras).
     """
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,18 @@ from typing import Any, Literal, cast, get_args
 import yaml
 
 from infra.config import Batching, StackConfig
-from model_export.agent.main import CONFIG_NAME, DEFAULT_TFS_URL
-from model_export.constants import AGENT_PORT, ROLES, TFS_GRPC_PORT, TFS_METRICS_PATH, TFS_REST_PORT
+from model_export.constants import (
+    AGENT_POLL_SECONDS,
+    AGENT_PORT,
+    DEFAULT_TFS_IMAGE,
+    LOCAL_TFS_URL,
+    MODEL_CONFIG_NAME,
+    MODEL_CONFIG_POLL_SECONDS,
+    ROLES,
+    TFS_GRPC_PORT,
+    TFS_METRICS_PATH,
+    TFS_REST_PORT,
+)
 from model_export.errors import BadInput
 from model_export.manifest import check_model_name
 from model_export.store import parse_uri
@@ -29,13 +39,12 @@ from model_export.store import parse_uri
 Cloud = Literal["gcp", "aws"]
 CLOUDS: tuple[str, ...] = get_args(Cloud)
 STORE_SCHEME: Mapping[str, str] = {"gcp": "gs", "aws": "s3"}
-DEFAULT_TFS_IMAGE = "tensorflow/serving:2.20.0"
 # AWS refuses user-data over 16 KB (raw, before base64); GCE metadata allows 256 KB.
 USER_DATA_LIMIT_BYTES = 16 * 1024
 
 # Paths on the VM. The agent writes TF Serving's config into its --root.
 MODEL_ROOT = "/var/lib/modelfleet/models"
-MODEL_CONFIG_PATH = f"{MODEL_ROOT}/{CONFIG_NAME}"
+MODEL_CONFIG_PATH = f"{MODEL_ROOT}/{MODEL_CONFIG_NAME}"
 TFS_CONFIG_DIR = "/etc/modelfleet/tfserving"
 MONITORING_CONFIG_PATH = f"{TFS_CONFIG_DIR}/monitoring.config"
 BATCHING_CONFIG_PATH = f"{TFS_CONFIG_DIR}/batching.config"
@@ -104,8 +113,8 @@ class BootstrapArgs:
     tfs_image: str = DEFAULT_TFS_IMAGE  # pinned tag; the "-gpu" variant when gpu=True
     gpu: bool = False  # needs a GPU image with the NVIDIA driver, Docker and the NVIDIA container toolkit
     batching: Batching | None = None  # infra.config's; None or enabled=False: --enable_batching off
-    model_config_poll_seconds: int = 5  # --model_config_file_poll_wait_seconds
-    agent_poll_seconds: int = 10  # modelfleet agent --poll
+    model_config_poll_seconds: int = MODEL_CONFIG_POLL_SECONDS  # --model_config_file_poll_wait_seconds
+    agent_poll_seconds: int = AGENT_POLL_SECONDS  # modelfleet agent --poll
     aws_region: str | None = None  # required on aws (the SDKs do not read it from instance metadata)
     extra_tfs_flags: tuple[str, ...] = ()  # e.g. ("--enable_serialization_as_tensor_content=true",)
 
@@ -289,7 +298,7 @@ def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
         ["--root", MODEL_ROOT],
         ["--role", args.role],
         ["--poll", str(args.agent_poll_seconds)],
-        ["--tfs-url", DEFAULT_TFS_URL],
+        ["--tfs-url", LOCAL_TFS_URL],
         ["--listen", f"0.0.0.0:{AGENT_PORT}"],  # the load balancer health-checks the agent
     ]
 

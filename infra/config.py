@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model_export.constants import AGENT_POLL_SECONDS, MODEL_CONFIG_POLL_SECONDS, TFS_IMAGE_REPOSITORY, TFS_VERSION
 from model_export.errors import BadInput
 from model_export.manifest import MODEL_RE
 
@@ -66,7 +67,9 @@ KEYS: tuple[Key, ...] = (
         "GCP accelerator type when `gpu` is true (AWS: pick a GPU `machineType`).",
         ("gcp",),
     ),
-    Key("tfServingVersion", "string", "2.20.0", "TF Serving image tag (`tensorflow/serving:<tag>`); never `latest`."),
+    Key(
+        "tfServingVersion", "string", TFS_VERSION, "TF Serving image tag (`tensorflow/serving:<tag>`); never `latest`."
+    ),
     Key("stableMinReplicas", "integer", 2, "Minimum VMs of the stable fleet."),
     Key("stableMaxReplicas", "integer", 6, "Maximum VMs of the stable fleet."),
     Key("canaryMinReplicas", "integer", 1, "Minimum VMs of the canary fleet while it runs (weight > 0 or kept warm)."),
@@ -103,8 +106,18 @@ KEYS: tuple[Key, ...] = (
     Key("batchTimeoutMicros", "integer", 1000, "Batching: longest wait for a batch to fill, in microseconds."),
     Key("numBatchThreads", "integer", 4, "Batching: threads that run batches."),
     Key("maxEnqueuedBatches", "integer", 100, "Batching: queue length before requests are refused."),
-    Key("agentPollSeconds", "integer", 10, "How often each VM's agent checks the manifest (one conditional GET)."),
-    Key("modelConfigPollSeconds", "integer", 5, "How often TF Serving re-reads the model config the agent writes."),
+    Key(
+        "agentPollSeconds",
+        "integer",
+        AGENT_POLL_SECONDS,
+        "How often each VM's agent checks the manifest (one conditional GET).",
+    ),
+    Key(
+        "modelConfigPollSeconds",
+        "integer",
+        MODEL_CONFIG_POLL_SECONDS,
+        "How often TF Serving re-reads the model config the agent writes.",
+    ),
     Key(
         "healthCheckInitialDelaySeconds",
         "integer",
@@ -372,7 +385,7 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         machine_type=machine,
         gpu=v["gpu"],
         gpu_type=v["gpuType"],
-        tfs_image=f"tensorflow/serving:{v['tfServingVersion']}{suffix}",
+        tfs_image=f"{TFS_IMAGE_REPOSITORY}:{v['tfServingVersion']}{suffix}",
         stable=FleetSize(v["stableMinReplicas"], v["stableMaxReplicas"]),
         canary=FleetSize(v["canaryMinReplicas"], v["canaryMaxReplicas"]),
         canary_weight_percent=v["canaryWeightPercent"],

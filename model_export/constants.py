@@ -16,3 +16,15 @@ TFS_METRICS_PATH = "/monitoring/prometheus/metrics"
 STABLE = "stable"
 CANARY = "canary"
 ROLES = (STABLE, CANARY)
+
+# The TF Serving image a fleet runs unless the stack pins another (a release tag: never `latest`).
+TFS_IMAGE_REPOSITORY = "tensorflow/serving"
+TFS_VERSION = "2.20.0"
+DEFAULT_TFS_IMAGE = f"{TFS_IMAGE_REPOSITORY}:{TFS_VERSION}"
+# TF Serving's REST port as the agent on the same VM reaches it.
+LOCAL_TFS_URL = f"http://127.0.0.1:{TFS_REST_PORT}"
+# The ModelServerConfig the agent writes into its model root and TF Serving re-reads.
+MODEL_CONFIG_NAME = "models.config"
+# How often an agent checks the manifest (one conditional GET), and TF Serving re-reads the agent's config file.
+AGENT_POLL_SECONDS = 10
+MODEL_CONFIG_POLL_SECONDS = 5

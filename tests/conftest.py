@@ -8,7 +8,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.servers import Server, running
+from tests.support.servers import Server, running
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +58,6 @@ def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def savedmodels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small real SavedModels exported by TensorFlow: two compatible versions and one with other inputs."""
-    from tests.models import make_savedmodels
+    from tests.support.models import make_savedmodels
 
     return make_savedmodels(tmp_path_factory.mktemp("savedmodels"))

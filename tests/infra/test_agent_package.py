@@ -75,32 +75,31 @@ def test_wheel_holds_the_package_and_nothing_else(built: tuple[Path, str]) -> No
     contents = names(built[0])
     sources = {
         p.relative_to(REPO_ROOT).as_posix()
-        for p in (REPO_ROOT / "model_export").rglob("*.py")
+        for package in ("model_export", "modelfleet")
+        for p in (REPO_ROOT / package).rglob("*.py")
         if "__pycache__" not in p.parts
     }
     assert sources and sources <= contents
     assert not any(n.startswith(("infra/", "tests/", "bench/")) or n.endswith(".pyc") for n in contents)
-    assert "modelfleet = model_export.cli:main" in dist_info_file(built[0], "entry_points.txt")
+    assert "modelfleet = modelfleet.cli:main" in dist_info_file(built[0], "entry_points.txt")
 
 
-@pytest.mark.skipif(
-    not (REPO_ROOT / "model_export/agent/__init__.py").exists(), reason="model_export/agent is not in the tree yet"
-)
 def test_wheel_contains_the_agent(built: tuple[Path, str]) -> None:
-    assert "model_export/agent/__init__.py" in names(built[0])
+    assert "modelfleet/agent/__init__.py" in names(built[0])
 
 
 def test_a_new_subpackage_is_packaged_and_changes_the_hash(built: tuple[Path, str], tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copyfile(REPO_ROOT / "pyproject.toml", repo / "pyproject.toml")
-    shutil.copytree(REPO_ROOT / "model_export", repo / "model_export", ignore=shutil.ignore_patterns("__pycache__"))
-    agent = repo / "model_export" / "agent"
-    agent.mkdir(exist_ok=True)
-    (agent / "__init__.py").write_text('"""stand-in agent package"""\n')
-    (agent / "zz_probe.py").write_text("PROBE = 1\n")
+    for package in ("model_export", "modelfleet"):
+        shutil.copytree(REPO_ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    probe = repo / "modelfleet" / "zz_probe"
+    probe.mkdir()
+    (probe / "__init__.py").write_text('"""a new subpackage"""\n')
+    (probe / "mod.py").write_text("PROBE = 1\n")
     wheel, sha = build_agent_wheel(tmp_path / "out", repo_root=repo)
-    assert {"model_export/agent/__init__.py", "model_export/agent/zz_probe.py"} <= names(wheel)
+    assert {"modelfleet/zz_probe/__init__.py", "modelfleet/zz_probe/mod.py"} <= names(wheel)
     assert sha != built[1]
 
 
@@ -130,7 +129,7 @@ def test_cli_imports_from_the_wheel_without_heavy_dependencies(built: tuple[Path
         sys.path.insert(0, {str(built[0])!r})
         import model_export
         assert model_export.__file__.startswith({str(built[0])!r}), model_export.__file__
-        from model_export.cli import main
+        from modelfleet.cli import main
         try:
             main(["--help"])
         except SystemExit as e:
@@ -149,14 +148,15 @@ def test_cli_and_agent_import_only_what_the_vm_installs(built: tuple[Path, str])
         f"""
         import json, sys
         sys.path.insert(0, {str(built[0])!r})
-        import model_export.cli, model_export.agent.main
+        import modelfleet.cli, modelfleet.agent.main
         print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     owners = packages_distributions()
     # Interpreter-level names (``__main__``, site hooks such as setuptools' ``_distutils_hack``) are not our imports.
-    imported = {name for name in json.loads(proc.stdout) if not name.startswith("_") and name != "model_export"}
+    ours = {"model_export", "modelfleet"}
+    imported = {name for name in json.loads(proc.stdout) if not name.startswith("_") and name not in ours}
     imported -= set(sys.stdlib_module_names) | set(sys.builtin_module_names)
     third_party = {canonicalize_name(dist) for name in imported for dist in owners.get(name, [name])}
     pins = _pins(bootstrap.TEMPLATES / "agent-requirements.txt")
@@ -207,7 +207,8 @@ def test_agent_wheel_uri_is_content_addressed(built: tuple[Path, str]) -> None:
 
 
 def test_a_failed_build_raises_a_project_error(tmp_path: Path) -> None:
-    (tmp_path / "model_export").mkdir()
+    for package in ("model_export", "modelfleet"):
+        (tmp_path / package).mkdir()
     with pytest.raises(ModelfleetError, match=r"pyproject\.toml does not exist"):
         build_agent_wheel(tmp_path / "out", repo_root=tmp_path)
     (tmp_path / "pyproject.toml").write_text("[project\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,8 @@ from infra.config import (
     render_pulumi_yaml,
 )
 from infra.stack import stack_config
+from tests.support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 GCP: dict[str, Any] = {"cloud": "gcp", "region": "europe-west1", "gcpProject": "acme-ml-test", "models": ["digits"]}
 AWS: dict[str, Any] = {"cloud": "aws", "region": "eu-west-1", "models": ["digits"], "enableGrpc": False}
 
@@ -138,13 +137,13 @@ def test_stack_files_load() -> None:
 
 
 def test_pulumi_yaml_is_generated_from_the_keys() -> None:
-    assert (ROOT / "Pulumi.yaml").read_text() == render_pulumi_yaml(), (
+    assert (REPO_ROOT / "Pulumi.yaml").read_text() == render_pulumi_yaml(), (
         "regenerate: python -m infra.config > Pulumi.yaml"
     )
 
 
 def test_readme_config_table_is_current() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     assert README_START in readme and README_END in readme
     table = readme.split(README_START)[1].split(README_END)[0]
     assert table == markdown_table(), "regenerate: python -m infra.config --readme"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import runpy
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -13,8 +12,7 @@ import pytest
 from infra.config import read_stack_file
 from infra.mocks import evaluate
 from infra.stack import STACKS_DIR
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import REPO_ROOT
 
 
 def _pulumi_config(values: dict[str, Any]) -> dict[str, str]:
@@ -30,7 +28,7 @@ def _run_main(stack: str, values: dict[str, Any]) -> Any:
 
     def program() -> dict[str, Any]:
         pulumi.runtime.set_all_config(_pulumi_config(values))
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
         return {}
 
     try:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from model_export.cli import main
+from modelfleet.cli import main
 
 
 def test_plan_text_shows_the_tree_and_key_settings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,0 @@
-import sys
-
-from model_export.cli import main
-
-sys.exit(main())

@@ -1,0 +1,66 @@
+"""What the sync loop publishes for the HTTP endpoint: per-model versions and problems, and the counters."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from modelfleet.agent.sync import ModelReport, ModelState
+
+
+@dataclass(frozen=True)
+class ModelView:
+    name: str
+    desired: int | None
+    target: int | None
+    problem: str | None
+    # Versions the written config's labels name: during a transition, the version still serving while the target
+    # loads (labels move only once the target is AVAILABLE).
+    labeled: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, st: ModelState, labeled: Iterable[int] = ()) -> ModelView:
+        return cls(st.name, st.desired, st.target, st.problem, frozenset(labeled))
+
+
+class AgentStatus:
+    """Written by the loop thread, read by the HTTP threads; every access holds the lock."""
+
+    def __init__(self, role: str, models: Iterable[str]) -> None:
+        self.role = role
+        self._lock = threading.Lock()
+        self._models = {m: ModelView(m, None, None, "not synced yet") for m in models}
+        self.last_success: float | None = None
+        self.sync_failures: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.bytes_fetched = 0
+
+    def models(self) -> list[ModelView]:
+        with self._lock:
+            return list(self._models.values())
+
+    def publish(self, states: Mapping[str, ModelState], labeled: Mapping[str, Iterable[int]] | None = None) -> None:
+        labeled = labeled or {}
+        with self._lock:
+            self._models = {name: ModelView.of(st, labeled.get(name, ())) for name, st in states.items()}
+
+    def record(self, reports: Iterable[ModelReport], *, at: float, bytes_fetched: int) -> None:
+        """Count one sync's outcome. A sync succeeds when every manifest was read and every fetch that ran worked
+        (a refused version is a correct outcome, counted apart)."""
+        ok = True
+        with self._lock:
+            for r in reports:
+                if r.error:
+                    self.sync_failures[r.model] += 1
+                    ok = False
+                if r.refused:
+                    self.refused[r.model] += 1
+            self.bytes_fetched = bytes_fetched
+            if ok:
+                self.last_success = at
+
+    def counters(self) -> tuple[float | None, dict[str, int], dict[str, int], int]:
+        with self._lock:
+            return self.last_success, dict(self.sync_failures), dict(self.refused), self.bytes_fetched

@@ -1,0 +1,89 @@
+"""``modelfleet``: a thin command line over the library. Each command parses, makes one library call, formats.
+
+Exit codes: 0 ok, 1 the operation failed, 2 bad input (nothing was written).
+
+A command's module is imported only when that command runs (``COMMANDS`` names it), so ``modelfleet agent`` on a VM
+never pays for the predict client or Pulumi, and ``modelfleet --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from model_export.errors import ModelfleetError
+from modelfleet import __version__
+
+# command -> (module that registers it, one-line summary: the first line of the command's docstring).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "publish": ("store_cmds", "Publish a SavedModel directory as the next version of a model."),
+    "versions": ("store_cmds", "List a model's versions and labels."),
+    "show": ("store_cmds", "Show one version: files with sha256 and size, signature, source."),
+    "label": (
+        "store_cmds",
+        "Point a label (stable, canary or any [A-Za-z0-9_]+) at a version, or remove it with --clear.",
+    ),
+    "promote": ("store_cmds", "Make the canary version stable and clear the canary label."),
+    "rollback": ("store_cmds", "Move stable back to the previous stable version (from the history), or to --to N."),
+    "prune": (
+        "store_cmds",
+        "Delete old versions, keeping the N newest, every labeled version and the previous stable.",
+    ),
+    "agent": (
+        "agent_cmd",
+        "Follow the manifests of some models and keep the local TF Serving serving this fleet's version.",
+    ),
+    "predict": ("client_cmds", "Send one predict request to TF Serving and print the outputs as JSON."),
+    "smoke": (
+        "client_cmds",
+        "Check that TF Serving serves a model: an AVAILABLE version, then one predict that succeeds.",
+    ),
+    "plan": ("plan_cmd", "Print a stack's resource tree and key settings, evaluated offline under Pulumi's mocks."),
+    "demo": (
+        "demo_cmd",
+        "Train a digits model, publish two versions, canary, promote, roll back; print the versions table.",
+    ),
+}
+DESCRIPTION = (
+    "Ship TensorFlow models to self-hosted TF Serving fleets: publish versions to a model store, label, promote and "
+    "roll back; run the agent on serving VMs; query TF Serving; plan a stack offline."
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for ``command`` (its module's commands in full), or, for ``None``, the list of every command."""
+    parser = argparse.ArgumentParser(prog="modelfleet", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"modelfleet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if command in COMMANDS:
+        module = importlib.import_module(f"modelfleet.cli.{COMMANDS[command][0]}")
+        module.register(sub)
+    else:
+        for name, (_, summary) in COMMANDS.items():
+            sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The first argument that is not an option: options come only after the command."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except ModelfleetError as e:
+        print(f"modelfleet: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("modelfleet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

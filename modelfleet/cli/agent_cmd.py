@@ -1,0 +1,109 @@
+"""``modelfleet agent``: keep the local TF Serving serving what the manifests say (runs on each serving VM)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import types
+from pathlib import Path
+
+from model_export.constants import AGENT_POLL_SECONDS, AGENT_PORT, LOCAL_TFS_URL, ROLES
+from model_export.errors import BadInput
+from modelfleet.agent import Agent, AgentOptions
+from modelfleet.agent.main import DEFAULT_KEEP_LOCAL, DEFAULT_LISTEN
+from modelfleet.cli.common import command, int_at_least, positive_seconds
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BadInput(f"--listen {text!r} is not HOST:PORT (e.g. 0.0.0.0:{AGENT_PORT})")
+    return host, int(port)
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    models = tuple(m.strip() for m in text.split(","))
+    if not any(models) or not all(models):
+        raise BadInput(f"--models {text!r} must be comma-separated model names, e.g. digits,iris")
+    return models
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Follow the manifests of some models and keep the local TF Serving serving this fleet's version.
+
+    Downloads each version into --root, verifies every file's sha256 and size, renames it into place, and writes
+    ROOT/models.config (run TF Serving with --model_config_file=ROOT/models.config and
+    --model_config_file_poll_wait_seconds). Serves health (200 only when TF Serving reports the fleet's version
+    AVAILABLE for every model) and Prometheus metrics on --listen. --once syncs once: exit 0 when every model is
+    ready, 1 otherwise.
+
+    Example:
+      modelfleet agent --store gs://acme-models/prod --models digits --root /var/lib/modelfleet/models --role stable
+      modelfleet agent --store s3://acme-models/prod --models digits,iris --root /srv/models --role canary --once
+    """
+    listen = parse_listen(args.listen)
+    options = AgentOptions(
+        store=args.store,
+        models=parse_models(args.models),
+        root=args.root.absolute(),
+        role=args.role,
+        poll_seconds=args.poll,
+        tfs_url=args.tfs_url,
+        listen=None if args.once else listen,
+        keep_local=args.keep_local,
+        serving_root=args.serving_root,
+    )
+    if options.serving_root is not None and not options.serving_root.is_absolute():
+        raise BadInput(f"--serving-root {str(options.serving_root)!r} must be an absolute path")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    with Agent(options) as agent:
+        if args.once:
+            return 0 if agent.run_once() else 1
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: types.FrameType | None) -> None:
+            del frame
+            logging.getLogger("modelfleet.agent").info("%s: stopping", signal.Signals(signum).name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        agent.serve(stop)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = command(sub, "agent", cmd_agent, cmd_agent.__doc__)
+    p.add_argument(
+        "--store", required=True, metavar="URI", help="file:///path, gs://bucket/prefix or s3://bucket/prefix"
+    )
+    p.add_argument("--models", required=True, metavar="A,B", help="comma-separated model names to serve")
+    p.add_argument("--root", required=True, type=Path, metavar="DIR", help="local model root TF Serving reads")
+    p.add_argument(
+        "--role", required=True, choices=ROLES, help="stable serves the stable label; canary serves canary, else stable"
+    )
+    p.add_argument(
+        "--poll", type=positive_seconds, default=AGENT_POLL_SECONDS, metavar="SECONDS", help="default: %(default)s"
+    )
+    p.add_argument("--once", action="store_true", help="sync once and exit: 0 ready, 1 failed")
+    p.add_argument("--tfs-url", default=LOCAL_TFS_URL, metavar="URL", help="TF Serving REST (%(default)s)")
+    p.add_argument(
+        "--listen", default="{}:{}".format(*DEFAULT_LISTEN), metavar="HOST:PORT", help="health/metrics (%(default)s)"
+    )
+    p.add_argument(
+        "--keep-local",
+        type=int_at_least(1),
+        default=DEFAULT_KEEP_LOCAL,
+        metavar="K",
+        help="versions kept on disk (%(default)s)",
+    )
+    p.add_argument(
+        "--serving-root",
+        type=Path,
+        metavar="DIR",
+        help="--root as TF Serving sees it, when it runs in a container with another mount point (default: --root)",
+    )

@@ -1,0 +1,253 @@
+"""Commands over the model store: publish, versions, show, label, promote, rollback, prune."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from model_export import versions as ops
+from model_export.errors import BadInput
+from model_export.manifest import Manifest
+from model_export.publish import publish
+from model_export.transfer import DEFAULT_WORKERS, show_progress
+from modelfleet.cli.common import command, emit_json, human_bytes, int_at_least, json_arg, store_args, table
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish a SavedModel directory as the next version of a model.
+
+    The files are validated, uploaded in parallel and verified; the manifest is updated last, so servers never
+    see a partial version. Refuses a change of input signature against the stable version unless
+    --allow-signature-change.
+
+    Example:
+      modelfleet publish ./export --store gs://acme-models/prod --model digits --label canary --json
+    """
+    source = dict(kv.split("=", 1) for kv in args.meta)
+    if args.git_sha:
+        source["git_sha"] = args.git_sha
+    if args.job_id:
+        source["job_id"] = args.job_id
+    result = publish(
+        args.dir,
+        args.store,
+        args.model,
+        label=args.label,
+        allow_signature_change=args.allow_signature_change,
+        source=source,
+        workers=args.workers,
+        progress=show_progress(args.json),
+    )
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        labels = f" [{', '.join(result.labels)}]" if result.labels else ""
+        print(
+            f"published {result.model} version {result.version}{labels}: {result.files} files, "
+            f"{human_bytes(result.bytes)} in {result.seconds:.1f} s to {result.store}"
+        )
+    return 0
+
+
+def _meta(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return text
+
+
+def _versions_json(m: Manifest) -> dict[str, Any]:
+    return {
+        "model": m.model,
+        "labels": m.labels,
+        "last_version": m.last_version,
+        "versions": [
+            {
+                "version": v.version,
+                "labels": m.labels_of(v.version),
+                "created": v.created,
+                "bytes": v.total_bytes,
+                "files": len(v.files),
+                "source": v.source,
+            }
+            for v in sorted(m.versions.values(), key=lambda e: e.version)
+        ],
+    }
+
+
+def print_versions(m: Manifest) -> None:
+    rows = [["VERSION", "LABELS", "CREATED", "SIZE", "FILES", "SOURCE"]]
+    for v in sorted(m.versions.values(), key=lambda e: -e.version):
+        src = " ".join(f"{k}={val[:12]}" for k, val in sorted(v.source.items()))
+        rows.append(
+            [
+                str(v.version),
+                ",".join(m.labels_of(v.version)),
+                v.created,
+                human_bytes(v.total_bytes),
+                str(len(v.files)),
+                src,
+            ]
+        )
+    print(f"model {m.model}")
+    print(table(rows))
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    """List a model's versions and labels.
+
+    Example:
+      modelfleet versions --store s3://acme-models/prod --model digits
+    """
+    m = ops.get_manifest(args.store, args.model)
+    if args.json:
+        emit_json(_versions_json(m))
+    else:
+        print_versions(m)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Show one version: files with sha256 and size, signature, source.
+
+    Example:
+      modelfleet show --store s3://acme-models/prod --model digits 7
+    """
+    m = ops.get_manifest(args.store, args.model)
+    entry = m.get(args.version)
+    data = {**entry.to_json(), "labels": m.labels_of(entry.version)}
+    if args.json:
+        emit_json(data)
+        return 0
+    print(f"{m.model} version {entry.version}  labels: {', '.join(data['labels']) or '-'}  created: {entry.created}")
+    for k, v in sorted(entry.source.items()):
+        print(f"  {k}: {v}")
+    sig = entry.signature
+    print(f"signature serving_default ({sig.method})")
+    for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        for name, spec in sorted(specs.items()):
+            shape = "?" if spec.shape is None else "[" + ", ".join("?" if d < 0 else str(d) for d in spec.shape) + "]"
+            print(f"  {kind:6} {name}: {spec.dtype} {shape}")
+    print(f"files ({human_bytes(entry.total_bytes)})")
+    for name, f in sorted(entry.files.items()):
+        print(f"  {f.sha256[:16]}  {f.size:>12}  {name}")
+    return 0
+
+
+def _print_labels(m: Manifest, args: argparse.Namespace) -> None:
+    if args.json:
+        emit_json({"model": m.model, "labels": m.labels})
+    else:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "none"
+        print(f"{m.model} labels: {labels}")
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    """Point a label (stable, canary or any [A-Za-z0-9_]+) at a version, or remove it with --clear.
+
+    Example:
+      modelfleet label --store gs://acme-models/prod --model digits canary 8
+      modelfleet label --store gs://acme-models/prod --model digits canary --clear
+    """
+    if args.clear == (args.version is not None):
+        raise BadInput(f"give either VERSION or --clear for label {args.label!r}, not both or neither")
+    if args.clear:
+        m = ops.clear_label(args.store, args.model, args.label)
+    else:
+        m = ops.set_label(args.store, args.model, args.label, args.version)
+    _print_labels(m, args)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make the canary version stable and clear the canary label.
+
+    Example:
+      modelfleet promote --store gs://acme-models/prod --model digits
+    """
+    _print_labels(ops.promote(args.store, args.model), args)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Move stable back to the previous stable version (from the history), or to --to N.
+
+    Example:
+      modelfleet rollback --store gs://acme-models/prod --model digits
+      modelfleet rollback --store gs://acme-models/prod --model digits --to 5
+    """
+    _print_labels(ops.rollback(args.store, args.model, args.to), args)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete old versions, keeping the N newest, every labeled version and the previous stable.
+
+    Also removes what crashed publishes left behind (reservations older than --pending-grace seconds).
+
+    Example:
+      modelfleet prune --store gs://acme-models/prod --model digits --keep 5 --dry-run
+    """
+    plan = ops.prune(args.store, args.model, args.keep, dry_run=args.dry_run, pending_grace_seconds=args.pending_grace)
+    if args.json:
+        emit_json(plan.to_json())
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{plan.model}: {verb} versions {plan.versions or '[]'}, crashed-publish leftovers {plan.leftovers or '[]'}"
+        f" ({plan.objects} objects, {human_bytes(plan.bytes)})"
+    )
+    if plan.in_progress:
+        print(f"{plan.model}: left alone, publishes in progress: {plan.in_progress}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = command(sub, "publish", cmd_publish, cmd_publish.__doc__)
+    p.add_argument("dir", metavar="DIR", help="SavedModel directory (with saved_model.pb)")
+    store_args(p)
+    p.add_argument("--label", help="also point this label (e.g. canary) at the new version")
+    p.add_argument("--allow-signature-change", action="store_true", help="publish even if the inputs changed")
+    p.add_argument("--git-sha", default=os.environ.get("MODELFLEET_GIT_SHA"), help="source commit (default: cwd's)")
+    p.add_argument("--job-id", default=os.environ.get("MODELFLEET_JOB_ID"), help="training job id")
+    p.add_argument("--meta", action="append", default=[], type=_meta, metavar="KEY=VALUE", help="more provenance")
+    p.add_argument("--workers", type=int_at_least(1), default=DEFAULT_WORKERS, help="parallel uploads")
+    json_arg(p)
+
+    p = command(sub, "versions", cmd_versions, cmd_versions.__doc__)
+    store_args(p)
+    json_arg(p)
+
+    p = command(sub, "show", cmd_show, cmd_show.__doc__)
+    store_args(p)
+    p.add_argument("version", metavar="VERSION", type=int_at_least(1))
+    json_arg(p)
+
+    p = command(sub, "label", cmd_label, cmd_label.__doc__)
+    store_args(p)
+    p.add_argument("label", metavar="LABEL")
+    p.add_argument("version", metavar="VERSION", type=int_at_least(1), nargs="?")
+    p.add_argument("--clear", action="store_true", help="remove the label instead")
+    json_arg(p)
+
+    p = command(sub, "promote", cmd_promote, cmd_promote.__doc__)
+    store_args(p)
+    json_arg(p)
+
+    p = command(sub, "rollback", cmd_rollback, cmd_rollback.__doc__)
+    store_args(p)
+    p.add_argument("--to", type=int_at_least(1), metavar="N", help="roll back to this version")
+    json_arg(p)
+
+    p = command(sub, "prune", cmd_prune, cmd_prune.__doc__)
+    store_args(p)
+    p.add_argument("--keep", type=int_at_least(0), required=True, metavar="N", help="newest versions to keep")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    p.add_argument(
+        "--pending-grace",
+        type=float,
+        default=ops.DEFAULT_PENDING_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="age after which an unfinished publish counts as crashed (default: %(default)s)",
+    )
+    json_arg(p)

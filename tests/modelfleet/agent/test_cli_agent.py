@@ -1,0 +1,181 @@
+"""``modelfleet agent`` at the edge: exit codes, one-line errors, SIGTERM, and no TensorFlow or Pulumi import."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from model_export.constants import HEALTH_PATH, STABLE
+from model_export.publish import publish
+from modelfleet.cli import main
+from tests.support import REPO_ROOT
+from tests.support.agent import MODEL, http_get, served, wait_until
+from tests.support.servers import free_port
+
+
+@pytest.fixture
+def published(savedmodels: dict[str, Path], tmp_path: Path) -> str:
+    (tmp_path / "store").mkdir()
+    uri = f"file://{tmp_path / 'store'}"
+    publish(savedmodels["v1"], uri, MODEL, label=STABLE)
+    return uri
+
+
+def agent_argv(store: str, root: Path, *extra: str) -> list[str]:
+    dead = f"http://127.0.0.1:{free_port()}"
+    return [
+        "agent",
+        "--store",
+        store,
+        "--models",
+        MODEL,
+        "--root",
+        str(root),
+        "--role",
+        STABLE,
+        "--tfs-url",
+        dead,
+        *extra,
+    ]
+
+
+def test_once_syncs_and_exits_0(published: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert main([*agent_argv(published, root), "--once"]) == 0
+    # TF Serving is not running (as at boot): the file will be its first config, where a label on a version it has
+    # not loaded yet would make it exit. So: the version, no label yet.
+    assert served(root / "models.config") == {MODEL: ([1], {})}
+
+
+def test_once_exits_1_when_a_model_cannot_be_served(
+    published: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = agent_argv(published, tmp_path / "root")
+    argv[argv.index(MODEL)] = f"{MODEL},nothere"
+    assert main([*argv, "--once"]) == 1
+    assert "nothere: no manifest at" in caplog.text
+    # The model that exists is still served.
+    assert served(tmp_path / "root" / "models.config") == {MODEL: ([1], {})}
+
+
+def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    return argv
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--listen", "localhost", "--listen 'localhost' is not HOST:PORT (e.g. 0.0.0.0:8080)"),
+        ("--listen", "h:99999", "--listen 'h:99999' is not HOST:PORT (e.g. 0.0.0.0:8080)"),
+        ("--models", "a,,b", "--models 'a,,b' must be comma-separated model names, e.g. digits,iris"),
+        ("--models", "a,a", "--models names a model twice: a,a"),
+        (
+            "--models",
+            "bad/name",
+            "model name 'bad/name' is invalid; use 1-128 of [A-Za-z0-9_.-], starting alphanumeric",
+        ),
+        (
+            "--store",
+            "ftp://host/x",
+            "store URI 'ftp://host/x' has unknown scheme 'ftp'; "
+            "use file:///absolute/path, gs://bucket/prefix or s3://bucket/prefix",
+        ),
+        ("--tfs-url", "127.0.0.1:8501", "--tfs-url '127.0.0.1:8501' must start with http:// or https://"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    flag: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = with_flag(agent_argv(f"file://{tmp_path}", tmp_path / "root", "--once"), flag, value)
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"modelfleet: error: {message}\n"
+    assert not (tmp_path / "root").exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--keep-local", "0", "argument --keep-local: '0' must be 1 or more"),
+        ("--poll", "0", "argument --poll: '0' must be more than 0"),
+        ("--poll", "soon", "argument --poll: 'soon' is not a number of seconds"),
+        ("--role", "blue", "argument --role: invalid choice: 'blue'"),
+    ],
+)
+def test_bad_arguments_exit_2(
+    flag: str, value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = with_flag(agent_argv(f"file://{tmp_path}", tmp_path / "root", "--once"), flag, value)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"modelfleet agent: error: {message}")
+
+
+def test_unusable_root_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(agent_argv(f"file://{tmp_path}", afile / "root", "--once")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"modelfleet: error: --root '{afile / 'root'}' cannot be used:")
+
+
+def test_sigterm_stops_the_agent_cleanly(published: str, tmp_path: Path) -> None:
+    port = free_port()
+    root = tmp_path / "root"
+    argv = [
+        sys.executable,
+        "-m",
+        "modelfleet",
+        *agent_argv(published, root, "--poll", "0.2"),
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until("the agent's config", lambda: (root / "models.config").exists(), timeout=20)
+        # TF Serving is not running: the health check must say so (503), with the reason.
+        health = f"http://127.0.0.1:{port}{HEALTH_PATH}"
+        wait_until("the health check", lambda: "version 1 not confirmed" in http_get(health)[1])
+        code, body = http_get(health)
+        assert code == 503 and "not serving (stopped or starting)" in body
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "SIGTERM: stopping" in err
+
+
+def test_the_agent_never_imports_tensorflow_or_pulumi(published: str, tmp_path: Path) -> None:
+    argv = agent_argv(published, tmp_path / "root", "--once")
+    code = (
+        "import json, sys\n"
+        "from modelfleet.cli import main\n"
+        "import modelfleet.agent.health, modelfleet.agent.main, model_export.store.s3, model_export.store.gcs\n"
+        f"rc = main({argv!r})\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'pulumi', 'keras'))\n"
+        "print(json.dumps({'rc': rc, 'bad': bad}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"rc": 0, "bad": []}
+    assert time.monotonic() - started < 30
