@@ -417,6 +417,17 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
     )
 
 
+def validate(name: str, value: Any) -> None:
+    """Run stack key ``name``'s own rule on an already-typed value; raises ``ConfigError`` naming the key.
+
+    Components and the bootstrap call this instead of restating a rule that belongs to a key.
+    """
+    if name == "canaryWeightPercent":
+        _in_range(name, value, 0, 100)
+    else:
+        raise KeyError(name)
+
+
 # --- where values come from -------------------------------------------------------------------------------------
 
 

@@ -15,12 +15,13 @@ import random
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from model_export.constants import STABLE
 from model_export.errors import (
+    BadInput,
     ConflictRetriesExhausted,
     InvalidName,
     ManifestError,
@@ -57,6 +58,22 @@ def check_model_name(model: str) -> str:
     if not MODEL_RE.match(model):
         raise InvalidName(f"model name {model!r} is invalid; use 1-128 of [A-Za-z0-9_.-], starting alphanumeric")
     return model
+
+
+def check_model_names(models: Sequence[str]) -> tuple[str, ...]:
+    """A list of models to serve: at least one, each a valid name, none twice. The one rule for the agent's
+    ``--models``, the stack's ``modelfleet:models`` and a VM's bootstrap; callers prefix the message with their field.
+    """
+    if isinstance(models, str):
+        raise BadInput(f"expected a list of model names, not the string {models!r}")
+    names = tuple(models)
+    if not names:
+        raise BadInput("list at least one model name")
+    for model in names:
+        check_model_name(model)
+    if len(set(names)) != len(names):
+        raise BadInput(f"names a model twice: {','.join(names)}")
+    return names
 
 
 def check_label(label: str) -> str:
