@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 EXTRAS := export,infra,demo,dev
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck unit venv system-deps bench lock clean
+.PHONY: demo test quick fmt lint typecheck unit venv system-deps bench lock clean
 
 venv: $(STAMP)
 
@@ -19,11 +19,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Debian tools the tests run on generated artefacts (cloud-init schema, shellcheck, systemd-analyze verify).
 SYSTEM_TOOLS := shellcheck cloud-init systemd-analyze
+APT_PACKAGES := shellcheck cloud-init systemd
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "the tests need$$missing; install them with:" >&2; \
+	    echo "  sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)" >&2; \
+	    exit 1; \
+	  fi; \
 	  echo "installing with apt-get:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck cloud-init systemd >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
 
 demo: $(STAMP)
@@ -41,6 +47,14 @@ unit: $(STAMP) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# Everything but the slow tests (TensorFlow training and export, the demo): the loop while editing.
+quick: lint typecheck $(STAMP) system-deps
+	$(BIN)/pytest $(PYTEST_ARGS) -m "not slow"
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

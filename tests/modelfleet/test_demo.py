@@ -11,6 +11,9 @@ from model_export.store import open_store
 from modelfleet.cli import main
 
 
+pytestmark = pytest.mark.slow  # trains a model with TensorFlow: left out of `make quick`
+
+
 def test_demo_runs_the_whole_cycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
