@@ -2,11 +2,11 @@
 
 import pulumi
 
-from infra.config import ConfigError, from_pulumi
+from infra.config import PROJECT, ConfigError, from_pulumi
 from infra.stack import build_stack
 
 try:
-    config = from_pulumi(pulumi.get_stack(), pulumi.Config("modelfleet").get)
+    config = from_pulumi(pulumi.get_stack(), pulumi.Config(PROJECT).get)
 except ConfigError as e:
     raise pulumi.RunError(str(e)) from None
 

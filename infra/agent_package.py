@@ -1,9 +1,10 @@
 """The agent wheel that fleet VMs install: the ``modelfleet`` distribution, built at ``pulumi up`` time.
 
-The stack uploads it to ``<store>/_agent/<sha256>/<wheel name>`` (``agent_wheel_uri``) and hands the URI and hash to
-``infra.bootstrap``; the VM verifies the hash before installing. The build is reproducible (fixed zip timestamps and
-file modes, only ``pyproject.toml``, ``model_export/`` and ``modelfleet/`` staged), so the hash, and with it the
-instance template, changes only when the agent's code or packaging does. See docs/bootstrap.md.
+The stack uploads it to ``<store>/_agent/<sha256>/<wheel name>`` (``model_export.layout.agent_wheel_key``, via
+``agent_wheel_uri``) and hands the URI and hash to ``infra.bootstrap``; the VM verifies the hash before installing.
+The build is reproducible (fixed zip timestamps and file modes, only ``pyproject.toml``, ``model_export/`` and
+``modelfleet/`` staged), so the hash, and with it the instance template, changes only when the agent's code or
+packaging does. See docs/bootstrap.md.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_export.errors import ModelfleetError
+from model_export.layout import agent_wheel_key
 from model_export.transfer import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-AGENT_KEY_PREFIX = "_agent"  # model names start alphanumeric, so this never collides with a model's prefix
 # Zip timestamps of every build (1980-01-01, the earliest a zip can hold): the wheel's bytes depend on content only.
 SOURCE_DATE_EPOCH = "315532800"
 # The library and the apps; never `infra/`, tests or docs, whose edits must not roll the fleet.
@@ -74,10 +75,8 @@ class AgentWheelFile:
     sha256: str
 
     def key(self, prefix: str) -> str:
-        """``<prefix>/_agent/<sha256>/<wheel name>``: the file name stays a valid wheel name (pip needs it); the hash
-        in the path makes every build its own object, so an upload never overwrites what running VMs were told to
-        fetch."""
-        return "/".join(part for part in (prefix, AGENT_KEY_PREFIX, self.sha256, self.path.name) if part)
+        """Where the wheel goes under the store prefix ``prefix`` (see ``model_export.layout.agent_wheel_key``)."""
+        return agent_wheel_key(self.sha256, self.path.name, prefix)
 
 
 def agent_wheel_uri(store_uri: str, wheel: Path, sha256: str) -> str:

@@ -15,11 +15,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 import yaml
 
-from infra.config import Batching, StackConfig
+from infra.config import Batching, Cloud, StackConfig, bad_value, check_batching, check_region, validate
 from model_export.constants import (
     AGENT_POLL_SECONDS,
     AGENT_PORT,
@@ -33,11 +33,9 @@ from model_export.constants import (
     TFS_REST_PORT,
 )
 from model_export.errors import BadInput
-from model_export.manifest import check_model_name
+from model_export.manifest import check_model_names
 from model_export.store import parse_uri
 
-Cloud = Literal["gcp", "aws"]
-CLOUDS: tuple[str, ...] = get_args(Cloud)
 STORE_SCHEME: Mapping[str, str] = {"gcp": "gs", "aws": "s3"}
 # AWS refuses user-data over 16 KB (raw, before base64); GCE metadata allows 256 KB.
 USER_DATA_LIMIT_BYTES = 16 * 1024
@@ -81,16 +79,11 @@ _IMAGE = re.compile(
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _WHEEL_NAME = re.compile(r"^modelfleet-[A-Za-z0-9_.+!]+-py3-none-any\.whl$")
-_AWS_REGION = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-[0-9]$")
 
 
-def _bad(field: str, value: object, valid: str) -> BadInput:
-    return BadInput(f"bootstrap {field}={value!r} is invalid; {valid}")
-
-
-def _positive(field: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(field, value, "use a whole number >= 1")
+def _field_error(field: str, value: object, valid: str) -> BadInput:
+    """A bootstrap field's own error, in ``infra.config.bad_value``'s one shape: ``bootstrap <field> = <value> ...``."""
+    return bad_value(field, value, valid, owner="bootstrap ")
 
 
 @dataclass(frozen=True)
@@ -103,7 +96,11 @@ class AgentWheel:
 
 @dataclass(frozen=True)
 class BootstrapArgs:
-    """Everything a fleet VM needs. Validated on construction: an invalid value raises ``BadInput`` naming it."""
+    """Everything a fleet VM needs. Validated on construction: an invalid value raises ``BadInput`` naming it.
+
+    Values that come from a stack key (cloud, models, region, poll intervals, batching) are checked by that key's own
+    rule in ``infra.config`` (errors name the key); the rest (image, store and wheel URIs, flags) here.
+    """
 
     cloud: Cloud
     store_uri: str  # gs://bucket/prefix on gcp, s3://bucket/prefix on aws
@@ -119,50 +116,47 @@ class BootstrapArgs:
     extra_tfs_flags: tuple[str, ...] = ()  # e.g. ("--enable_serialization_as_tensor_content=true",)
 
     def __post_init__(self) -> None:
-        if self.cloud not in CLOUDS:
-            raise _bad("cloud", self.cloud, f"use one of {', '.join(CLOUDS)}")
+        validate("cloud", self.cloud)
         scheme = STORE_SCHEME[self.cloud]
         _check_uri("store_uri", self.store_uri, scheme, self.cloud)
-        if isinstance(self.models, str):
-            raise _bad("models", self.models, "pass a sequence of model names, not one string")
-        models = tuple(self.models)
+        try:
+            models = check_model_names(self.models)
+        except BadInput as e:
+            raise _field_error("models", self.models, str(e)) from None
         object.__setattr__(self, "models", models)
-        if not models:
-            raise _bad("models", models, "list at least one model name")
-        for model in models:
-            try:
-                check_model_name(model)
-            except BadInput as e:
-                raise _bad("models", model, str(e)) from e
-        if len(set(models)) != len(models):
-            raise _bad("models", models, "list each model once")
         if self.role not in ROLES:
-            raise _bad("role", self.role, f"use one of {', '.join(ROLES)}")
+            raise _field_error("role", self.role, f"use one of {', '.join(ROLES)}")
         _check_image(self.tfs_image, self.gpu)
         if self.batching is not None:
-            _check_batching(self.batching)
-        _positive("model_config_poll_seconds", self.model_config_poll_seconds)
-        _positive("agent_poll_seconds", self.agent_poll_seconds)
-        if self.cloud == "aws" and (self.aws_region is None or not _AWS_REGION.match(self.aws_region)):
-            raise _bad("aws_region", self.aws_region, "set the stack's region on aws, e.g. 'us-east-1'")
-        if self.cloud == "gcp" and self.aws_region is not None:
-            raise _bad("aws_region", self.aws_region, "leave it unset on gcp")
+            if not isinstance(self.batching, Batching):
+                raise _field_error("batching", self.batching, "pass an infra.config.Batching or None")
+            check_batching(self.batching)
+        validate("modelConfigPollSeconds", self.model_config_poll_seconds)
+        validate("agentPollSeconds", self.agent_poll_seconds)
+        if self.cloud == "aws":
+            if self.aws_region is None:
+                raise _field_error("aws_region", self.aws_region, "set the stack's region on aws, e.g. 'us-east-1'")
+            check_region("aws", self.aws_region)
+        elif self.aws_region is not None:
+            raise _field_error("aws_region", self.aws_region, "leave it unset on gcp")
         _check_uri("agent_wheel.uri", self.agent_wheel.uri, scheme, self.cloud)
         wheel_name = self.agent_wheel.uri.rsplit("/", 1)[-1]
         if not _WHEEL_NAME.match(wheel_name):
-            raise _bad("agent_wheel.uri", self.agent_wheel.uri, "it must end in modelfleet-<version>-py3-none-any.whl")
+            raise _field_error(
+                "agent_wheel.uri", self.agent_wheel.uri, "it must end in modelfleet-<version>-py3-none-any.whl"
+            )
         if not _SHA256.match(self.agent_wheel.sha256):
-            raise _bad("agent_wheel.sha256", self.agent_wheel.sha256, "use 64 lowercase hex digits")
+            raise _field_error("agent_wheel.sha256", self.agent_wheel.sha256, "use 64 lowercase hex digits")
         if isinstance(self.extra_tfs_flags, str):
-            raise _bad("extra_tfs_flags", self.extra_tfs_flags, "pass a sequence of flags, not one string")
+            raise _field_error("extra_tfs_flags", self.extra_tfs_flags, "pass a sequence of flags, not one string")
         flags = tuple(self.extra_tfs_flags)
         object.__setattr__(self, "extra_tfs_flags", flags)
         for flag in flags:
             match = _FLAG.match(flag)
             if not match:
-                raise _bad("extra_tfs_flags", flag, "use --name or --name=value, value of [A-Za-z0-9_.,:/@+=-]")
+                raise _field_error("extra_tfs_flags", flag, "use --name or --name=value, value of [A-Za-z0-9_.,:/@+=-]")
             if match.group(1) in MANAGED_TFS_FLAGS:
-                raise _bad("extra_tfs_flags", flag, f"--{match.group(1)} is set by the bootstrap itself")
+                raise _field_error("extra_tfs_flags", flag, f"--{match.group(1)} is set by the bootstrap itself")
 
     @property
     def enabled_batching(self) -> Batching | None:
@@ -187,42 +181,30 @@ def fleet_bootstrap_args(cfg: StackConfig, role: str, store_uri: str, wheel: Age
     )
 
 
-def _check_batching(batching: Batching) -> None:
-    if not isinstance(batching, Batching):
-        raise _bad("batching", batching, "pass an infra.config.Batching or None")
-    if not batching.enabled:
-        return
-    for name in ("max_batch_size", "num_batch_threads", "max_enqueued_batches"):
-        _positive(f"batching.{name}", getattr(batching, name))
-    timeout = batching.batch_timeout_micros  # 0 is legal: run whatever is queued as soon as a thread is free
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-        raise _bad("batching.batch_timeout_micros", timeout, "use a whole number >= 0")
-
-
 def _check_uri(field: str, uri: str, scheme: str, cloud: str) -> None:
     try:
         got, _, _ = parse_uri(uri)
     except BadInput as e:
-        raise _bad(field, uri, f"use {scheme}://bucket/prefix on {cloud} ({e})") from e
+        raise _field_error(field, uri, f"use {scheme}://bucket/prefix on {cloud} ({e})") from e
     if got != scheme:
-        raise _bad(field, uri, f"use {scheme}://bucket/prefix on {cloud}")
+        raise _field_error(field, uri, f"use {scheme}://bucket/prefix on {cloud}")
     if not _SAFE_ARG.match(uri):
-        raise _bad(field, uri, "use only [A-Za-z0-9_.,:/@+=-] in the path")
+        raise _field_error(field, uri, "use only [A-Za-z0-9_.,:/@+=-] in the path")
 
 
 def _check_image(image: str, gpu: bool) -> None:
     match = _IMAGE.match(image)
     if not match:
-        raise _bad("tfs_image", image, f"use a Docker reference such as {DEFAULT_TFS_IMAGE!r}")
+        raise _field_error("tfs_image", image, f"use a Docker reference such as {DEFAULT_TFS_IMAGE!r}")
     tag = match.group("tag")
     if tag is None:
-        raise _bad("tfs_image", image, f"pin a version tag, e.g. {DEFAULT_TFS_IMAGE!r}")
+        raise _field_error("tfs_image", image, f"pin a version tag, e.g. {DEFAULT_TFS_IMAGE!r}")
     if tag in FLOATING_TAGS:
-        raise _bad("tfs_image", image, f"tag {tag!r} floats; pin a version, e.g. {DEFAULT_TFS_IMAGE!r}")
+        raise _field_error("tfs_image", image, f"tag {tag!r} floats; pin a version, e.g. {DEFAULT_TFS_IMAGE!r}")
     if gpu and not tag.endswith("-gpu"):
-        raise _bad("tfs_image", image, f"gpu=True needs the -gpu variant, e.g. '{DEFAULT_TFS_IMAGE}-gpu'")
+        raise _field_error("tfs_image", image, f"gpu=True needs the -gpu variant, e.g. '{DEFAULT_TFS_IMAGE}-gpu'")
     if not gpu and tag.endswith("-gpu"):
-        raise _bad("tfs_image", image, "a -gpu image needs gpu=True (and a GPU machine image)")
+        raise _field_error("tfs_image", image, "a -gpu image needs gpu=True (and a GPU machine image)")
 
 
 # --- TF Serving config texts (text protos) ---------------------------------------------------------------------
@@ -285,11 +267,6 @@ def _docker_run_lines(args: BootstrapArgs) -> list[list[str]]:
     return lines + [[flag] for flag in tfs_flags(args)]
 
 
-def docker_run_argv(args: BootstrapArgs) -> list[str]:
-    """``docker run`` for TF Serving: pinned image, local model root read-only, ports published."""
-    return [arg for line in _docker_run_lines(args) for arg in line]
-
-
 def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
     return [
         [AGENT_BIN, "agent"],
@@ -301,11 +278,6 @@ def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
         ["--tfs-url", LOCAL_TFS_URL],
         ["--listen", f"0.0.0.0:{AGENT_PORT}"],  # the load balancer health-checks the agent
     ]
-
-
-def agent_argv(args: BootstrapArgs) -> list[str]:
-    """The long-running agent's command line; the first sync adds ``--once``."""
-    return [arg for line in _agent_lines(args) for arg in line]
 
 
 def _exec_line(lines: list[list[str]]) -> str:

@@ -10,22 +10,57 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from model_export.constants import AGENT_POLL_SECONDS, MODEL_CONFIG_POLL_SECONDS, TFS_IMAGE_REPOSITORY, TFS_VERSION
 from model_export.errors import BadInput
-from model_export.manifest import MODEL_RE
+from model_export.manifest import check_model_names
 
 PROJECT = "modelfleet"
-CLOUDS = ("gcp", "aws")
+STACK_CONFIG_DIR = "stacks"  # Pulumi.yaml's stackConfigDir: where the Pulumi.<stack>.yaml files are
+Cloud = Literal["gcp", "aws"]
+CLOUDS: tuple[str, ...] = get_args(Cloud)
 REQUIRED = object()  # marks a key without a default
 
 
 class ConfigError(BadInput):
     pass
+
+
+def bad_value(key: str, value: Any, valid: str, *, owner: str = f"{PROJECT}:") -> ConfigError:
+    """The one shape of an invalid-value error: ``modelfleet:<key> = <value> is invalid; <what is valid>``.
+
+    ``owner`` names what holds the value when it is not a stack key (the bootstrap passes ``"bootstrap "``).
+    """
+    return ConfigError(f"{owner}{key} = {value!r} is invalid; {valid}")
+
+
+class Invalid(ValueError):
+    """Raised by a key's check: says what is valid; ``part`` is the offending element when not the whole value."""
+
+    def __init__(self, valid: str, part: Any = None) -> None:
+        super().__init__(valid)
+        self.valid, self.part = valid, part
+
+
+# A key's own rule, on its parsed (typed) value; raises Invalid. Rules across keys live in `_check_across_keys`.
+Check = Callable[[Any], None]
+
+_TYPES: Mapping[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "boolean": (bool,),
+    "array": (list, tuple),
+}
+_EXPECTED = {
+    "string": "expected a string",
+    "integer": "expected an integer",
+    "boolean": "expected true or false",
+    "array": "expected a list of strings",
+}
 
 
 @dataclass(frozen=True)
@@ -35,20 +70,139 @@ class Key:
     default: Any
     description: str
     clouds: tuple[str, ...] = CLOUDS
+    check: Check | None = None  # the key's own validation, beside its definition
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
 
+    def validate(self, value: Any) -> None:
+        """The value's type, then the key's own rule; raises ``ConfigError`` naming the key."""
+        wrong_type = not isinstance(value, _TYPES[self.kind]) or (self.kind == "integer" and isinstance(value, bool))
+        if self.kind == "array" and not wrong_type:
+            wrong_type = not all(isinstance(v, str) for v in value)
+        if wrong_type:
+            raise bad_value(self.name, value, _EXPECTED[self.kind])
+        if self.check is None:
+            return
+        try:
+            self.check(value)
+        except Invalid as e:
+            raise bad_value(self.name, value if e.part is None else e.part, e.valid) from None
+
+
+# --- the rules keys use -----------------------------------------------------------------------------------------
+
+
+def _between(lo: int, hi: int | None = None) -> Check:
+    def check(value: int) -> None:
+        if value < lo or (hi is not None and value > hi):
+            raise Invalid(f"must be between {lo} and {hi}" if hi is not None else f"must be {lo} or more")
+
+    return check
+
+
+def _one_of(*choices: str, valid: str) -> Check:
+    def check(value: str) -> None:
+        if value not in choices:
+            raise Invalid(valid)
+
+    return check
+
+
+def _matches(pattern: str, valid: str, *, allow_empty: bool = False) -> Check:
+    regex = re.compile(pattern)
+
+    def check(value: str) -> None:
+        if not (allow_empty and value == "") and not regex.match(value):
+            raise Invalid(valid)
+
+    return check
+
+
+def _models(value: Sequence[str]) -> None:
+    try:
+        check_model_names(value)
+    except BadInput as e:
+        raise Invalid(str(e)) from None
+
+
+def _stable_min_replicas(value: int) -> None:
+    _between(0, 1000)(value)
+    if value < 1:
+        raise Invalid("the stable fleet needs at least 1 VM")
+
+
+def _network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise Invalid("expected a CIDR such as 203.0.113.0/24") from None
+
+
+def _cidrs(value: Sequence[str]) -> None:
+    for cidr in value:
+        try:
+            _network(cidr)
+        except Invalid as e:
+            raise Invalid(e.valid, cidr) from None
+
+
+def _network_cidr(value: str) -> None:
+    network = _network(value)
+    if network.version != 4 or not 16 <= network.prefixlen <= 24:
+        raise Invalid("use an IPv4 range from /16 to /24, e.g. 10.60.0.0/16")
+
+
+_PROJECT_ID = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
+_STORE_PREFIX = r"^[a-z0-9][a-z0-9/_.-]*[a-z0-9]$"
+_TAG = r"^\d+\.\d+\.\d+$"  # a release; never `latest`
+REGIONS: Mapping[str, re.Pattern[str]] = {
+    "gcp": re.compile(r"^[a-z]+-[a-z]+\d+$"),
+    "aws": re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d$"),  # also us-gov-west-1, ap-southeast-1, us-isob-east-1
+}
+_REGION_EXAMPLE = {"gcp": "europe-west1", "aws": "eu-west-1"}
+
+
+def check_region(cloud: str, region: str) -> None:
+    """The one rule for a cloud's region name (the stack's ``region``; the bootstrap's AWS region)."""
+    if not REGIONS[cloud].match(region):
+        raise bad_value("region", region, f"expected a {cloud} region such as {_REGION_EXAMPLE[cloud]}")
+
 
 # --- the keys ---------------------------------------------------------------------------------------------------
 
 KEYS: tuple[Key, ...] = (
-    Key("cloud", "string", REQUIRED, "Where the stack runs: `gcp` or `aws`."),
+    Key(
+        "cloud",
+        "string",
+        REQUIRED,
+        "Where the stack runs: `gcp` or `aws`.",
+        check=_one_of(*CLOUDS, valid=f"use one of: {', '.join(CLOUDS)}"),
+    ),
     Key("region", "string", REQUIRED, "Cloud region, e.g. `europe-west1` (GCP) or `eu-west-1` (AWS)."),
-    Key("gcpProject", "string", REQUIRED, "GCP project id to deploy into.", ("gcp",)),
-    Key("models", "array", REQUIRED, "Model names the fleets serve (each must exist in the store before serving)."),
-    Key("storePrefix", "string", "models", "Prefix inside the bucket under which models are stored."),
+    Key(
+        "gcpProject",
+        "string",
+        REQUIRED,
+        "GCP project id to deploy into.",
+        ("gcp",),
+        check=_matches(_PROJECT_ID, "expected a GCP project id (6-30 of a-z, 0-9, -)"),
+    ),
+    Key(
+        "models",
+        "array",
+        REQUIRED,
+        "Model names the fleets serve (each must exist in the store before serving).",
+        check=_models,
+    ),
+    Key(
+        "storePrefix",
+        "string",
+        "models",
+        "Prefix inside the bucket under which models are stored.",
+        check=_matches(_STORE_PREFIX, "use lowercase letters, digits and / _ . - (no leading '/')", allow_empty=True),
+    ),
     Key("bucketName", "string", "", "Bucket name for the model store; empty = derived from project and stack."),
     Key(
         "kmsKey",
@@ -57,7 +211,13 @@ KEYS: tuple[Key, ...] = (
         "Customer-managed key for the bucket (GCP KMS key name / AWS KMS key ARN); empty = "
         "provider-managed encryption.",
     ),
-    Key("noncurrentVersionDays", "integer", 30, "Days before overwritten or deleted objects are removed for good."),
+    Key(
+        "noncurrentVersionDays",
+        "integer",
+        30,
+        "Days before overwritten or deleted objects are removed for good.",
+        check=_between(1, 3650),
+    ),
     Key("machineType", "string", "", "VM type; empty = `e2-standard-4` (GCP) / `c6i.xlarge` (AWS)."),
     Key("gpu", "boolean", False, "Serve with the GPU image of TF Serving (and a GPU on each VM)."),
     Key(
@@ -68,18 +228,35 @@ KEYS: tuple[Key, ...] = (
         ("gcp",),
     ),
     Key(
-        "tfServingVersion", "string", TFS_VERSION, "TF Serving image tag (`tensorflow/serving:<tag>`); never `latest`."
+        "tfServingVersion",
+        "string",
+        TFS_VERSION,
+        "TF Serving image tag (`tensorflow/serving:<tag>`); never `latest`.",
+        check=_matches(_TAG, "pin a release such as 2.20.0 (never latest)"),
     ),
-    Key("stableMinReplicas", "integer", 2, "Minimum VMs of the stable fleet."),
-    Key("stableMaxReplicas", "integer", 6, "Maximum VMs of the stable fleet."),
-    Key("canaryMinReplicas", "integer", 1, "Minimum VMs of the canary fleet while it runs (weight > 0 or kept warm)."),
-    Key("canaryMaxReplicas", "integer", 2, "Maximum VMs of the canary fleet while it runs (weight > 0 or kept warm)."),
+    Key("stableMinReplicas", "integer", 2, "Minimum VMs of the stable fleet.", check=_stable_min_replicas),
+    Key("stableMaxReplicas", "integer", 6, "Maximum VMs of the stable fleet.", check=_between(1, 1000)),
+    Key(
+        "canaryMinReplicas",
+        "integer",
+        1,
+        "Minimum VMs of the canary fleet while it runs (weight > 0 or kept warm).",
+        check=_between(0, 1000),
+    ),
+    Key(
+        "canaryMaxReplicas",
+        "integer",
+        2,
+        "Maximum VMs of the canary fleet while it runs (weight > 0 or kept warm).",
+        check=_between(1, 1000),
+    ),
     Key(
         "canaryWeightPercent",
         "integer",
         0,
         "Percent of traffic sent to the canary fleet (0-100); 0 scales the canary fleet to zero unless "
         "`canaryKeepWarm`.",
+        check=_between(0, 100),
     ),
     Key(
         "canaryKeepWarm",
@@ -93,42 +270,71 @@ KEYS: tuple[Key, ...] = (
         "string",
         "cpu",
         "What drives autoscaling: `cpu` or `requests` (load balancer requests per VM).",
+        check=_one_of("cpu", "requests", valid="use cpu or requests"),
     ),
-    Key("targetCpuPercent", "integer", 60, "CPU utilisation autoscaling aims at, when the metric is `cpu`."),
+    Key(
+        "targetCpuPercent",
+        "integer",
+        60,
+        "CPU utilisation autoscaling aims at, when the metric is `cpu`.",
+        check=_between(10, 95),
+    ),
     Key(
         "targetRequestsPerSecond",
         "integer",
         50,
         "Requests per second per VM autoscaling aims at, when the metric is `requests`.",
+        check=_between(1),
     ),
     Key("batchingEnabled", "boolean", False, "Turn on TF Serving's server-side batching."),
-    Key("maxBatchSize", "integer", 32, "Batching: largest batch."),
-    Key("batchTimeoutMicros", "integer", 1000, "Batching: longest wait for a batch to fill, in microseconds."),
-    Key("numBatchThreads", "integer", 4, "Batching: threads that run batches."),
-    Key("maxEnqueuedBatches", "integer", 100, "Batching: queue length before requests are refused."),
+    Key("maxBatchSize", "integer", 32, "Batching: largest batch.", check=_between(1)),
+    Key(
+        "batchTimeoutMicros",
+        "integer",
+        1000,
+        "Batching: longest wait for a batch to fill, in microseconds (0: run what is queued at once).",
+        check=_between(0),
+    ),
+    Key("numBatchThreads", "integer", 4, "Batching: threads that run batches.", check=_between(1)),
+    Key("maxEnqueuedBatches", "integer", 100, "Batching: queue length before requests are refused.", check=_between(1)),
     Key(
         "agentPollSeconds",
         "integer",
         AGENT_POLL_SECONDS,
         "How often each VM's agent checks the manifest (one conditional GET).",
+        check=_between(1, 3600),
     ),
     Key(
         "modelConfigPollSeconds",
         "integer",
         MODEL_CONFIG_POLL_SECONDS,
         "How often TF Serving re-reads the model config the agent writes.",
+        check=_between(1, 3600),
     ),
     Key(
         "healthCheckInitialDelaySeconds",
         "integer",
         300,
         "Grace before autohealing / ELB health checks count (image pull + model download + warmup).",
+        check=_between(0, 3600),
     ),
-    Key("allowedSourceCidrs", "array", [], "Client CIDRs admitted to the load balancer; empty = nobody."),
+    Key(
+        "allowedSourceCidrs",
+        "array",
+        [],
+        "Client CIDRs admitted to the load balancer; empty = nobody.",
+        check=_cidrs,
+    ),
     Key("enableHttps", "boolean", False, "Serve HTTPS (and redirect HTTP to it)."),
     Key("httpsDomains", "array", [], "Domains of the Google-managed certificate when `enableHttps`.", ("gcp",)),
     Key("certificateArn", "string", "", "ACM certificate ARN when `enableHttps`.", ("aws",)),
-    Key("enableGrpc", "boolean", True, "Expose TF Serving's gRPC port through a load balancer of the stack."),
+    Key(
+        "enableGrpc",
+        "boolean",
+        False,
+        "Expose TF Serving's gRPC port through a load balancer of the stack (opt-in: on GCP that network load "
+        "balancer also reaches TF Serving's admin API; on AWS it needs `enableHttps`).",
+    ),
     Key("existingNetwork", "string", "", "Use this VPC (GCP network self link / AWS VPC id) instead of creating one."),
     Key(
         "existingInstanceSubnets",
@@ -143,11 +349,63 @@ KEYS: tuple[Key, ...] = (
         "Public subnets for the load balancer when `existingNetwork` is set.",
         ("aws",),
     ),
-    Key("networkCidr", "string", "10.60.0.0/16", "Address range of the VPC the stack creates (GCP: the subnet's)."),
+    Key(
+        "networkCidr",
+        "string",
+        "10.60.0.0/16",
+        "Address range of the VPC the stack creates (GCP: the subnet's).",
+        check=_network_cidr,
+    ),
     Key("accessLogsBucket", "string", "", "Bucket for load balancer access logs; empty = off.", ("aws",)),
     Key("deletionProtection", "boolean", False, "Protect the load balancer and bucket from deletion (prod: true)."),
 )
 BY_NAME = {k.name: k for k in KEYS}
+
+
+def validate(name: str, value: Any) -> None:
+    """Run stack key ``name``'s own rule on an already-typed value; raises ``ConfigError`` naming the key.
+
+    Components and the bootstrap call this instead of restating a rule that belongs to a key. Unknown names raise
+    ``KeyError``.
+    """
+    BY_NAME[name].validate(value)
+
+
+def _check_across_keys(cloud: str, v: Mapping[str, Any]) -> None:
+    """Every rule that involves more than one key (each key's own rule has run already)."""
+    check_region(cloud, v["region"])
+    for role in ("stable", "canary"):
+        lo, hi = v[f"{role}MinReplicas"], v[f"{role}MaxReplicas"]
+        if lo > hi:
+            raise ConfigError(
+                f"{PROJECT}:{role}MinReplicas = {lo} is greater than {PROJECT}:{role}MaxReplicas = {hi}; "
+                "min must be at most max"
+            )
+    if cloud == "aws":
+        ipv6 = [c for c in v["allowedSourceCidrs"] if ":" in c]
+        if ipv6:
+            raise bad_value("allowedSourceCidrs", ipv6[0], "the AWS load balancer is IPv4-only")
+        if v["enableGrpc"] and not v["enableHttps"]:
+            raise ConfigError(
+                f"{PROJECT}:enableGrpc = true needs {PROJECT}:enableHttps on aws (an ALB takes gRPC only on HTTPS "
+                "listeners); set enableGrpc to false or enable HTTPS with a certificateArn"
+            )
+    if v["enableHttps"]:
+        if cloud == "gcp" and not v["httpsDomains"]:
+            raise ConfigError(f"{PROJECT}:httpsDomains is required when enableHttps is true on gcp: list the domains")
+        if cloud == "aws" and not v["certificateArn"].startswith("arn:aws"):
+            raise bad_value("certificateArn", v["certificateArn"], "enableHttps on aws needs an ACM certificate ARN")
+    if v["existingNetwork"]:
+        if not v["existingInstanceSubnets"]:
+            raise ConfigError(f"{PROJECT}:existingInstanceSubnets is required when existingNetwork is set")
+        if cloud == "aws" and len(v["existingLoadBalancerSubnets"]) < 2:
+            raise bad_value(
+                "existingLoadBalancerSubnets",
+                v["existingLoadBalancerSubnets"],
+                "an ALB needs public subnets in at least two availability zones",
+            )
+    elif v["existingInstanceSubnets"] or v["existingLoadBalancerSubnets"]:
+        raise ConfigError(f"{PROJECT}:existingInstanceSubnets needs {PROJECT}:existingNetwork to be set too")
 
 
 # --- the typed result -------------------------------------------------------------------------------------------
@@ -166,6 +424,21 @@ class Batching:
     batch_timeout_micros: int
     num_batch_threads: int
     max_enqueued_batches: int
+
+
+BATCHING_KEYS: Mapping[str, str] = {
+    "max_batch_size": "maxBatchSize",
+    "batch_timeout_micros": "batchTimeoutMicros",
+    "num_batch_threads": "numBatchThreads",
+    "max_enqueued_batches": "maxEnqueuedBatches",
+}
+
+
+def check_batching(batching: Batching) -> None:
+    """Each batching parameter against its stack key's rule (for callers that build a `Batching` themselves)."""
+    validate("batchingEnabled", batching.enabled)
+    for field_name, key in BATCHING_KEYS.items():
+        validate(key, getattr(batching, field_name))
 
 
 @dataclass(frozen=True)
@@ -207,10 +480,6 @@ class StackConfig:
     deletion_protection: bool
 
     @property
-    def stable_weight_percent(self) -> int:
-        return 100 - self.canary_weight_percent
-
-    @property
     def canary_enabled(self) -> bool:
         """The canary fleet gets traffic."""
         return self.canary_weight_percent > 0
@@ -224,54 +493,34 @@ class StackConfig:
 # --- parsing ----------------------------------------------------------------------------------------------------
 
 
-def _bad(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"{PROJECT}:{key} = {value!r} is invalid; {valid}")
-
-
 def _parse(key: Key, raw: Any) -> Any:
     """Pulumi hands config over as strings (arrays as JSON); stack files and tests may give native values."""
     if key.kind == "string":
         if not isinstance(raw, str):
-            raise _bad(key.name, raw, "expected a string")
+            raise bad_value(key.name, raw, "expected a string")
         return raw.strip()
     if key.kind == "integer":
         if isinstance(raw, bool):
-            raise _bad(key.name, raw, "expected an integer")
+            raise bad_value(key.name, raw, "expected an integer")
         try:
             return int(raw)
         except (TypeError, ValueError):
-            raise _bad(key.name, raw, "expected an integer") from None
+            raise bad_value(key.name, raw, "expected an integer") from None
     if key.kind == "boolean":
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false"):
             return raw.lower() == "true"
-        raise _bad(key.name, raw, "expected true or false")
+        raise bad_value(key.name, raw, "expected true or false")
     value = raw
     if isinstance(raw, str):
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
-            raise _bad(key.name, raw, 'expected a list, e.g. ["a", "b"]') from None
+            raise bad_value(key.name, raw, 'expected a list, e.g. ["a", "b"]') from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _bad(key.name, raw, "expected a list of strings")
+        raise bad_value(key.name, raw, "expected a list of strings")
     return [v.strip() for v in value]
-
-
-def _in_range(name: str, value: int, lo: int, hi: int | None = None) -> None:
-    if value < lo or (hi is not None and value > hi):
-        raise _bad(name, value, f"must be between {lo} and {hi}" if hi is not None else f"must be {lo} or more")
-
-
-def _cidr(name: str, value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=True))
-    except ValueError:
-        raise _bad(name, value, "expected a CIDR such as 203.0.113.0/24") from None
-
-
-_REGION = {"gcp": re.compile(r"^[a-z]+-[a-z]+\d+$"), "aws": re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")}
-_TAG = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
@@ -279,12 +528,10 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
     unknown = sorted(set(values) - set(BY_NAME))
     if unknown:
         raise ConfigError(f"{PROJECT}:{unknown[0]} is not a modelfleet setting; known: {', '.join(sorted(BY_NAME))}")
-    cloud_raw = values.get("cloud")
-    if cloud_raw is None:
+    if values.get("cloud") is None:
         raise ConfigError(f"{PROJECT}:cloud is required; set it to one of: {', '.join(CLOUDS)}")
-    cloud = str(cloud_raw).strip()
-    if cloud not in CLOUDS:
-        raise _bad("cloud", cloud_raw, f"use one of: {', '.join(CLOUDS)}")
+    cloud: str = _parse(BY_NAME["cloud"], values["cloud"])
+    BY_NAME["cloud"].validate(cloud)  # every other key's rule may depend on it
 
     v: dict[str, Any] = {}
     for key in KEYS:
@@ -295,80 +542,15 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
             if parsed not in (None, "", key.default):
                 raise ConfigError(f"{PROJECT}:{key.name} applies only to {'/'.join(key.clouds)}, not cloud {cloud!r}")
             v[key.name] = None if key.required else key.default
-        elif parsed is not None:
+            continue
+        if parsed is not None:
             v[key.name] = parsed
         elif key.required:
             raise ConfigError(f"{PROJECT}:{key.name} is required for cloud {cloud!r}: {key.description}")
         else:
             v[key.name] = key.default
-
-    if not _REGION[cloud].match(v["region"]):
-        example = "europe-west1" if cloud == "gcp" else "eu-west-1"
-        raise _bad("region", v["region"], f"expected a {cloud} region such as {example}")
-    if cloud == "gcp" and not re.match(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", v["gcpProject"] or ""):
-        raise _bad("gcpProject", v["gcpProject"], "expected a GCP project id (6-30 of a-z, 0-9, -)")
-    if not v["models"]:
-        raise _bad("models", v["models"], "list at least one model name")
-    for model in v["models"]:
-        if not MODEL_RE.match(model):
-            raise _bad("models", model, "model names are 1-128 of [A-Za-z0-9_.-], starting alphanumeric")
-    if len(set(v["models"])) != len(v["models"]):
-        raise _bad("models", v["models"], "list each model once")
-    if v["storePrefix"] and not re.match(r"^[a-z0-9][a-z0-9/_.-]*[a-z0-9]$", v["storePrefix"]):
-        raise _bad("storePrefix", v["storePrefix"], "use lowercase letters, digits and / _ . - (no leading '/')")
-    if v["tfServingVersion"] == "latest" or not _TAG.match(v["tfServingVersion"]):
-        raise _bad("tfServingVersion", v["tfServingVersion"], "pin a release such as 2.20.0 (never latest)")
-
-    for name in ("stableMinReplicas", "canaryMinReplicas"):
-        _in_range(name, v[name], 0, 1000)
-    for role in ("stable", "canary"):
-        lo, hi = v[f"{role}MinReplicas"], v[f"{role}MaxReplicas"]
-        _in_range(f"{role}MaxReplicas", hi, 1, 1000)
-        if lo > hi:
-            raise ConfigError(
-                f"{PROJECT}:{role}MinReplicas = {lo} is greater than {PROJECT}:{role}MaxReplicas = {hi}; "
-                "min must be at most max"
-            )
-    if v["stableMinReplicas"] < 1:
-        raise _bad("stableMinReplicas", 0, "the stable fleet needs at least 1 VM")
-    _in_range("canaryWeightPercent", v["canaryWeightPercent"], 0, 100)
-    if v["autoscalingMetric"] not in ("cpu", "requests"):
-        raise _bad("autoscalingMetric", v["autoscalingMetric"], "use cpu or requests")
-    _in_range("targetCpuPercent", v["targetCpuPercent"], 10, 95)
-    _in_range("targetRequestsPerSecond", v["targetRequestsPerSecond"], 1)
-    for name in ("maxBatchSize", "batchTimeoutMicros", "numBatchThreads", "maxEnqueuedBatches"):
-        _in_range(name, v[name], 1)
-    _in_range("agentPollSeconds", v["agentPollSeconds"], 1, 3600)
-    _in_range("modelConfigPollSeconds", v["modelConfigPollSeconds"], 1, 3600)
-    _in_range("healthCheckInitialDelaySeconds", v["healthCheckInitialDelaySeconds"], 0, 3600)
-    _in_range("noncurrentVersionDays", v["noncurrentVersionDays"], 1, 3650)
-    cidrs = tuple(_cidr("allowedSourceCidrs", c) for c in v["allowedSourceCidrs"])
-    if cloud == "aws" and any(":" in c for c in cidrs):
-        raise _bad("allowedSourceCidrs", next(c for c in cidrs if ":" in c), "the AWS load balancer is IPv4-only")
-    network_cidr = _cidr("networkCidr", v["networkCidr"])
-    if ":" in network_cidr or not 16 <= int(network_cidr.split("/")[1]) <= 24:
-        raise _bad("networkCidr", v["networkCidr"], "use an IPv4 range from /16 to /24, e.g. 10.60.0.0/16")
-    if cloud == "aws" and v["enableGrpc"] and not v["enableHttps"]:
-        raise ConfigError(
-            f"{PROJECT}:enableGrpc = true needs {PROJECT}:enableHttps on aws (an ALB takes gRPC only on HTTPS "
-            "listeners); set enableGrpc to false or enable HTTPS with a certificateArn"
-        )
-    if v["enableHttps"]:
-        if cloud == "gcp" and not v["httpsDomains"]:
-            raise ConfigError(f"{PROJECT}:httpsDomains is required when enableHttps is true on gcp: list the domains")
-        if cloud == "aws" and not v["certificateArn"].startswith("arn:aws"):
-            raise _bad("certificateArn", v["certificateArn"], "enableHttps on aws needs an ACM certificate ARN")
-    if v["existingNetwork"]:
-        if not v["existingInstanceSubnets"]:
-            raise ConfigError(f"{PROJECT}:existingInstanceSubnets is required when existingNetwork is set")
-        if cloud == "aws" and len(v["existingLoadBalancerSubnets"]) < 2:
-            raise _bad(
-                "existingLoadBalancerSubnets",
-                v["existingLoadBalancerSubnets"],
-                "an ALB needs public subnets in at least two availability zones",
-            )
-    elif v["existingInstanceSubnets"] or v["existingLoadBalancerSubnets"]:
-        raise ConfigError(f"{PROJECT}:existingInstanceSubnets needs {PROJECT}:existingNetwork to be set too")
+        key.validate(v[key.name])
+    _check_across_keys(cloud, v)
 
     suffix = "-gpu" if v["gpu"] else ""
     machine = v["machineType"] or ("e2-standard-4" if cloud == "gcp" else "c6i.xlarge")
@@ -403,7 +585,7 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         agent_poll_seconds=v["agentPollSeconds"],
         model_config_poll_seconds=v["modelConfigPollSeconds"],
         health_check_initial_delay_seconds=v["healthCheckInitialDelaySeconds"],
-        allowed_source_cidrs=cidrs,
+        allowed_source_cidrs=tuple(str(ipaddress.ip_network(c)) for c in v["allowedSourceCidrs"]),
         enable_https=v["enableHttps"],
         https_domains=tuple(v["httpsDomains"]),
         certificate_arn=v["certificateArn"] or None,
@@ -411,21 +593,10 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         existing_network=v["existingNetwork"] or None,
         existing_instance_subnets=tuple(v["existingInstanceSubnets"]),
         existing_load_balancer_subnets=tuple(v["existingLoadBalancerSubnets"]),
-        network_cidr=network_cidr,
+        network_cidr=str(ipaddress.ip_network(v["networkCidr"])),
         access_logs_bucket=v["accessLogsBucket"] or None,
         deletion_protection=v["deletionProtection"],
     )
-
-
-def validate(name: str, value: Any) -> None:
-    """Run stack key ``name``'s own rule on an already-typed value; raises ``ConfigError`` naming the key.
-
-    Components and the bootstrap call this instead of restating a rule that belongs to a key.
-    """
-    if name == "canaryWeightPercent":
-        _in_range(name, value, 0, 100)
-    else:
-        raise KeyError(name)
 
 
 # --- where values come from -------------------------------------------------------------------------------------
@@ -492,7 +663,7 @@ def render_pulumi_yaml() -> str:
         "description": "Self-hosted TF Serving fleets (GCP managed instance groups / AWS auto scaling groups) behind "
         "a load balancer, following a bucket-backed model store.",
         "runtime": {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}},
-        "stackConfigDir": "stacks",
+        "stackConfigDir": STACK_CONFIG_DIR,
         "config": pulumi_yaml_config(),
     }
     return PULUMI_YAML_HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)

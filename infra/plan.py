@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from infra.config import StackConfig
-from infra.mocks import Plan, PlannedResource
+from infra.offline import Plan, PlannedResource
 
 # The inputs worth a glance when reviewing a fleet: sizes, ports, weights, exposure and access.
 KEY_INPUTS = (
@@ -73,7 +73,7 @@ _MAX = 160
 
 
 def _tidy(value: Any) -> Any:
-    """Shorter to read: self links become their last segment, whole floats (the mocks' numbers) ints."""
+    """Shorter to read: self links become their last segment, whole floats (the offline provider's numbers) ints."""
     if isinstance(value, dict):
         return {k: _tidy(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -68,7 +68,7 @@ class TransferError(ModelfleetError):
 
 
 class ManifestError(ModelfleetError):
-    """``manifest.json`` is malformed or of an unknown schema version."""
+    """A model's manifest is malformed or of an unknown schema version."""
 
 
 class ExportError(ModelfleetError):
@@ -89,3 +89,12 @@ class ServingError(ModelfleetError):
         # Nothing serves the port (refused, or accepted and closed as Docker's proxy does for a container whose server
         # is not listening yet): TF Serving is stopped or still loading its first config.
         self.not_listening = not_listening
+
+
+def one_line(text: str | BaseException, limit: int = 500) -> str:
+    """``text`` (or an exception's message, else its type name) on one line, cut to ``limit`` characters: how a
+    message from elsewhere (an SDK, TF Serving, TensorFlow) goes into one of ours."""
+    flat = " ".join(str(text).split())
+    if not flat and isinstance(text, BaseException):
+        flat = type(text).__name__
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

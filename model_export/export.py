@@ -37,11 +37,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from model_export.errors import BadInput, ExportError
+from model_export.errors import BadInput, ExportError, one_line
+from model_export.signature import SERVING_SIGNATURE
 
-SERVING_SIGNATURE = "serving_default"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
+_MESSAGE_LIMIT = 300  # characters of a TensorFlow error kept in ours
 _ENDPOINT = "serve"
 # Input names are the SignatureDef key, the placeholder name and the Python keyword of the reloaded
 # signature. TF sanitizes names outside this set ("x-y" becomes keyword "x_y"; "a b" fails to save), so only
@@ -109,9 +110,9 @@ def export_model(
         key = e.args[0] if e.args else None
         if isinstance(key, str) and key not in names:  # the model (or preprocessing) wanted another input
             raise BadInput(f"the model looked up input {key!r}; sample lacks it (sample has {names})") from e
-        raise ExportError(f"calling the model on the sample failed: KeyError {_one_line(e)}") from e
+        raise ExportError(f"calling the model on the sample failed: KeyError {one_line(e, _MESSAGE_LIMIT)}") from e
     except Exception as e:
-        raise ExportError(f"calling the model on the sample failed: {_one_line(e)}") from e
+        raise ExportError(f"calling the model on the sample failed: {one_line(e, _MESSAGE_LIMIT)}") from e
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(target, "export")
@@ -164,7 +165,9 @@ def _sample_tensors(sample: Mapping[str, np.ndarray]) -> dict[str, tf.Tensor]:
         try:
             tensor = tf.constant(array)
         except (TypeError, ValueError) as e:
-            raise BadInput(f"sample[{name!r}] of dtype {array.dtype} is not a tensor: {_one_line(e)}") from e
+            raise BadInput(
+                f"sample[{name!r}] of dtype {array.dtype} is not a tensor: {one_line(e, _MESSAGE_LIMIT)}"
+            ) from e
         if tensor.shape.rank == 0:
             raise BadInput(f"sample[{name!r}] is a scalar; the first dimension must be the batch")
         if batch is not None and tensor.shape[0] != batch:
@@ -317,7 +320,7 @@ def _write_saved_model(
     except (BadInput, ExportError):
         raise
     except Exception as e:
-        raise ExportError(f"writing the SavedModel failed: {_one_line(e)}") from e
+        raise ExportError(f"writing the SavedModel failed: {one_line(e, _MESSAGE_LIMIT)}") from e
 
 
 def _validate(
@@ -334,7 +337,7 @@ def _validate(
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"reloading the SavedModel and running it failed: {_one_line(e)}") from e
+        raise ExportError(f"reloading the SavedModel and running it failed: {one_line(e, _MESSAGE_LIMIT)}") from e
     worst = 0.0
     for name, want in expected.items():
         if name not in got:
@@ -388,7 +391,7 @@ def _write_warmup(path: Path, tensors: dict[str, tf.Tensor], model_name: str) ->
                 )
                 writer.write(log.SerializeToString())
     except Exception as e:
-        raise ExportError(f"writing warmup records to {out} failed: {_one_line(e)}") from e
+        raise ExportError(f"writing warmup records to {out} failed: {one_line(e, _MESSAGE_LIMIT)}") from e
     return len(batches)
 
 
@@ -404,7 +407,7 @@ def _publish(tmp: Path, target: Path) -> None:
         if old is not None and not target.exists():
             old.replace(target)
             old = None
-        raise ExportError(f"moving the export into place at {target} failed: {_one_line(e)}") from e
+        raise ExportError(f"moving the export into place at {target} failed: {one_line(e, _MESSAGE_LIMIT)}") from e
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -424,8 +427,3 @@ def _new_sibling(target: Path, kind: str) -> Path:
             continue
         return path
     raise ExportError(f"could not create a temporary directory beside {target}")
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,4 +1,5 @@
-"""``<prefix>/<model>/manifest.json``: the one object servers trust, and its compare-and-swap update.
+"""A model's manifest (its key is :func:`model_export.layout.manifest_key`): the one object servers trust, and its
+compare-and-swap update.
 
 Schema (documented in docs/manifest.md): complete versions with every file's sha256 and size, the serving signature,
 labels, and an append-only history of label moves. A version appears here only after all its files are uploaded and
@@ -29,11 +30,11 @@ from model_export.errors import (
     PreconditionFailed,
     UnknownVersion,
 )
-from model_export.savedmodel import Signature
+from model_export.layout import manifest_key
+from model_export.signature import Signature
 from model_export.store.base import Store
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")  # TF Serving's rule for labels
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 T = TypeVar("T")
@@ -246,10 +247,6 @@ class Manifest:
         if dangling:
             raise ManifestError(f"{where} is malformed: labels point at missing versions {dangling}")
         return m
-
-
-def manifest_key(model: str) -> str:
-    return f"{model}/{MANIFEST}"
 
 
 def load_manifest(store: Store, model: str) -> tuple[Manifest, str | None]:

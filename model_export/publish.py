@@ -2,9 +2,9 @@
 
 Order of events, so that a crash anywhere leaves the manifest unchanged and a rerun succeeds:
 1. validate the SavedModel locally and the signature against ``stable`` (nothing written yet);
-2. reserve version N with a create-only write of ``<model>/_pending/<N>.json`` (two publishers never share N);
-3. hash and upload the files in parallel to ``<model>/<N>/…``, then verify them with one listing;
-4. add N to ``manifest.json`` by compare-and-swap (the signature is checked again against the stable of that moment);
+2. reserve version N with a create-only write of its reservation (``layout.pending_key``; two publishers never share N);
+3. hash and upload the files in parallel under ``layout.version_prefix``, then verify them with one listing;
+4. add N to the manifest by compare-and-swap (the signature is checked again against the stable of that moment);
 5. delete the reservation. ``prune`` removes what crashed publishes leave behind.
 """
 
@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model_export import layout
 from model_export.constants import STABLE
 from model_export.errors import BadInput, ModelfleetError, PreconditionFailed, SignatureChanged
 from model_export.manifest import (
@@ -34,10 +35,9 @@ from model_export.manifest import (
     update_manifest,
 )
 from model_export.savedmodel import SavedModelInfo, inspect_savedmodel
-from model_export.store import Store, open_store
+from model_export.store import Store, checked_store
 from model_export.transfer import DEFAULT_WORKERS, upload_tree, verify_uploaded
 
-PENDING = "_pending"
 HEARTBEAT_SECONDS = 30.0
 
 
@@ -53,10 +53,6 @@ class PublishResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def pending_key(model: str, version: int) -> str:
-    return f"{model}/{PENDING}/{version}.json"
 
 
 def signature_problem(manifest: Manifest, info: SavedModelInfo) -> str | None:
@@ -88,12 +84,13 @@ def _reserve(store: Store, model: str, record: dict[str, Any]) -> int:
     """Claim the lowest free version number above everything published or reserved."""
     while True:
         manifest, _ = load_manifest(store, model)
-        reserved = [int(Path(o.key).stem) for o in store.list(f"{model}/{PENDING}/") if Path(o.key).stem.isdigit()]
+        listed = (layout.reserved_version(model, o.key) for o in store.list(layout.pending_prefix(model)))
+        reserved = [v for v in listed if v is not None]
         version = max([manifest.last_version, *reserved]) + 1
         while True:
             try:
                 body = json.dumps({**record, "version": version}).encode()
-                store.write(pending_key(model, version), body, if_absent=True)
+                store.write(layout.pending_key(model, version), body, if_absent=True)
                 break
             except PreconditionFailed:
                 version += 1  # another publisher got there first
@@ -101,7 +98,7 @@ def _reserve(store: Store, model: str, record: dict[str, Any]) -> int:
         # number published since our manifest read. Only a manifest read after the reservation settles it.
         if version > load_manifest(store, model)[0].last_version:
             return version
-        store.delete([pending_key(model, version)])
+        store.delete([layout.pending_key(model, version)])
 
 
 @contextlib.contextmanager
@@ -146,8 +143,7 @@ def publish(
     if workers < 1:
         raise BadInput(f"workers must be at least 1, got {workers}")
     info = inspect_savedmodel(savedmodel_dir)
-    st = open_store(store) if isinstance(store, str) else store
-    st.check()
+    st = checked_store(store)
     manifest, _ = load_manifest(st, model)
     if not allow_signature_change and (problem := signature_problem(manifest, info)):
         raise SignatureChanged(problem)
@@ -158,8 +154,8 @@ def publish(
     by = actor()
     record = {"publisher": uuid.uuid4().hex, "by": by, "started": now()}
     version = _reserve(st, model, record)
-    reservation = pending_key(model, version)
-    prefix = f"{model}/{version}"
+    reservation = layout.pending_key(model, version)
+    prefix = layout.version_prefix(model, version)
     try:
         with _heartbeat(st, reservation, json.dumps({**record, "version": version}).encode(), HEARTBEAT_SECONDS):
             entries = upload_tree(st, info.path, info.files, prefix, workers=workers, progress=progress)

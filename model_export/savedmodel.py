@@ -14,9 +14,8 @@ from pathlib import Path
 
 from model_export.errors import NotASavedModel
 from model_export.protowire import fields
+from model_export.signature import SERVING_SIGNATURE, SERVING_TAG, Signature, TensorSpec
 
-SERVING_TAG = "serve"
-SERVING_SIGNATURE = "serving_default"
 # Ops that hold variables in TF1 graphs and in the TF2 graphs SavedModel writes beside its object graph.
 _VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable", "AutoReloadVariable"})
 # tensorflow/core/framework/types.proto
@@ -40,65 +39,6 @@ _DTYPES = {
     22: "uint32",
     23: "uint64",
 }
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    dtype: str
-    shape: tuple[int, ...] | None  # -1 for an unknown dimension; None for unknown rank
-
-    def to_json(self) -> dict[str, object]:
-        return {"dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
-
-    def accepts(self, other: TensorSpec) -> bool:
-        """Whether a client that fed ``self`` can feed ``other`` unchanged (same dtype, compatible dims)."""
-        if self.dtype != other.dtype:
-            return False
-        if self.shape is None or other.shape is None:
-            return True
-        if len(self.shape) != len(other.shape):
-            return False
-        return all(a == b or -1 in (a, b) for a, b in zip(self.shape, other.shape, strict=True))
-
-
-@dataclass(frozen=True)
-class Signature:
-    method: str
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "method": self.method,
-            "inputs": {k: v.to_json() for k, v in sorted(self.inputs.items())},
-            "outputs": {k: v.to_json() for k, v in sorted(self.outputs.items())},
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Signature:
-        def specs(raw: object) -> dict[str, TensorSpec]:
-            assert isinstance(raw, dict)
-            return {
-                str(k): TensorSpec(str(v["dtype"]), None if v["shape"] is None else tuple(int(d) for d in v["shape"]))
-                for k, v in raw.items()
-            }
-
-        return cls(str(data["method"]), specs(data["inputs"]), specs(data["outputs"]))
-
-    def input_incompatibilities(self, new: Signature) -> list[str]:
-        """Reasons why clients of ``self`` would break against ``new`` (empty when compatible)."""
-        problems = []
-        for name, spec in sorted(self.inputs.items()):
-            if name not in new.inputs:
-                problems.append(f"input {name!r} removed")
-            elif not spec.accepts(new.inputs[name]):
-                problems.append(f"input {name!r} changed from {_fmt(spec)} to {_fmt(new.inputs[name])}")
-        problems += [f"input {name!r} added" for name in sorted(set(new.inputs) - set(self.inputs))]
-        return problems
-
-
-def _fmt(spec: TensorSpec) -> str:
-    return f"{spec.dtype}{list(spec.shape) if spec.shape is not None else '[?]'}"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Version operations on a model's manifest: list, show, label, promote, rollback, prune.
+"""Version operations on a model's manifest: list, label, promote, rollback, prune.
 
-Each label change is one compare-and-swap of ``manifest.json`` and one entry in its history; servers follow it
+Each label change is one compare-and-swap of the manifest and one entry in its history; servers follow it
 without a redeploy.
 """
 
@@ -12,28 +12,25 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from model_export import layout
 from model_export.constants import CANARY, STABLE
 from model_export.errors import BadInput, UnknownModel
 from model_export.manifest import (
     Manifest,
-    VersionEntry,
     actor,
     check_label,
     check_model_name,
     load_manifest,
     update_manifest,
 )
-from model_export.publish import PENDING
-from model_export.store import Store, open_store
+from model_export.store import Store, checked_store
 
 DEFAULT_PENDING_GRACE_SECONDS = 600.0
 
 
 def _open(store: str | Store, model: str) -> Store:
     check_model_name(model)
-    st = open_store(store) if isinstance(store, str) else store
-    st.check()
-    return st
+    return checked_store(store)
 
 
 def _existing(st: Store, model: str) -> Manifest:
@@ -46,10 +43,6 @@ def _existing(st: Store, model: str) -> Manifest:
 def get_manifest(store: str | Store, model: str) -> Manifest:
     """The model's manifest; ``UnknownModel`` when nothing was ever published under that name."""
     return _existing(_open(store, model), model)
-
-
-def show_version(store: str | Store, model: str, version: int) -> VersionEntry:
-    return get_manifest(store, model).get(version)
 
 
 def _change(store: str | Store, model: str, change: Callable[[Manifest], None]) -> Manifest:
@@ -145,12 +138,11 @@ def prune(
     # List before reading the manifest: a version committed after the listing still has its reservation in it.
     objects: dict[int, list[tuple[str, int]]] = defaultdict(list)
     reservations: dict[int, dt.datetime] = {}
-    for obj in st.list(f"{model}/"):
-        parts = obj.key.split("/")
-        if len(parts) >= 3 and parts[1].isdigit():
-            objects[int(parts[1])].append((obj.key, obj.size))
-        elif len(parts) == 3 and parts[1] == PENDING and parts[2].removesuffix(".json").isdigit():
-            reservations[int(parts[2].removesuffix(".json"))] = obj.modified
+    for obj in st.list(layout.model_prefix(model)):
+        if (version := layout.version_of_file(model, obj.key)) is not None:
+            objects[version].append((obj.key, obj.size))
+        elif (version := layout.reserved_version(model, obj.key)) is not None:
+            reservations[version] = obj.modified
     manifest = _existing(st, model)
 
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=pending_grace_seconds)
@@ -182,5 +174,5 @@ def prune(
     if not dry_run:
         st.delete(keys)
         # Reservations go last, so an interrupted prune still sees the leftovers next time.
-        st.delete([f"{model}/{PENDING}/{v}.json" for v in plan.leftovers if v in reservations])
+        st.delete([layout.pending_key(model, v) for v in plan.leftovers if v in reservations])
     return plan

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model_export.constants import TFS_REST_PORT
-from model_export.errors import BadInput, ServingError
+from model_export.errors import BadInput, ServingError, one_line
 
 
 def rest_url(url: str) -> str:
@@ -63,11 +63,6 @@ _CODE_BY_HTTP = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def http_json(method: str, base: str, path: str, body: bytes | None, timeout: float) -> Any:

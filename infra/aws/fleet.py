@@ -1,13 +1,13 @@
 """One serving fleet (stable or canary): a launch template and an auto scaling group behind the load balancer.
 
 - Launch template: Ubuntu 24.04 (or a GPU image), IMDSv2 only with hop limit 2 (Docker's bridge adds a hop),
-  no public IP, encrypted gp3 root volume, the fleet's instance profile, the bootstrap's cloud-config (base64).
+  no public IP, encrypted gp3 root volume, the fleet's instance profile, its cloud-config (``user_data``, base64).
   `update_default_version` so the template's default is always what the group runs.
 - Auto scaling group: private subnets, the template's `latest_version` (a number, so a new version triggers the
   instance refresh; `$Latest` would not), ELB health with the configured grace, a rolling refresh that launches
   before it terminates (min 100 % / max 200 % healthy), so VMs that never get healthy never displace healthy ones.
   `desired_capacity` is left to the scaling policy (Pulumi would reset it on every update), except 0 for a fleet
-  that is switched off (min = max = desired = 0).
+  that does not run (``FleetCapacity.running`` false: min = max = desired = 0).
 - Target tracking on CPU or on requests per VM (per minute, as ALB publishes it).
 """
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from infra.bootstrap import BootstrapArgs, render_user_data
-from infra.config import FleetSize
+from infra import naming
+from infra.components import AutoscalingTarget, FleetCapacity
 from model_export.constants import ROLES
 
 TYPE = "modelfleet:aws:ServingFleet"
@@ -40,35 +40,28 @@ GROUP_METRICS = (
 
 
 @dataclass(frozen=True)
-class Scaling:
-    metric: Literal["cpu", "requests"]
-    target_cpu_percent: int = 60
-    target_requests_per_second: int = 50
-    # For "requests": the load balancer's and the fleet's target groups' CloudWatch dimensions (ARN suffixes).
-    load_balancer_arn_suffix: pulumi.Input[str] | None = None
-    target_group_arn_suffixes: Sequence[pulumi.Input[str]] = ()
+class RequestMetric:
+    """Where request-based scaling reads requests per VM: the load balancer's and the fleet's target groups'
+    CloudWatch dimensions (ARN suffixes)."""
 
-    def __post_init__(self) -> None:
-        if self.metric not in ("cpu", "requests"):
-            raise ValueError(f"scaling metric must be cpu or requests, got {self.metric!r}")
-        if self.metric == "requests" and (self.load_balancer_arn_suffix is None or not self.target_group_arn_suffixes):
-            raise ValueError("request-based scaling needs the load balancer and target group ARN suffixes")
+    load_balancer_arn_suffix: pulumi.Input[str]
+    target_group_arn_suffixes: Sequence[pulumi.Input[str]]
 
 
 @dataclass(frozen=True)
 class ServingFleetArgs:
     role: str  # model_export.constants.ROLES
-    bootstrap: pulumi.Input[BootstrapArgs]  # rendered to the launch template's user-data
+    user_data: pulumi.Input[str]  # the rendered cloud-config (infra.components.fleet_user_data), base64'd here
     image_id: pulumi.Input[str]
     machine_type: str
     subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # private subnets
     security_group_ids: Sequence[pulumi.Input[str]]
     instance_profile_arn: pulumi.Input[str]
     target_group_arns: Sequence[pulumi.Input[str]]
-    size: FleetSize
-    scaling: Scaling
-    enabled: bool = True  # False: min = max = desired = 0
-    health_check_grace_seconds: int = 300
+    capacity: FleetCapacity
+    autoscaling: AutoscalingTarget
+    request_metric: RequestMetric | None = None  # required when autoscaling.metric is "requests"
+    health_check_initial_delay_seconds: int = 300
     root_volume_gib: int = 50  # Docker image + two copies of the models (old and new during a transition)
     detailed_monitoring: bool = True  # 1-minute EC2 metrics: target tracking on CPU reacts in minutes, not 5+
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -78,28 +71,30 @@ class ServingFleetArgs:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
         if self.root_volume_gib < 8:
             raise ValueError(f"root_volume_gib must be 8 or more, got {self.root_volume_gib}")
-
-    @property
-    def bounds(self) -> tuple[int, int]:
-        return (self.size.min_replicas, self.size.max_replicas) if self.enabled else (0, 0)
-
-
-def user_data_base64(bootstrap: BootstrapArgs) -> str:
-    return base64.b64encode(render_user_data(bootstrap).encode("utf-8")).decode("ascii")
+        if self.autoscaling.metric == "requests" and (
+            self.request_metric is None or not self.request_metric.target_group_arn_suffixes
+        ):
+            raise ValueError("request-based scaling needs the load balancer and target group ARN suffixes")
 
 
-def _target_tracking(scaling: Scaling) -> aws.autoscaling.PolicyTargetTrackingConfigurationArgs:
-    if scaling.metric == "cpu":
+def base64_text(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _target_tracking(
+    target: AutoscalingTarget, request_metric: RequestMetric | None
+) -> aws.autoscaling.PolicyTargetTrackingConfigurationArgs:
+    if target.metric == "cpu" or request_metric is None:
         return aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
-            target_value=float(scaling.target_cpu_percent),
+            target_value=float(target.target_cpu_percent),
             predefined_metric_specification=aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
                 predefined_metric_type="ASGAverageCPUUtilization"
             ),
         )
     # RequestCountPerTarget is a per-minute count: the target is requests per second times 60.
-    per_minute = float(scaling.target_requests_per_second * 60)
-    lb = scaling.load_balancer_arn_suffix
-    suffixes = list(scaling.target_group_arn_suffixes)
+    per_minute = float(target.target_requests_per_second * 60)
+    lb = request_metric.load_balancer_arn_suffix
+    suffixes = list(request_metric.target_group_arn_suffixes)
     if len(suffixes) == 1:
         label = pulumi.Output.all(lb, suffixes[0]).apply(lambda v: f"{v[0]}/{v[1]}")
         return aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
@@ -150,11 +145,27 @@ class ServingFleet(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ServingFleetArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        role_tags = {**args.tags, "modelfleet-role": args.role}
-        instance_tags = {**role_tags, "Name": f"{name}-vm"}
+        role_tags = {**args.tags, naming.ROLE_LABEL: args.role}
+        template = self._launch_template(name, args, role_tags)
+        group = self._group(name, args, role_tags, template)
+        self._scaling_policy(name, args, group)
 
-        template = aws.ec2.LaunchTemplate(
+        self.group_name = group.name
+        self.launch_template_id = template.id
+        self.launch_template_version = template.latest_version
+        outputs: dict[str, Any] = {
+            "group_name": self.group_name,
+            "launch_template_id": self.launch_template_id,
+            "launch_template_version": self.launch_template_version,
+        }
+        self.register_outputs(outputs)
+
+    def _launch_template(
+        self, name: str, args: ServingFleetArgs, role_tags: Mapping[str, str]
+    ) -> aws.ec2.LaunchTemplate:
+        child = pulumi.ResourceOptions(parent=self)
+        instance_tags = {**role_tags, "Name": f"{name}-vm"}
+        return aws.ec2.LaunchTemplate(
             f"{name}-lt",
             description=f"modelfleet {args.role} fleet",
             image_id=args.image_id,
@@ -186,7 +197,7 @@ class ServingFleet(pulumi.ComponentResource):
                 )
             ],
             monitoring=aws.ec2.LaunchTemplateMonitoringArgs(enabled=args.detailed_monitoring),
-            user_data=pulumi.Output.from_input(args.bootstrap).apply(user_data_base64),
+            user_data=pulumi.Output.from_input(args.user_data).apply(base64_text),
             update_default_version=True,
             tag_specifications=[
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags=instance_tags),
@@ -196,14 +207,18 @@ class ServingFleet(pulumi.ComponentResource):
             opts=child,
         )
 
-        grace = args.health_check_grace_seconds
-        min_size, max_size = args.bounds
-        group = aws.autoscaling.Group(
+    def _group(
+        self, name: str, args: ServingFleetArgs, role_tags: Mapping[str, str], template: aws.ec2.LaunchTemplate
+    ) -> aws.autoscaling.Group:
+        child = pulumi.ResourceOptions(parent=self)
+        grace = args.health_check_initial_delay_seconds
+        min_size, max_size = args.capacity.bounds
+        return aws.autoscaling.Group(
             f"{name}-asg",
             vpc_zone_identifiers=args.subnet_ids,
             min_size=min_size,
             max_size=max_size,
-            desired_capacity=None if args.enabled else 0,
+            desired_capacity=None if args.capacity.running else 0,
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)
             ),
@@ -235,20 +250,14 @@ class ServingFleet(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        aws.autoscaling.Policy(
+
+    def _scaling_policy(
+        self, name: str, args: ServingFleetArgs, group: aws.autoscaling.Group
+    ) -> aws.autoscaling.Policy:
+        return aws.autoscaling.Policy(
             f"{name}-scaling",
             autoscaling_group_name=group.name,
             policy_type="TargetTrackingScaling",
-            target_tracking_configuration=_target_tracking(args.scaling),
-            opts=child,
+            target_tracking_configuration=_target_tracking(args.autoscaling, args.request_metric),
+            opts=pulumi.ResourceOptions(parent=self),
         )
-
-        self.group_name = group.name
-        self.launch_template_id = template.id
-        self.launch_template_version = template.latest_version
-        outputs: dict[str, Any] = {
-            "group_name": self.group_name,
-            "launch_template_id": self.launch_template_id,
-            "launch_template_version": self.launch_template_version,
-        }
-        self.register_outputs(outputs)

@@ -7,8 +7,8 @@
 - Target groups per fleet role: REST on TFS_REST_PORT, health-checked on the agent's AGENT_PORT + HEALTH_PATH
   (200 only when the desired versions are AVAILABLE); gRPC (protocol version GRPC) on TFS_GRPC_PORT, health-checked
   with grpc.health.v1 (only with HTTPS: ALB speaks gRPC on HTTPS listeners only).
-- Listeners forward with weights: stable 100 - w, canary w. With HTTPS, HTTP answers 301 to HTTPS. TF Serving's
-  metrics path (on its REST port) answers 404 at the load balancer.
+- Listeners forward with weights: stable 100 - w, canary w (``infra.components.traffic_weights``). With HTTPS,
+  HTTP answers 301 to HTTPS. TF Serving's metrics path (on its REST port) answers 404 at the load balancer.
 See docs/aws.md for the gRPC choice.
 """
 
@@ -22,7 +22,9 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, ROLES, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+from infra import config, naming
+from infra.components import HealthCheck, traffic_weights
+from model_export.constants import AGENT_PORT, HEALTH_PATH, ROLES, TFS_GRPC_PORT, TFS_REST_PORT
 
 TYPE = "modelfleet:aws:LoadBalancer"
 HTTP_PORT, HTTPS_PORT = 80, 443
@@ -34,14 +36,7 @@ GRPC_RULE_PRIORITY = 10
 # TF Serving serves its Prometheus metrics on the REST port; clients have no business there.
 INTERNAL_PATHS = ("/monitoring/*",)
 INTERNAL_RULE_PRIORITY = 20
-
-
-@dataclass(frozen=True)
-class HealthCheck:
-    interval_seconds: int = 10
-    timeout_seconds: int = 5
-    healthy_threshold: int = 2
-    unhealthy_threshold: int = 3
+NAME_LIMIT = 32  # load balancer and target group names
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,7 @@ class LoadBalancerArgs:
     vpc_id: pulumi.Input[str]
     subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]]  # public subnets in at least two zones
     allowed_source_cidrs: tuple[str, ...]  # empty = nobody
-    canary_weight_percent: int
+    canary_weight_percent: int  # modelfleet:canaryWeightPercent
     enable_https: bool = False
     certificate_arn: str | None = None
     enable_grpc: bool = True  # takes effect with HTTPS only (see docs/aws.md)
@@ -61,8 +56,7 @@ class LoadBalancerArgs:
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.canary_weight_percent <= 100:
-            raise ValueError(f"canary_weight_percent must be between 0 and 100, got {self.canary_weight_percent}")
+        config.validate("canaryWeightPercent", self.canary_weight_percent)
         if self.enable_https and not self.certificate_arn:
             raise ValueError("enable_https needs a certificate_arn (ACM)")
         for cidr in self.allowed_source_cidrs:
@@ -71,7 +65,7 @@ class LoadBalancerArgs:
 
     @property
     def weights(self) -> dict[str, int]:
-        return {STABLE: 100 - self.canary_weight_percent, CANARY: self.canary_weight_percent}
+        return traffic_weights(self.canary_weight_percent)
 
     @property
     def grpc_exposed(self) -> bool:
@@ -96,6 +90,25 @@ class FleetTargets:
     target_group_arn_suffixes: list[pulumi.Output[str]]
 
 
+def ingress_rule_name(name: str, port: int, cidr: str) -> str:
+    """Named by source and port, not by position: reordering allowedSourceCidrs replaces nothing."""
+    return f"{name}-alb-in-{port}-{cidr.replace('/', '-')}"
+
+
+def _health_check(hc: HealthCheck, *, port: str, path: str, matcher: str) -> aws.lb.TargetGroupHealthCheckArgs:
+    return aws.lb.TargetGroupHealthCheckArgs(
+        enabled=True,
+        protocol="HTTP",
+        port=port,
+        path=path,
+        matcher=matcher,
+        interval=hc.interval_seconds,
+        timeout=hc.timeout_seconds,
+        healthy_threshold=hc.healthy_threshold,
+        unhealthy_threshold=hc.unhealthy_threshold,
+    )
+
+
 class LoadBalancer(pulumi.ComponentResource):
     arn: pulumi.Output[str]
     arn_suffix: pulumi.Output[str]
@@ -109,17 +122,65 @@ class LoadBalancer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-
-        def tags(suffix: str) -> dict[str, str]:
-            return {**args.tags, "Name": f"{name}-{suffix}"}
-
+        self._opts = opts
         if args.enable_grpc and not args.enable_https:
             pulumi.log.warn(
                 "enableGrpc is on but enableHttps is off: an ALB serves gRPC on HTTPS listeners only, so gRPC is not "
                 "exposed (set enableHttps and certificateArn). See docs/aws.md.",
                 resource=self,
             )
+        alb_sg, instance_sg = self._security_groups(name, args)
+        alb = self._alb(name, args, alb_sg)
+        rest, grpc = self._target_groups(name, args)
+        self._listeners(name, args, alb, rest, grpc)
+
+        self.arn = alb.arn
+        self.arn_suffix = alb.arn_suffix
+        self.dns_name = alb.dns_name
+        self.zone_id = alb.zone_id
+        scheme = "https" if args.enable_https else "http"
+        self.endpoint = alb.dns_name.apply(lambda dns: f"{scheme}://{dns}")
+        self.grpc_endpoint = alb.dns_name.apply(lambda dns: f"{dns}:{HTTPS_PORT}") if grpc else None
+        self.security_group_id = alb_sg.id
+        self.instance_security_group_id = instance_sg.id
+        self.targets = {
+            role: FleetTargets(
+                [rest[role].arn, *([grpc[role].arn] if grpc else [])],
+                [rest[role].arn_suffix, *([grpc[role].arn_suffix] if grpc else [])],
+            )
+            for role in ROLES
+        }
+        outputs: dict[str, Any] = {
+            "arn": self.arn,
+            "dns_name": self.dns_name,
+            "zone_id": self.zone_id,
+            "endpoint": self.endpoint,
+            "security_group_id": self.security_group_id,
+            "instance_security_group_id": self.instance_security_group_id,
+            "target_group_arns": {role: t.target_group_arns for role, t in self.targets.items()},
+        }
+        if self.grpc_endpoint is not None:
+            outputs["grpc_endpoint"] = self.grpc_endpoint
+        self.register_outputs(outputs)
+
+    def _limited(self, name: str, part: str) -> tuple[str, pulumi.ResourceOptions]:
+        """A child whose AWS name is autonamed within NAME_LIMIT characters: its name, and options with the
+        aliases of its earlier name when ``naming.child_name`` had to shorten it."""
+        child = naming.child_name(name, part, NAME_LIMIT)
+        aliases = naming.child_aliases(name, part, child, self._opts)
+        return child, pulumi.ResourceOptions(parent=self, aliases=aliases or None)
+
+    def _tags(self, name: str, args: LoadBalancerArgs, suffix: str) -> dict[str, str]:
+        return {**args.tags, "Name": f"{name}-{suffix}"}
+
+    def _security_groups(
+        self, name: str, args: LoadBalancerArgs
+    ) -> tuple[aws.ec2.SecurityGroup, aws.ec2.SecurityGroup]:
+        """The ALB's group (clients in, instances out) and the instances' (only the ALB in; 80/443 out)."""
+        child = pulumi.ResourceOptions(parent=self)
+
+        def tags(suffix: str) -> dict[str, str]:
+            return self._tags(name, args, suffix)
 
         alb_sg = aws.ec2.SecurityGroup(
             f"{name}-alb",
@@ -140,7 +201,7 @@ class LoadBalancer(pulumi.ComponentResource):
         for cidr in args.allowed_source_cidrs:
             for port in args.client_ports:
                 aws.vpc.SecurityGroupIngressRule(
-                    f"{name}-alb-in-{port}-{cidr.replace('/', '-')}",  # named by source: reordering changes nothing
+                    ingress_rule_name(name, port, cidr),
                     security_group_id=alb_sg.id,
                     description=f"clients {cidr} on {port}",
                     ip_protocol="tcp",
@@ -181,14 +242,17 @@ class LoadBalancer(pulumi.ComponentResource):
                 cidr_ipv4="0.0.0.0/0",
                 opts=child,
             )
+        return alb_sg, instance_sg
 
+    def _alb(self, name: str, args: LoadBalancerArgs, alb_sg: aws.ec2.SecurityGroup) -> aws.lb.LoadBalancer:
         access_logs = None
         if args.access_logs_bucket:
             access_logs = aws.lb.LoadBalancerAccessLogsArgs(
                 bucket=args.access_logs_bucket, prefix=args.access_logs_prefix or None, enabled=True
             )
-        alb = aws.lb.LoadBalancer(
-            f"{name}-alb",
+        alb_name, alb_opts = self._limited(name, "alb")
+        return aws.lb.LoadBalancer(
+            alb_name,
             load_balancer_type="application",
             internal=False,
             ip_address_type="ipv4",
@@ -198,16 +262,25 @@ class LoadBalancer(pulumi.ComponentResource):
             enable_deletion_protection=args.deletion_protection,
             enable_http2=True,
             access_logs=access_logs,
-            tags=tags("alb"),
-            opts=child,
+            tags=self._tags(name, args, "alb"),
+            opts=alb_opts,
         )
+
+    def _target_groups(
+        self, name: str, args: LoadBalancerArgs
+    ) -> tuple[dict[str, aws.lb.TargetGroup], dict[str, aws.lb.TargetGroup]]:
+        """Per fleet role: REST, health-checked on the agent; gRPC (with HTTPS only), on TF Serving's health."""
+
+        def tags(suffix: str) -> dict[str, str]:
+            return self._tags(name, args, suffix)
 
         hc = args.health_check
         rest: dict[str, aws.lb.TargetGroup] = {}
         grpc: dict[str, aws.lb.TargetGroup] = {}
         for role in ROLES:
+            rest_name, rest_opts = self._limited(name, f"{role}-rest")
             rest[role] = aws.lb.TargetGroup(
-                f"{name}-{role}-rest",
+                rest_name,
                 vpc_id=args.vpc_id,
                 target_type="instance",
                 protocol="HTTP",
@@ -216,23 +289,14 @@ class LoadBalancer(pulumi.ComponentResource):
                 deregistration_delay=args.deregistration_delay_seconds,
                 # Inference latency varies with batch size and model: send each request to the least busy VM.
                 load_balancing_algorithm_type="least_outstanding_requests",
-                health_check=aws.lb.TargetGroupHealthCheckArgs(
-                    enabled=True,
-                    protocol="HTTP",
-                    port=str(AGENT_PORT),
-                    path=HEALTH_PATH,
-                    matcher="200",
-                    interval=hc.interval_seconds,
-                    timeout=hc.timeout_seconds,
-                    healthy_threshold=hc.healthy_threshold,
-                    unhealthy_threshold=hc.unhealthy_threshold,
-                ),
-                tags={**tags(f"{role}-rest"), "modelfleet-role": role},
-                opts=child,
+                health_check=_health_check(hc, port=str(AGENT_PORT), path=HEALTH_PATH, matcher="200"),
+                tags={**tags(f"{role}-rest"), naming.ROLE_LABEL: role},
+                opts=rest_opts,
             )
             if args.grpc_exposed:
+                grpc_name, grpc_opts = self._limited(name, f"{role}-grpc")
                 grpc[role] = aws.lb.TargetGroup(
-                    f"{name}-{role}-grpc",
+                    grpc_name,
                     vpc_id=args.vpc_id,
                     target_type="instance",
                     protocol="HTTP",
@@ -241,20 +305,26 @@ class LoadBalancer(pulumi.ComponentResource):
                     deregistration_delay=args.deregistration_delay_seconds,
                     # A gRPC target group's check is a gRPC call; the agent speaks HTTP/1.1, so this checks TF
                     # Serving's own health service. The ASG still replaces a VM the REST group finds unhealthy.
-                    health_check=aws.lb.TargetGroupHealthCheckArgs(
-                        enabled=True,
-                        protocol="HTTP",
-                        port="traffic-port",
-                        path=GRPC_HEALTH_PATH,
-                        matcher="0",
-                        interval=hc.interval_seconds,
-                        timeout=hc.timeout_seconds,
-                        healthy_threshold=hc.healthy_threshold,
-                        unhealthy_threshold=hc.unhealthy_threshold,
-                    ),
-                    tags={**tags(f"{role}-grpc"), "modelfleet-role": role},
-                    opts=child,
+                    health_check=_health_check(hc, port="traffic-port", path=GRPC_HEALTH_PATH, matcher="0"),
+                    tags={**tags(f"{role}-grpc"), naming.ROLE_LABEL: role},
+                    opts=grpc_opts,
                 )
+        return rest, grpc
+
+    def _listeners(
+        self,
+        name: str,
+        args: LoadBalancerArgs,
+        alb: aws.lb.LoadBalancer,
+        rest: Mapping[str, aws.lb.TargetGroup],
+        grpc: Mapping[str, aws.lb.TargetGroup],
+    ) -> None:
+        """HTTP (or HTTPS + an HTTP redirect) forwarding by weight, the gRPC rule, the internal paths' 404."""
+        child = pulumi.ResourceOptions(parent=self)
+        weights = args.weights
+
+        def tags(suffix: str) -> dict[str, str]:
+            return self._tags(name, args, suffix)
 
         def forward(groups: Mapping[str, aws.lb.TargetGroup]) -> aws.lb.ListenerDefaultActionArgs:
             # The canary group stays in the action with weight 0 when the canary is off: a request-count scaling
@@ -263,7 +333,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 type="forward",
                 forward=aws.lb.ListenerDefaultActionForwardArgs(
                     target_groups=[
-                        aws.lb.ListenerDefaultActionForwardTargetGroupArgs(arn=groups[r].arn, weight=args.weights[r])
+                        aws.lb.ListenerDefaultActionForwardTargetGroupArgs(arn=groups[r].arn, weight=weights[r])
                         for r in ROLES
                     ]
                 ),
@@ -314,9 +384,7 @@ class LoadBalancer(pulumi.ComponentResource):
                             type="forward",
                             forward=aws.lb.ListenerRuleActionForwardArgs(
                                 target_groups=[
-                                    aws.lb.ListenerRuleActionForwardTargetGroupArgs(
-                                        arn=grpc[r].arn, weight=args.weights[r]
-                                    )
+                                    aws.lb.ListenerRuleActionForwardTargetGroupArgs(arn=grpc[r].arn, weight=weights[r])
                                     for r in ROLES
                                 ]
                             ),
@@ -355,32 +423,3 @@ class LoadBalancer(pulumi.ComponentResource):
             tags=tags("internal-paths"),
             opts=child,
         )
-
-        self.arn = alb.arn
-        self.arn_suffix = alb.arn_suffix
-        self.dns_name = alb.dns_name
-        self.zone_id = alb.zone_id
-        scheme = "https" if args.enable_https else "http"
-        self.endpoint = alb.dns_name.apply(lambda dns: f"{scheme}://{dns}")
-        self.grpc_endpoint = alb.dns_name.apply(lambda dns: f"{dns}:{HTTPS_PORT}") if grpc else None
-        self.security_group_id = alb_sg.id
-        self.instance_security_group_id = instance_sg.id
-        self.targets = {
-            role: FleetTargets(
-                [rest[role].arn, *([grpc[role].arn] if grpc else [])],
-                [rest[role].arn_suffix, *([grpc[role].arn_suffix] if grpc else [])],
-            )
-            for role in ROLES
-        }
-        outputs: dict[str, Any] = {
-            "arn": self.arn,
-            "dns_name": self.dns_name,
-            "zone_id": self.zone_id,
-            "endpoint": self.endpoint,
-            "security_group_id": self.security_group_id,
-            "instance_security_group_id": self.instance_security_group_id,
-            "target_group_arns": {role: t.target_group_arns for role, t in self.targets.items()},
-        }
-        if self.grpc_endpoint is not None:
-            outputs["grpc_endpoint"] = self.grpc_endpoint
-        self.register_outputs(outputs)

@@ -13,50 +13,64 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra import agent_package, bootstrap
-from infra.aws.fleet import Scaling, ServingFleet, ServingFleetArgs
+from infra import agent_package, naming
+from infra.aws.fleet import RequestMetric, ServingFleet, ServingFleetArgs
 from infra.aws.iam import StoreAccess, StoreAccessArgs
 from infra.aws.load_balancer import LoadBalancer, LoadBalancerArgs
 from infra.aws.network import ExistingNetwork, Network, NetworkArgs
 from infra.aws.store import ModelStore, ModelStoreArgs, bucket_prefix_for
+from infra.bootstrap import AgentWheel
+from infra.components import autoscaling_target, fleet_capacity, fleet_user_data
 from infra.config import PROJECT, StackConfig
-from model_export.constants import ROLES, STABLE
+from model_export.constants import ROLES
 
 # Canonical's and AWS's public SSM parameters: the current image, resolved at `pulumi up` (see docs/aws.md).
 UBUNTU_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
 # Ubuntu 24.04 with the NVIDIA driver, Docker (docker-ce) and the NVIDIA container toolkit.
 GPU_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
-ROOT_VOLUME_GIB = {False: 50, True: 150}  # the GPU image and the -gpu TF Serving image are far larger
+ROOT_VOLUME_GIB = {False: 50, True: 150}  # by gpu: the GPU image and the -gpu TF Serving image are far larger
+# The names of the top-level resources before the one naming rule (infra.naming): aliases keep them, so an existing
+# stack updates in place instead of replacing its bucket, network and fleets.
+LEGACY_NAMES = {
+    naming.STORE: "store",
+    naming.IAM: "store-access",
+    naming.NETWORK: "network",
+    naming.LOAD_BALANCER: "lb",
+    **{role: role for role in ROLES},
+}
 
 
 def base_tags(cfg: StackConfig) -> dict[str, str]:
-    return {"modelfleet-project": PROJECT, "modelfleet-stack": cfg.stack, "managed-by": "pulumi"}
+    return {"modelfleet-project": PROJECT, naming.STACK_LABEL: cfg.stack, "managed-by": "pulumi"}
 
 
 def production_grade(cfg: StackConfig) -> bool:
     return cfg.deletion_protection
 
 
-def _bootstrap_from_outputs(
-    cfg: StackConfig, role: str, wheel_sha256: str, resolved: list[Any]
-) -> bootstrap.BootstrapArgs:
+def _named(opts: pulumi.ResourceOptions | None, part: str) -> pulumi.ResourceOptions:
+    """``opts`` plus the alias of ``part``'s name before the naming rule."""
+    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=[pulumi.Alias(name=LEGACY_NAMES[part])]))
+
+
+def _user_data(cfg: StackConfig, role: str, wheel_sha256: str, resolved: list[Any]) -> str:
     store_uri, wheel_uri = resolved
-    return bootstrap.fleet_bootstrap_args(cfg, role, str(store_uri), bootstrap.AgentWheel(str(wheel_uri), wheel_sha256))
+    return fleet_user_data(cfg, role, str(store_uri), AgentWheel(str(wheel_uri), wheel_sha256))
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
+    prefix = cfg.stack  # naming.component_name(stack, part) is mf-<stack slug>-<part>
     tags = base_tags(cfg)
-    provider = aws.Provider(
-        "aws",
-        region=cfg.region,
-        default_tags=aws.ProviderDefaultTagsArgs(tags=tags),
-    )
+    # The provider keeps the logical name it had before the naming rule: every resource's state records its
+    # provider's URN, and engines that ignore provider aliases (pulumi/pulumi#3979) would replace them all, bucket
+    # included, if it were renamed.
+    provider = aws.Provider("aws", region=cfg.region, default_tags=aws.ProviderDefaultTagsArgs(tags=tags))
     opts = pulumi.ResourceOptions(providers=[provider])
     ha = production_grade(cfg)
     wheel = agent_package.deployed_agent_wheel()
 
     store = ModelStore(
-        "store",
+        naming.component_name(prefix, naming.STORE),
         ModelStoreArgs(
             prefix=cfg.store_prefix,
             noncurrent_version_days=cfg.noncurrent_version_days,
@@ -67,10 +81,10 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             agent_wheel=wheel,
             tags=tags,
         ),
-        opts,
+        _named(opts, naming.STORE),
     )
     access = StoreAccess(
-        "store-access",
+        naming.component_name(prefix, naming.IAM),
         StoreAccessArgs(
             bucket_arn=store.bucket_arn,
             prefix=cfg.store_prefix,
@@ -79,7 +93,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             iam_path=f"/{PROJECT}/{cfg.stack}/",
             tags=tags,
         ),
-        opts,
+        _named(opts, naming.IAM),
     )
     existing = None
     if cfg.existing_network:
@@ -87,7 +101,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             cfg.existing_network, cfg.existing_instance_subnets, cfg.existing_load_balancer_subnets
         )
     network = Network(
-        "network",
+        naming.component_name(prefix, naming.NETWORK),
         NetworkArgs(
             region=cfg.region,
             cidr=cfg.network_cidr,
@@ -96,10 +110,10 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             existing=existing,
             tags=tags,
         ),
-        opts,
+        _named(opts, naming.NETWORK),
     )
     lb = LoadBalancer(
-        "lb",
+        naming.component_name(prefix, naming.LOAD_BALANCER),
         LoadBalancerArgs(
             vpc_id=network.vpc_id,
             subnet_ids=network.public_subnet_ids,
@@ -113,7 +127,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             deletion_protection=cfg.deletion_protection,
             tags=tags,
         ),
-        opts,
+        _named(opts, naming.LOAD_BALANCER),
     )
     image_id = aws.ssm.get_parameter_output(
         name=GPU_AMI_PARAMETER if cfg.gpu else UBUNTU_AMI_PARAMETER,
@@ -127,51 +141,46 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
         targets = lb.targets[role]
-        bootstrap_for_role = pulumi.Output.all(store.store_uri, wheel_uri).apply(
-            functools.partial(_bootstrap_from_outputs, cfg, role, wheel.sha256)
+        user_data = pulumi.Output.all(store.store_uri, wheel_uri).apply(
+            functools.partial(_user_data, cfg, role, wheel.sha256)
         )
         fleets[role] = ServingFleet(
-            role,
+            naming.component_name(prefix, role),
             ServingFleetArgs(
                 role=role,
-                bootstrap=bootstrap_for_role,
+                user_data=user_data,
                 image_id=image_id,
                 machine_type=cfg.machine_type,
                 subnet_ids=network.private_subnet_ids,
                 security_group_ids=[lb.instance_security_group_id],
                 instance_profile_arn=access.instance_profile_arn,
                 target_group_arns=targets.target_group_arns,
-                size=cfg.stable if role == STABLE else cfg.canary,
-                enabled=role == STABLE or cfg.canary_fleet_runs,
-                health_check_grace_seconds=cfg.health_check_initial_delay_seconds,
+                capacity=fleet_capacity(cfg, role),
+                autoscaling=autoscaling_target(cfg),
+                request_metric=RequestMetric(lb.arn_suffix, targets.target_group_arn_suffixes),
+                health_check_initial_delay_seconds=cfg.health_check_initial_delay_seconds,
                 root_volume_gib=ROOT_VOLUME_GIB[cfg.gpu],
-                scaling=Scaling(
-                    metric="requests" if cfg.autoscaling_metric == "requests" else "cpu",
-                    target_cpu_percent=cfg.target_cpu_percent,
-                    target_requests_per_second=cfg.target_requests_per_second,
-                    load_balancer_arn_suffix=lb.arn_suffix,
-                    target_group_arn_suffixes=targets.target_group_arn_suffixes,
-                ),
                 tags=tags,
             ),
-            opts,
+            _named(opts, role),
         )
 
+    # The names every stack shares (README "Stack outputs"), then AWS's own.
     outputs: dict[str, Any] = {
         "endpoint": lb.endpoint,
-        "loadBalancerDnsName": lb.dns_name,
-        "loadBalancerZoneId": lb.zone_id,
+        "loadBalancerAddress": lb.dns_name,
         "bucketName": store.bucket_name,
         "storeUri": store.store_uri,
         "agentWheelUri": wheel_uri,
-        "fleetRoleArn": access.fleet_role_arn,
-        "publisherPolicyArn": access.publisher_policy_arn,
-        "vpcId": network.vpc_id,
-        "autoScalingGroups": {role: fleet.group_name for role, fleet in fleets.items()},
+        "fleetIdentity": access.fleet_role_arn,
+        "fleetGroups": {role: fleet.group_name for role, fleet in fleets.items()},
+        "networkId": network.vpc_id,
         "canaryWeightPercent": cfg.canary_weight_percent,
+        "loadBalancerZoneId": lb.zone_id,
+        "publisherPolicyArn": access.publisher_policy_arn,
     }
     if lb.grpc_endpoint is not None:
         outputs["grpcEndpoint"] = lb.grpc_endpoint
     if access.publisher_role_arn is not None:
-        outputs["publisherRoleArn"] = access.publisher_role_arn
+        outputs["publisherIdentity"] = access.publisher_role_arn
     return outputs

@@ -8,7 +8,6 @@ docs/aws.md.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,8 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.agent_package import AgentWheelFile
+from infra.components import store_uri
+from infra.naming import normalize
 
 TYPE = "modelfleet:aws:ModelStore"
 # Incomplete multipart uploads (a publish that died half-way) are aborted after this many days.
@@ -44,7 +45,7 @@ class ModelStoreArgs:
 
 def bucket_prefix_for(stack: str) -> str:
     """A valid S3 ``bucket_prefix`` naming the stack: lowercase, [a-z0-9-], at most 37 characters."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", f"modelfleet-{stack}".lower()).strip("-")
+    slug = normalize(f"modelfleet-{stack}")
     return slug[: _BUCKET_PREFIX_MAX - 1].rstrip("-") + "-"
 
 
@@ -83,10 +84,37 @@ class ModelStore(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        tags = {**args.tags, "Name": f"{name}-bucket"}
+        self.bucket = bucket = self._bucket(name, args)
+        public_access, ownership = self._access_guards(name, bucket)
+        encryption = self._encryption(name, args, bucket)
+        self._history(name, args, bucket)
+        self._tls_only(name, bucket, public_access)
 
-        bucket = aws.s3.Bucket(
+        self.bucket_name = bucket.bucket
+        self.bucket_arn = bucket.arn
+        prefix = args.prefix
+        self.store_uri = bucket.bucket.apply(lambda b: store_uri("s3", b, prefix))
+        self.agent_wheel_uri = None
+        self.agent_wheel_sha256 = None
+        if args.agent_wheel is not None:
+            self.agent_wheel_uri = self._agent_wheel(
+                name, args, args.agent_wheel, depends_on=[encryption, ownership, public_access]
+            )
+            self.agent_wheel_sha256 = args.agent_wheel.sha256
+
+        outputs: dict[str, Any] = {
+            "bucket_name": self.bucket_name,
+            "bucket_arn": self.bucket_arn,
+            "store_uri": self.store_uri,
+        }
+        if self.agent_wheel_uri is not None:
+            outputs["agent_wheel_uri"] = self.agent_wheel_uri
+            outputs["agent_wheel_sha256"] = self.agent_wheel_sha256
+        self.register_outputs(outputs)
+
+    def _bucket(self, name: str, args: ModelStoreArgs) -> aws.s3.Bucket:
+        tags = {**args.tags, "Name": f"{name}-bucket"}
+        return aws.s3.Bucket(
             f"{name}-bucket",
             bucket=args.bucket_name,
             bucket_prefix=None if args.bucket_name else args.bucket_prefix,
@@ -94,6 +122,12 @@ class ModelStore(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
         )
+
+    def _access_guards(
+        self, name: str, bucket: aws.s3.Bucket
+    ) -> tuple[aws.s3.BucketPublicAccessBlock, aws.s3.BucketOwnershipControls]:
+        """No public access of any kind; the bucket owner owns every object (ACLs off)."""
+        child = pulumi.ResourceOptions(parent=self)
         public_access = aws.s3.BucketPublicAccessBlock(
             f"{name}-public-access",
             bucket=bucket.bucket,
@@ -109,6 +143,11 @@ class ModelStore(pulumi.ComponentResource):
             rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
             opts=child,
         )
+        return public_access, ownership
+
+    def _encryption(
+        self, name: str, args: ModelStoreArgs, bucket: aws.s3.Bucket
+    ) -> aws.s3.BucketServerSideEncryptionConfiguration:
         if args.kms_key_arn:
             by_default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
                 sse_algorithm="aws:kms", kms_master_key_id=args.kms_key_arn
@@ -117,7 +156,7 @@ class ModelStore(pulumi.ComponentResource):
             by_default = aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
                 sse_algorithm="AES256"
             )
-        encryption = aws.s3.BucketServerSideEncryptionConfiguration(
+        return aws.s3.BucketServerSideEncryptionConfiguration(
             f"{name}-encryption",
             bucket=bucket.bucket,
             rules=[
@@ -127,13 +166,16 @@ class ModelStore(pulumi.ComponentResource):
                     bucket_key_enabled=bool(args.kms_key_arn),
                 )
             ],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
+
+    def _history(self, name: str, args: ModelStoreArgs, bucket: aws.s3.Bucket) -> None:
+        """Versioning, and the lifecycle that ends noncurrent versions and aborted uploads."""
         versioning = aws.s3.BucketVersioning(
             f"{name}-versioning",
             bucket=bucket.bucket,
             versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
         aws.s3.BucketLifecycleConfiguration(
             f"{name}-lifecycle",
@@ -161,6 +203,8 @@ class ModelStore(pulumi.ComponentResource):
             # Noncurrent-version rules need versioning to be on first.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
         )
+
+    def _tls_only(self, name: str, bucket: aws.s3.Bucket, public_access: aws.s3.BucketPublicAccessBlock) -> None:
         aws.s3.BucketPolicy(
             f"{name}-tls-only",
             bucket=bucket.bucket,
@@ -169,41 +213,27 @@ class ModelStore(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[public_access]),
         )
 
-        self.bucket_name = bucket.bucket
-        self.bucket_arn = bucket.arn
+    def _agent_wheel(
+        self, name: str, args: ModelStoreArgs, wheel: AgentWheelFile, depends_on: list[pulumi.Resource]
+    ) -> pulumi.Output[str]:
+        """Upload the agent wheel; its URI is built from the uploaded object, so no VM is told of it too early."""
+        bucket = self.bucket
         prefix = args.prefix
-        self.store_uri = bucket.bucket.apply(lambda b: f"s3://{b}/{prefix}" if prefix else f"s3://{b}")
-        self.agent_wheel_uri = None
-        self.agent_wheel_sha256 = None
-        if args.agent_wheel is not None:
-            wheel = args.agent_wheel
-            key = wheel.key(prefix)
-            obj = aws.s3.BucketObjectv2(
-                f"{name}-agent-wheel",
-                bucket=bucket.bucket,
-                key=key,
-                source=pulumi.FileAsset(str(wheel.path)),
-                content_type="application/octet-stream",
-                checksum_algorithm="SHA256",
-                tags={"modelfleet-agent-sha256": wheel.sha256},
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=[encryption, ownership, public_access],
-                    # A new wheel gets a new key (its hash is in it): keep the old object, so launching from a
-                    # previous launch template version (a manual rollback) still finds the wheel it names.
-                    retain_on_delete=True,
-                ),
-            )
-            # Built from the uploaded object's own key, so a VM is never told about a wheel not yet uploaded.
-            self.agent_wheel_uri = pulumi.Output.all(bucket.bucket, obj.key).apply(lambda v: f"s3://{v[0]}/{v[1]}")
-            self.agent_wheel_sha256 = wheel.sha256
-
-        outputs: dict[str, Any] = {
-            "bucket_name": self.bucket_name,
-            "bucket_arn": self.bucket_arn,
-            "store_uri": self.store_uri,
-        }
-        if self.agent_wheel_uri is not None:
-            outputs["agent_wheel_uri"] = self.agent_wheel_uri
-            outputs["agent_wheel_sha256"] = self.agent_wheel_sha256
-        self.register_outputs(outputs)
+        key = wheel.key(prefix)
+        obj = aws.s3.BucketObjectv2(
+            f"{name}-agent-wheel",
+            bucket=bucket.bucket,
+            key=key,
+            source=pulumi.FileAsset(str(wheel.path)),
+            content_type="application/octet-stream",
+            checksum_algorithm="SHA256",
+            tags={"modelfleet-agent-sha256": wheel.sha256},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=depends_on,
+                # A new wheel gets a new key (its hash is in it): keep the old object, so launching from a
+                # previous launch template version (a manual rollback) still finds the wheel it names.
+                retain_on_delete=True,
+            ),
+        )
+        return pulumi.Output.all(bucket.bucket, obj.key).apply(lambda v: f"s3://{v[0]}/{v[1]}")

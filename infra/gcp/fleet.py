@@ -5,9 +5,9 @@
   PROACTIVE update policy rolls the fleet onto it: ``max_surge`` 3 (a regional MIG needs 0 or at least its number
   of zones), ``max_unavailable`` 0, so serving capacity never drops during a roll.
 - Autohealing probes the agent's health endpoint, which is 200 only when TF Serving has the fleet's version
-  AVAILABLE, after ``initial_delay_sec`` (image pull + model download + warmup).
-- The autoscaler owns the group's size (the MIG sets no ``target_size``). ``max_replicas`` 0 scales the fleet to
-  zero (the canary while it gets no traffic): GCP accepts an autoscaler with min = max = 0.
+  AVAILABLE, after ``health_check_initial_delay_seconds`` (image pull + model download + warmup).
+- The autoscaler owns the group's size (the MIG sets no ``target_size``). A fleet that does not run
+  (``FleetCapacity.running`` false: the canary while it gets no traffic) has min = max = 0: GCP accepts that.
 - With ``target_pool`` the group also keeps its VMs in a target pool (health-checked on the agent's endpoint), the
   backend of the stack's gRPC passthrough Network Load Balancer. A pool, not a second backend service: an
   autoscaler cannot scale on load-balancer utilisation for a group that is in more than one backend service
@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from infra import naming
+from infra.components import AutoscalingTarget, FleetCapacity, HealthCheck
+from infra.gcp.health import agent_health_check
 from model_export.constants import AGENT_PORT, HEALTH_PATH, TFS_GRPC_PORT, TFS_REST_PORT
 
 UBUNTU_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
@@ -32,18 +35,19 @@ SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
 REST_PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"
 MAX_SURGE = 3  # regional MIGs: 0 or at least the number of zones the group spans (3 by default)
+ROOT_VOLUME_GIB = {False: 50, True: 100}  # by gpu: the GPU image and TF Serving's -gpu image are large
+# Autohealing is more patient than the load balancer: a VM is recreated only after a minute of failures.
+AUTOHEALING_CHECK = HealthCheck(interval_seconds=10, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=6)
+POOL_CHECK = HealthCheck(interval_seconds=5, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=2)
+# "requests": the load balancer backend's max_rate_per_instance is the target requests per second, so a utilisation
+# target of 1.0 keeps each VM at that rate.
+LB_UTILIZATION_TARGET = 1.0
+MIN_COOLDOWN_SECONDS = 60
 
 
-@dataclass(frozen=True)
-class Autoscaling:
-    min_replicas: int
-    max_replicas: int
-    metric: str  # "cpu" | "requests"
-    target_cpu_percent: int = 60
-    # "requests": the load balancer backend's max_rate_per_instance is set to the target requests per second, so a
-    # utilisation target of 1.0 keeps each VM at that rate.
-    target_lb_utilization: float = 1.0
-    cooldown_sec: int = 300
+def cooldown_seconds(health_check_initial_delay_seconds: int) -> int:
+    """How long the autoscaler ignores a new VM's load: its boot, but never under GCP's useful minimum."""
+    return max(health_check_initial_delay_seconds, MIN_COOLDOWN_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -53,15 +57,17 @@ class ServingFleetArgs:
     machine_type: str
     service_account_email: pulumi.Input[str]
     subnetwork: pulumi.Input[str]
-    user_data: pulumi.Input[str]
-    autoscaling: Autoscaling
-    health_check_initial_delay_sec: int
+    user_data: pulumi.Input[str]  # the rendered cloud-config (infra.components.fleet_user_data)
+    capacity: FleetCapacity
+    autoscaling: AutoscalingTarget
+    health_check_initial_delay_seconds: int
     gpu: bool = False  # GPU image, no live migration, Secure Boot off (see docs/gcp.md "GPU")
     gpu_type: str | None = None  # attach one accelerator of this type (N1); None when the machine type has its GPU
     image: str | None = None  # default: Ubuntu 24.04 LTS, or GPU_IMAGE with a GPU
-    disk_size_gb: int | None = None  # default: 50, or 100 with a GPU (the GPU image and TF Serving's are large)
-    grpc_port_name: bool = True  # also name TF Serving's gRPC port on the group
+    root_volume_gib: int | None = None  # default: ROOT_VOLUME_GIB[gpu]
+    name_grpc_port: bool = True  # also name TF Serving's gRPC port on the group
     target_pool: bool = False  # keep the VMs in a target pool for an L4 (gRPC) passthrough load balancer
+    autohealing: HealthCheck = AUTOHEALING_CHECK
     # Resources the VMs need before they boot (the agent wheel object, the bucket grant that lets them read it).
     boot_dependencies: Sequence[pulumi.Resource] = ()
 
@@ -76,24 +82,40 @@ class ServingFleet(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ServingFleetArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("modelfleet:gcp:ServingFleet", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        gpu = args.gpu
+        self.health_check = self._autohealing_check(name, args)
+        self.template = self._template(name, args)
+        self.target_pool = self._target_pool(name, args) if args.target_pool else None
+        self.manager = self._group(name, args)
+        self.autoscaler = self._autoscaler(name, args)
 
-        # Autohealing gets its own, more patient check than the load balancer's: a VM is recreated only after a
-        # minute of failures, while the load balancer stops sending it traffic after ten seconds.
-        self.health_check = gcp.compute.HealthCheck(
-            f"{name}-autoheal",
-            description=f"modelfleet {args.role} autohealing: the agent's {HEALTH_PATH}",
-            check_interval_sec=10,
-            timeout_sec=5,
-            healthy_threshold=2,
-            unhealthy_threshold=6,
-            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=AGENT_PORT, request_path=HEALTH_PATH),
-            log_config=gcp.compute.HealthCheckLogConfigArgs(enable=True),
-            opts=child,
+        self.instance_group = self.manager.instance_group
+        self.instance_group_manager = self.manager.self_link
+        self.instance_template = self.template.self_link
+        self.rest_port_name = REST_PORT_NAME
+        self.grpc_port_name = GRPC_PORT_NAME if args.name_grpc_port else None
+        self.register_outputs(
+            {
+                "instance_group": self.instance_group,
+                "instance_group_manager": self.instance_group_manager,
+                "instance_template": self.instance_template,
+                "target_pool": self.target_pool,
+                "rest_port_name": self.rest_port_name,
+                "grpc_port_name": self.grpc_port_name,
+            }
         )
 
-        self.template = gcp.compute.InstanceTemplate(
+    def _autohealing_check(self, name: str, args: ServingFleetArgs) -> gcp.compute.HealthCheck:
+        # Its own, more patient check than the load balancer's, which stops sending traffic after ten seconds.
+        return agent_health_check(
+            f"{name}-autoheal",
+            f"modelfleet {args.role} autohealing: the agent's {HEALTH_PATH}",
+            args.autohealing,
+            pulumi.ResourceOptions(parent=self),
+        )
+
+    def _template(self, name: str, args: ServingFleetArgs) -> gcp.compute.InstanceTemplate:
+        gpu = args.gpu
+        return gcp.compute.InstanceTemplate(
             f"{name}-template",
             name_prefix=f"{name}-",
             description=f"modelfleet {args.role} TF Serving VM",
@@ -103,7 +125,7 @@ class ServingFleet(pulumi.ComponentResource):
                     boot=True,
                     auto_delete=True,
                     source_image=args.image or (GPU_IMAGE if gpu else UBUNTU_IMAGE),
-                    disk_size_gb=args.disk_size_gb or (100 if gpu else 50),
+                    disk_size_gb=args.root_volume_gib or ROOT_VOLUME_GIB[gpu],
                     disk_type="pd-balanced",
                 )
             ],
@@ -133,42 +155,42 @@ class ServingFleet(pulumi.ComponentResource):
                 # GPUs cannot live-migrate.
                 on_host_maintenance="TERMINATE" if gpu else "MIGRATE",
             ),
-            labels={"modelfleet-role": args.role},
-            opts=child,
+            labels={naming.ROLE_LABEL: args.role},
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
-        self.target_pool = None
-        pools: list[pulumi.Output[str]] = []
-        if args.target_pool:
-            # Target pools take only legacy HTTP health checks.
-            self.pool_health_check = gcp.compute.HttpHealthCheck(
-                f"{name}-pool-hc",
-                description=f"modelfleet {args.role} target pool: the agent's {HEALTH_PATH}",
-                port=AGENT_PORT,
-                request_path=HEALTH_PATH,
-                check_interval_sec=5,
-                timeout_sec=5,
-                healthy_threshold=2,
-                unhealthy_threshold=2,
-                opts=child,
-            )
-            self.pool = gcp.compute.TargetPool(
-                f"{name}-pool",
-                description=f"modelfleet {args.role} fleet, L4 (gRPC)",
-                region=args.region,
-                health_checks=self.pool_health_check.self_link,
-                session_affinity="NONE",
-                opts=child,
-            )
-            self.target_pool = self.pool.self_link
-            pools.append(self.pool.self_link)
+    def _target_pool(self, name: str, args: ServingFleetArgs) -> pulumi.Output[str]:
+        child = pulumi.ResourceOptions(parent=self)
+        hc = POOL_CHECK
+        # Target pools take only legacy HTTP health checks.
+        self.pool_health_check = gcp.compute.HttpHealthCheck(
+            f"{name}-pool-hc",
+            description=f"modelfleet {args.role} target pool: the agent's {HEALTH_PATH}",
+            port=AGENT_PORT,
+            request_path=HEALTH_PATH,
+            check_interval_sec=hc.interval_seconds,
+            timeout_sec=hc.timeout_seconds,
+            healthy_threshold=hc.healthy_threshold,
+            unhealthy_threshold=hc.unhealthy_threshold,
+            opts=child,
+        )
+        self.pool = gcp.compute.TargetPool(
+            f"{name}-pool",
+            description=f"modelfleet {args.role} fleet, L4 (gRPC)",
+            region=args.region,
+            health_checks=self.pool_health_check.self_link,
+            session_affinity="NONE",
+            opts=child,
+        )
+        return self.pool.self_link
 
+    def _group(self, name: str, args: ServingFleetArgs) -> gcp.compute.RegionInstanceGroupManager:
         named_ports = [gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=REST_PORT_NAME, port=TFS_REST_PORT)]
-        if args.grpc_port_name:
+        if args.name_grpc_port:
             named_ports.append(
                 gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=GRPC_PORT_NAME, port=TFS_GRPC_PORT)
             )
-        self.manager = gcp.compute.RegionInstanceGroupManager(
+        return gcp.compute.RegionInstanceGroupManager(
             f"{name}-mig",
             description=f"modelfleet {args.role} fleet",
             region=args.region,
@@ -182,7 +204,7 @@ class ServingFleet(pulumi.ComponentResource):
             named_ports=named_ports,
             auto_healing_policies=gcp.compute.RegionInstanceGroupManagerAutoHealingPoliciesArgs(
                 health_check=self.health_check.self_link,
-                initial_delay_sec=args.health_check_initial_delay_sec,
+                initial_delay_sec=args.health_check_initial_delay_seconds,
             ),
             update_policy=gcp.compute.RegionInstanceGroupManagerUpdatePolicyArgs(
                 type="PROACTIVE",
@@ -199,50 +221,34 @@ class ServingFleet(pulumi.ComponentResource):
                 force_update_on_repair="YES",
                 default_action_on_failure="REPAIR",
             ),
-            target_pools=pools or None,
+            target_pools=[self.target_pool] if self.target_pool is not None else None,
             wait_for_instances=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.boot_dependencies)),
         )
 
-        scaling = args.autoscaling
+    def _autoscaler(self, name: str, args: ServingFleetArgs) -> gcp.compute.RegionAutoscaler:
+        target = args.autoscaling
+        min_replicas, max_replicas = args.capacity.bounds
         policy = gcp.compute.RegionAutoscalerAutoscalingPolicyArgs(
-            min_replicas=scaling.min_replicas,
-            max_replicas=scaling.max_replicas,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
             mode="ON",
-            cooldown_period=max(scaling.cooldown_sec, 60),
+            cooldown_period=cooldown_seconds(args.health_check_initial_delay_seconds),
             cpu_utilization=(
-                gcp.compute.RegionAutoscalerAutoscalingPolicyCpuUtilizationArgs(target=scaling.target_cpu_percent / 100)
-                if scaling.metric == "cpu"
+                gcp.compute.RegionAutoscalerAutoscalingPolicyCpuUtilizationArgs(target=target.target_cpu_percent / 100)
+                if target.metric == "cpu"
                 else None
             ),
             load_balancing_utilization=(
-                gcp.compute.RegionAutoscalerAutoscalingPolicyLoadBalancingUtilizationArgs(
-                    target=scaling.target_lb_utilization
-                )
-                if scaling.metric == "requests"
+                gcp.compute.RegionAutoscalerAutoscalingPolicyLoadBalancingUtilizationArgs(target=LB_UTILIZATION_TARGET)
+                if target.metric == "requests"
                 else None
             ),
         )
-        self.autoscaler = gcp.compute.RegionAutoscaler(
+        return gcp.compute.RegionAutoscaler(
             f"{name}-autoscaler",
             region=args.region,
             target=self.manager.self_link,
             autoscaling_policy=policy,
-            opts=child,
-        )
-
-        self.instance_group = self.manager.instance_group
-        self.instance_group_manager = self.manager.self_link
-        self.instance_template = self.template.self_link
-        self.rest_port_name = REST_PORT_NAME
-        self.grpc_port_name = GRPC_PORT_NAME if args.grpc_port_name else None
-        self.register_outputs(
-            {
-                "instance_group": self.instance_group,
-                "instance_group_manager": self.instance_group_manager,
-                "instance_template": self.instance_template,
-                "target_pool": self.target_pool,
-                "rest_port_name": self.rest_port_name,
-                "grpc_port_name": self.grpc_port_name,
-            }
+            opts=pulumi.ResourceOptions(parent=self),
         )

@@ -2,8 +2,8 @@
 
 REST: a global external Application Load Balancer (``EXTERNAL_MANAGED``). One backend service per fleet, both
 behind a Cloud Armor policy that admits only ``allowed_source_cidrs`` (default rule: deny 403); the URL map splits
-traffic by weight (stable = 100 - w, canary = w). With HTTPS, a Google-managed certificate serves 443 and port 80
-only redirects.
+traffic by weight (stable = 100 - w, canary = w: ``infra.components.traffic_weights``). With HTTPS, a Google-managed
+certificate serves 443 and port 80 only redirects.
 
 gRPC: a regional external passthrough Network Load Balancer on TF Serving's gRPC port in front of the stable fleet
 (its target pool, see ``fleet.py``). The ALB would speak HTTP/2 to backends only over TLS, and TF Serving's gRPC port
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.components import HealthCheck, traffic_weights
+from infra.gcp.health import agent_health_check
 from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
 
 # Google Front Ends (ALB proxies) and the health checkers of proxy load balancers (gcp.compute.get_lbip_ranges).
@@ -33,6 +35,9 @@ NLB_HEALTH_CHECK_RANGES = ("35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"
 DEFAULT_RULE_PRIORITY = 2147483647
 ALLOW_RULE_PRIORITY = 1000
 ARMOR_RANGES_PER_RULE = 10  # Cloud Armor's limit for a basic src_ip_ranges match
+HTTP_PORT, HTTPS_PORT = 80, 443
+# The serving check: a VM stops getting traffic ten seconds after its agent stops answering 200.
+SERVING_CHECK = HealthCheck(interval_seconds=5, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=2)
 
 
 @dataclass(frozen=True)
@@ -49,22 +54,24 @@ class LoadBalancerArgs:
     backend_service_account: pulumi.Input[str]  # the fleets' service account email (firewall targets)
     stable_group: pulumi.Input[str]
     canary_group: pulumi.Input[str]
-    canary_weight_percent: int  # 0-100
+    canary_weight_percent: int  # modelfleet:canaryWeightPercent
     rest_port_name: str  # the MIGs' named port for TF Serving's REST port
     max_rate_per_instance: int  # backend capacity (RATE balancing); the autoscaler's "requests" target
     allowed_source_cidrs: tuple[str, ...] = ()  # empty: nobody
     https_domains: tuple[str, ...] = ()  # non-empty: HTTPS with a managed certificate, HTTP redirects
     grpc: GrpcArgs | None = None
-    backend_timeout_sec: int = 60  # above TF Serving's own 30 s REST timeout, so its error reaches the client
+    backend_timeout_seconds: int = 60  # above TF Serving's own 30 s REST timeout, so its error reaches the client
     deletion_protection: bool = False
+    health_check: HealthCheck = SERVING_CHECK
 
 
 def weighted_split(canary_weight_percent: int) -> list[tuple[str, int]]:
-    """``[(role, weight)]`` with the weights that get traffic (sum 100)."""
-    if not 0 <= canary_weight_percent <= 100:
-        raise ValueError(f"canary weight {canary_weight_percent} is not a percentage")
-    split = [(STABLE, 100 - canary_weight_percent), (CANARY, canary_weight_percent)]
-    return [(role, weight) for role, weight in split if weight > 0]
+    """``[(role, weight)]`` with the weights that get traffic (sum 100): a URL map takes no zero weight."""
+    return [(role, weight) for role, weight in traffic_weights(canary_weight_percent).items() if weight > 0]
+
+
+def ipv4_only(cidrs: Sequence[str]) -> list[str]:
+    return [c for c in cidrs if ipaddress.ip_network(c).version == 4]
 
 
 def armor_rules(allowed_source_cidrs: Sequence[str]) -> list[gcp.compute.SecurityPolicyRuleArgs]:
@@ -108,36 +115,66 @@ class LoadBalancer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("modelfleet:gcp:LoadBalancer", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        keep = "PREVENT" if args.deletion_protection else None
+        self._keep = "PREVENT" if args.deletion_protection else None
+        self.health_check = self._health_check(name, args)
+        self.armor = self._armor(name, args)
+        self.backends = self._backends(name, args)
+        self.serving_map = self._url_map(name, args)
+        self.ip = self._address(name)
+        self._frontends(name, args)
+        self.firewalls = [self._allow_load_balancer(name, args)]
 
-        self.health_check = gcp.compute.HealthCheck(
-            f"{name}-hc",
-            description=f"modelfleet serving: the agent's {HEALTH_PATH} (200 only when the fleet's version is up)",
-            check_interval_sec=5,
-            timeout_sec=5,
-            healthy_threshold=2,
-            unhealthy_threshold=2,
-            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=AGENT_PORT, request_path=HEALTH_PATH),
-            log_config=gcp.compute.HealthCheckLogConfigArgs(enable=True),
-            opts=child,
+        self.grpc_address = None
+        self.grpc_endpoint = None
+        if args.grpc is not None:
+            self._grpc(name, args, args.grpc)
+
+        self.address = self.ip.address
+        self.endpoint = (
+            pulumi.Output.from_input(f"https://{args.https_domains[0]}")
+            if args.https_domains
+            else self.ip.address.apply(lambda ip: f"http://{ip}")
         )
-        self.armor = gcp.compute.SecurityPolicy(
+        self.security_policy = self.armor.self_link
+        self.url_map = self.serving_map.self_link
+        self.register_outputs(
+            {
+                "address": self.address,
+                "endpoint": self.endpoint,
+                "grpc_address": self.grpc_address,
+                "grpc_endpoint": self.grpc_endpoint,
+                "security_policy": self.security_policy,
+                "url_map": self.url_map,
+            }
+        )
+
+    def _health_check(self, name: str, args: LoadBalancerArgs) -> gcp.compute.HealthCheck:
+        return agent_health_check(
+            f"{name}-hc",
+            f"modelfleet serving: the agent's {HEALTH_PATH} (200 only when the fleet's version is up)",
+            args.health_check,
+            pulumi.ResourceOptions(parent=self),
+        )
+
+    def _armor(self, name: str, args: LoadBalancerArgs) -> gcp.compute.SecurityPolicy:
+        return gcp.compute.SecurityPolicy(
             f"{name}-armor",
             description="modelfleet: only modelfleet:allowedSourceCidrs reach the fleets",
             type="CLOUD_ARMOR",
             rules=armor_rules(args.allowed_source_cidrs),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        self.backends: dict[str, gcp.compute.BackendService] = {}
+
+    def _backends(self, name: str, args: LoadBalancerArgs) -> dict[str, gcp.compute.BackendService]:
+        backends: dict[str, gcp.compute.BackendService] = {}
         for role, group in ((STABLE, args.stable_group), (CANARY, args.canary_group)):
-            self.backends[role] = gcp.compute.BackendService(
+            backends[role] = gcp.compute.BackendService(
                 f"{name}-{role}",
                 description=f"modelfleet {role} fleet, TF Serving REST",
                 load_balancing_scheme="EXTERNAL_MANAGED",
                 protocol="HTTP",
                 port_name=args.rest_port_name,
-                timeout_sec=args.backend_timeout_sec,
+                timeout_sec=args.backend_timeout_seconds,
                 connection_draining_timeout_sec=30,
                 health_checks=self.health_check.self_link,
                 security_policy=self.armor.self_link,
@@ -152,140 +189,127 @@ class LoadBalancer(pulumi.ComponentResource):
                     )
                 ],
                 log_config=gcp.compute.BackendServiceLogConfigArgs(enable=True, sample_rate=1.0),
-                deletion_policy=keep,
-                opts=child,
+                deletion_policy=self._keep,
+                opts=pulumi.ResourceOptions(parent=self),
             )
+        return backends
 
+    def _url_map(self, name: str, args: LoadBalancerArgs) -> gcp.compute.URLMap:
         split = weighted_split(args.canary_weight_percent)
+        child = pulumi.ResourceOptions(parent=self)
         if len(split) == 1:
-            serving_map = gcp.compute.URLMap(
+            return gcp.compute.URLMap(
                 f"{name}-urlmap",
                 description=f"all traffic to the {split[0][0]} fleet",
                 default_service=self.backends[split[0][0]].self_link,
-                deletion_policy=keep,
+                deletion_policy=self._keep,
                 opts=child,
             )
-        else:
-            serving_map = gcp.compute.URLMap(
-                f"{name}-urlmap",
-                description=" / ".join(f"{role} {weight}%" for role, weight in split),
-                default_route_action=gcp.compute.URLMapDefaultRouteActionArgs(
-                    weighted_backend_services=[
-                        gcp.compute.URLMapDefaultRouteActionWeightedBackendServiceArgs(
-                            backend_service=self.backends[role].self_link, weight=weight
-                        )
-                        for role, weight in split
-                    ]
-                ),
-                deletion_policy=keep,
-                opts=child,
-            )
-        self.serving_map = serving_map
+        return gcp.compute.URLMap(
+            f"{name}-urlmap",
+            description=" / ".join(f"{role} {weight}%" for role, weight in split),
+            default_route_action=gcp.compute.URLMapDefaultRouteActionArgs(
+                weighted_backend_services=[
+                    gcp.compute.URLMapDefaultRouteActionWeightedBackendServiceArgs(
+                        backend_service=self.backends[role].self_link, weight=weight
+                    )
+                    for role, weight in split
+                ]
+            ),
+            deletion_policy=self._keep,
+            opts=child,
+        )
 
-        self.ip = gcp.compute.GlobalAddress(
+    def _address(self, name: str) -> gcp.compute.GlobalAddress:
+        return gcp.compute.GlobalAddress(
             f"{name}-ip",
             description="modelfleet load balancer",
             address_type="EXTERNAL",
             ip_version="IPV4",
-            deletion_policy=keep,
-            opts=child,
+            deletion_policy=self._keep,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        http_map = serving_map
-        if args.https_domains:
-            self.certificate = gcp.compute.ManagedSslCertificate(
-                f"{name}-cert",
-                description="modelfleet: " + ", ".join(args.https_domains),
-                managed=gcp.compute.ManagedSslCertificateManagedArgs(domains=list(args.https_domains)),
-                opts=child,
-            )
-            self.tls_policy = gcp.compute.SSLPolicy(
-                f"{name}-tls",
-                description="TLS 1.2+, modern ciphers",
-                min_tls_version="TLS_1_2",
-                profile="MODERN",
-                opts=child,
-            )
-            self.https_proxy = gcp.compute.TargetHttpsProxy(
-                f"{name}-https-proxy",
-                url_map=serving_map.self_link,
-                ssl_certificates=[self.certificate.self_link],
-                ssl_policy=self.tls_policy.self_link,
-                opts=child,
-            )
-            self.https_rule = gcp.compute.GlobalForwardingRule(
-                f"{name}-https",
-                description="modelfleet HTTPS",
-                target=self.https_proxy.self_link,
-                ip_address=self.ip.address,
-                ip_protocol="TCP",
-                port_range="443",
-                load_balancing_scheme="EXTERNAL_MANAGED",
-                deletion_policy=keep,
-                opts=child,
-            )
-            http_map = gcp.compute.URLMap(
-                f"{name}-redirect",
-                description="HTTP to HTTPS",
-                default_url_redirect=gcp.compute.URLMapDefaultUrlRedirectArgs(
-                    https_redirect=True,
-                    strip_query=False,
-                    redirect_response_code="MOVED_PERMANENTLY_DEFAULT",
-                ),
-                deletion_policy=keep,
-                opts=child,
-            )
-            self.redirect_map = http_map
-        self.http_proxy = gcp.compute.TargetHttpProxy(f"{name}-http-proxy", url_map=http_map.self_link, opts=child)
-        self.http_rule = gcp.compute.GlobalForwardingRule(
+
+    def _frontends(self, name: str, args: LoadBalancerArgs) -> None:
+        """HTTP on 80 to the serving URL map, or with HTTPS: 443 to it and 80 redirecting to 443."""
+        http_map = self._https(name, args) if args.https_domains else self.serving_map
+        self.http_proxy = gcp.compute.TargetHttpProxy(
+            f"{name}-http-proxy", url_map=http_map.self_link, opts=pulumi.ResourceOptions(parent=self)
+        )
+        self.http_rule = self._forwarding_rule(
             f"{name}-http",
-            description="modelfleet HTTP" + (" (redirects to HTTPS)" if args.https_domains else ""),
-            target=self.http_proxy.self_link,
+            "modelfleet HTTP" + (" (redirects to HTTPS)" if args.https_domains else ""),
+            self.http_proxy.self_link,
+            HTTP_PORT,
+        )
+
+    def _forwarding_rule(
+        self, resource_name: str, description: str, target: pulumi.Input[str], port: int
+    ) -> gcp.compute.GlobalForwardingRule:
+        return gcp.compute.GlobalForwardingRule(
+            resource_name,
+            description=description,
+            target=target,
             ip_address=self.ip.address,
             ip_protocol="TCP",
-            port_range="80",
+            port_range=str(port),
             load_balancing_scheme="EXTERNAL_MANAGED",
-            deletion_policy=keep,
+            deletion_policy=self._keep,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _https(self, name: str, args: LoadBalancerArgs) -> gcp.compute.URLMap:
+        """The HTTPS front end; returns the URL map port 80 serves (a redirect to HTTPS)."""
+        child = pulumi.ResourceOptions(parent=self)
+        self.certificate = gcp.compute.ManagedSslCertificate(
+            f"{name}-cert",
+            description="modelfleet: " + ", ".join(args.https_domains),
+            managed=gcp.compute.ManagedSslCertificateManagedArgs(domains=list(args.https_domains)),
             opts=child,
         )
-
-        self.firewalls: list[gcp.compute.Firewall] = [
-            gcp.compute.Firewall(
-                f"{name}-allow-lb",
-                description="Google front ends and health checkers to TF Serving REST and the agent's health port",
-                network=args.network,
-                direction="INGRESS",
-                source_ranges=list(GFE_RANGES),
-                target_service_accounts=[args.backend_service_account],
-                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(TFS_REST_PORT), str(AGENT_PORT)])],
-                opts=child,
-            )
-        ]
-
-        self.grpc_address = None
-        self.grpc_endpoint = None
-        if args.grpc is not None:
-            self._grpc(name, args, args.grpc, keep)
-
-        self.address = self.ip.address
-        self.endpoint = (
-            pulumi.Output.from_input(f"https://{args.https_domains[0]}")
-            if args.https_domains
-            else self.ip.address.apply(lambda ip: f"http://{ip}")
+        self.tls_policy = gcp.compute.SSLPolicy(
+            f"{name}-tls",
+            description="TLS 1.2+, modern ciphers",
+            min_tls_version="TLS_1_2",
+            profile="MODERN",
+            opts=child,
         )
-        self.security_policy = self.armor.self_link
-        self.url_map = serving_map.self_link
-        self.register_outputs(
-            {
-                "address": self.address,
-                "endpoint": self.endpoint,
-                "grpc_address": self.grpc_address,
-                "grpc_endpoint": self.grpc_endpoint,
-                "security_policy": self.security_policy,
-                "url_map": self.url_map,
-            }
+        self.https_proxy = gcp.compute.TargetHttpsProxy(
+            f"{name}-https-proxy",
+            url_map=self.serving_map.self_link,
+            ssl_certificates=[self.certificate.self_link],
+            ssl_policy=self.tls_policy.self_link,
+            opts=child,
+        )
+        self.https_rule = self._forwarding_rule(
+            f"{name}-https", "modelfleet HTTPS", self.https_proxy.self_link, HTTPS_PORT
+        )
+        self.redirect_map = gcp.compute.URLMap(
+            f"{name}-redirect",
+            description="HTTP to HTTPS",
+            default_url_redirect=gcp.compute.URLMapDefaultUrlRedirectArgs(
+                https_redirect=True,
+                strip_query=False,
+                redirect_response_code="MOVED_PERMANENTLY_DEFAULT",
+            ),
+            deletion_policy=self._keep,
+            opts=child,
+        )
+        return self.redirect_map
+
+    def _allow_load_balancer(self, name: str, args: LoadBalancerArgs) -> gcp.compute.Firewall:
+        return gcp.compute.Firewall(
+            f"{name}-allow-lb",
+            description="Google front ends and health checkers to TF Serving REST and the agent's health port",
+            network=args.network,
+            direction="INGRESS",
+            source_ranges=list(GFE_RANGES),
+            target_service_accounts=[args.backend_service_account],
+            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(TFS_REST_PORT), str(AGENT_PORT)])],
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _grpc(self, name: str, args: LoadBalancerArgs, grpc: GrpcArgs, keep: str | None) -> None:
+    def _grpc(self, name: str, args: LoadBalancerArgs, grpc: GrpcArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
         self.grpc_ip = gcp.compute.Address(
             f"{name}-grpc-ip",
@@ -293,7 +317,7 @@ class LoadBalancer(pulumi.ComponentResource):
             region=grpc.region,
             address_type="EXTERNAL",
             network_tier="PREMIUM",
-            deletion_policy=keep,
+            deletion_policy=self._keep,
             opts=child,
         )
         self.grpc_rule = gcp.compute.ForwardingRule(
@@ -306,7 +330,7 @@ class LoadBalancer(pulumi.ComponentResource):
             ip_address=self.grpc_ip.address,
             target=grpc.target_pool,
             network_tier="PREMIUM",
-            deletion_policy=keep,
+            deletion_policy=self._keep,
             opts=child,
         )
         self.firewalls.append(
@@ -321,7 +345,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 opts=child,
             )
         )
-        ipv4_clients = [c for c in args.allowed_source_cidrs if ipaddress.ip_network(c).version == 4]
+        ipv4_clients = ipv4_only(args.allowed_source_cidrs)
         if ipv4_clients:
             # The NLB's address is IPv4 (and a rule cannot mix families), so IPv6 client ranges do not apply here.
             # The passthrough NLB keeps the client's address: this rule is the gRPC allowlist. Logged, since there

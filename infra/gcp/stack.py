@@ -6,18 +6,17 @@ config; no ambient ``gcp:`` settings are read) and returns the stack outputs. De
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
 
-from infra import agent_package
+from infra import agent_package, naming
 from infra.agent_package import agent_wheel_uri
-from infra.bootstrap import AgentWheel, fleet_bootstrap_args, render_user_data
+from infra.bootstrap import AgentWheel
+from infra.components import autoscaling_target, fleet_capacity, fleet_user_data, store_uri
 from infra.config import PROJECT, ConfigError, StackConfig
-from infra.gcp.fleet import Autoscaling, ServingFleet, ServingFleetArgs
+from infra.gcp.fleet import ServingFleet, ServingFleetArgs
 from infra.gcp.iam import ServiceAccounts, ServiceAccountsArgs
 from infra.gcp.load_balancer import GrpcArgs, LoadBalancer, LoadBalancerArgs
 from infra.gcp.network import Network, NetworkArgs
@@ -29,22 +28,9 @@ ATTACHED_GPU_FAMILIES = ("a2", "a3", "a4", "g2", "g4")
 ATTACHABLE_GPU_FAMILIES = ("n1",)
 
 
-def slug(stack: str, limit: int = 20) -> str:
-    """The stack name as a GCP name fragment: lowercase letters, digits and '-', at most ``limit`` characters."""
-    text = re.sub(r"[^a-z0-9-]+", "-", stack.lower()).strip("-") or "stack"
-    if len(text) > limit:
-        text = f"{text[: limit - 5].rstrip('-')}-{hashlib.sha256(stack.encode()).hexdigest()[:4]}"
-    return text
-
-
 def default_bucket_name(project: str, stack: str) -> str:
     """``<project>-modelfleet-<stack>``: globally unique as long as project ids are (3-63 characters)."""
-    return f"{project}-{PROJECT}-{slug(stack, 63 - len(project) - len(PROJECT) - 2)}"
-
-
-def store_uri(bucket: str, prefix: str) -> str:
-    """Exactly what ``modelfleet publish --store`` takes."""
-    return f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}"
+    return f"{project}-{PROJECT}-{naming.slug(stack, 63 - len(project) - len(PROJECT) - 2)}"
 
 
 def gpu_accelerator(cfg: StackConfig) -> str | None:
@@ -63,31 +49,31 @@ def gpu_accelerator(cfg: StackConfig) -> str | None:
     )
 
 
-def user_data(cfg: StackConfig, role: str, uri: str, wheel: AgentWheel) -> str:
-    """The fleet VM's cloud-config (``infra.bootstrap``)."""
-    return render_user_data(fleet_bootstrap_args(cfg, role, uri, wheel))
-
-
 def build(cfg: StackConfig) -> dict[str, Any]:
     if cfg.cloud != "gcp" or not cfg.gcp_project:
         raise ConfigError(f"the GCP stack needs {PROJECT}:cloud = gcp and {PROJECT}:gcpProject")
-    name = f"mf-{slug(cfg.stack)}"
-    labels = {"modelfleet-stack": slug(cfg.stack, 63)}
+    prefix = naming.stack_prefix(cfg.stack)
+    labels = {naming.STACK_LABEL: naming.slug(cfg.stack, 63)}
     gpu_type = gpu_accelerator(cfg)
 
-    provider = gcp.Provider(f"{name}-gcp", project=cfg.gcp_project, region=cfg.region, default_labels=labels)
+    provider = gcp.Provider(
+        naming.component_name(cfg.stack, "gcp"), project=cfg.gcp_project, region=cfg.region, default_labels=labels
+    )
     opts = pulumi.ResourceOptions(providers=[provider])
 
     bucket = cfg.bucket_name or default_bucket_name(cfg.gcp_project, cfg.stack)
-    uri = store_uri(bucket, cfg.store_prefix)
+    uri = store_uri("gs", bucket, cfg.store_prefix)
     wheel = agent_package.deployed_agent_wheel()
     wheel_uri = agent_wheel_uri(uri, wheel.path, wheel.sha256)
 
     accounts = ServiceAccounts(
-        f"{name}-sa", ServiceAccountsArgs(project=cfg.gcp_project, id_prefix=name, stack=cfg.stack), opts
+        naming.component_name(cfg.stack, naming.IAM),
+        ServiceAccountsArgs(project=cfg.gcp_project, id_prefix=prefix, stack=cfg.stack),
+        # Named "<prefix>-sa" before 0.x's one naming rule: the alias keeps the accounts (and their ids).
+        pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=[pulumi.Alias(name=f"{prefix}-sa")])),
     )
     store = ModelStore(
-        f"{name}-store",
+        naming.component_name(cfg.stack, naming.STORE),
         ModelStoreArgs(
             bucket_name=bucket,
             location=cfg.region,
@@ -102,7 +88,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         opts,
     )
     network = Network(
-        f"{name}-net",
+        naming.component_name(cfg.stack, naming.NETWORK),
         NetworkArgs(
             region=cfg.region,
             cidr=cfg.network_cidr,
@@ -114,28 +100,21 @@ def build(cfg: StackConfig) -> dict[str, Any]:
 
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
-        size = cfg.stable if role == STABLE else cfg.canary
-        serving = role == STABLE or cfg.canary_fleet_runs  # no traffic and not kept warm: the canary scales to zero
         fleets[role] = ServingFleet(
-            f"{name}-{role}",
+            naming.component_name(cfg.stack, role),
             ServingFleetArgs(
                 role=role,
                 region=cfg.region,
                 machine_type=cfg.machine_type,
                 service_account_email=accounts.fleet_email,
                 subnetwork=network.subnetwork,
-                user_data=user_data(cfg, role, uri, AgentWheel(wheel_uri, wheel.sha256)),
-                autoscaling=Autoscaling(
-                    min_replicas=size.min_replicas if serving else 0,
-                    max_replicas=size.max_replicas if serving else 0,
-                    metric=cfg.autoscaling_metric,
-                    target_cpu_percent=cfg.target_cpu_percent,
-                    cooldown_sec=cfg.health_check_initial_delay_seconds,
-                ),
-                health_check_initial_delay_sec=cfg.health_check_initial_delay_seconds,
+                user_data=fleet_user_data(cfg, role, uri, AgentWheel(wheel_uri, wheel.sha256)),
+                capacity=fleet_capacity(cfg, role),
+                autoscaling=autoscaling_target(cfg),
+                health_check_initial_delay_seconds=cfg.health_check_initial_delay_seconds,
                 gpu=cfg.gpu,
                 gpu_type=gpu_type,
-                grpc_port_name=cfg.enable_grpc,
+                name_grpc_port=cfg.enable_grpc,
                 target_pool=cfg.enable_grpc and role == STABLE,  # gRPC goes to the stable fleet only
                 boot_dependencies=[store],
             ),
@@ -144,7 +123,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
 
     pool = fleets[STABLE].target_pool
     lb = LoadBalancer(
-        f"{name}-lb",
+        naming.component_name(cfg.stack, naming.LOAD_BALANCER),
         LoadBalancerArgs(
             network=network.network,
             backend_service_account=accounts.fleet_email,
@@ -161,16 +140,17 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         opts,
     )
 
+    # The names every stack shares (README "Stack outputs"), then GCP's own.
     outputs: dict[str, Any] = {
         "endpoint": lb.endpoint,
         "loadBalancerAddress": lb.address,
         "bucketName": store.bucket_name,
         "storeUri": uri,
         "agentWheelUri": wheel_uri,
-        "fleetServiceAccount": accounts.fleet_email,
-        "publisherServiceAccount": accounts.publisher_email,
-        "stableInstanceGroup": fleets[STABLE].instance_group_manager,
-        "canaryInstanceGroup": fleets[CANARY].instance_group_manager,
+        "fleetIdentity": accounts.fleet_email,
+        "publisherIdentity": accounts.publisher_email,
+        "fleetGroups": {role: fleet.instance_group_manager for role, fleet in fleets.items()},
+        "networkId": network.network,
         "canaryWeightPercent": cfg.canary_weight_percent,
         "securityPolicy": lb.security_policy,
     }

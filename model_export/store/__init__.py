@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from model_export.errors import InvalidStoreURI
+from model_export.errors import InvalidStoreURI, ModelfleetError
 from model_export.store.base import Blob, ObjectInfo, Store
 
-__all__ = ["Blob", "ObjectInfo", "Store", "open_store", "parse_uri"]
+__all__ = ["Blob", "ObjectInfo", "Store", "checked_store", "open_store", "parse_uri"]
 
 URI_FORMS = "file:///absolute/path, gs://bucket/prefix or s3://bucket/prefix"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
@@ -34,8 +34,25 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
 
 
 def open_store(uri: str) -> Store:
-    """Return the backend for ``uri``. Cloud SDKs are imported only by the backend that needs them."""
+    """Return the backend for ``uri``. Cloud SDKs are imported only by the backend that needs them; an SDK's own
+    setup failure (no credentials, a bad endpoint variable) becomes one clear ``ModelfleetError``."""
     scheme, bucket, prefix = parse_uri(uri)
+    try:
+        return _backend(uri, scheme, bucket, prefix)
+    except ModelfleetError:
+        raise
+    except Exception as e:
+        raise ModelfleetError(f"cannot open store {uri}: {type(e).__name__}: {e}") from e
+
+
+def checked_store(store: str | Store) -> Store:
+    """``store``, or the backend for that URI, after ``check()`` (the bucket or directory exists)."""
+    st = open_store(store) if isinstance(store, str) else store
+    st.check()
+    return st
+
+
+def _backend(uri: str, scheme: str, bucket: str, prefix: str) -> Store:
     if scheme == "file":
         from model_export.store.file import FileStore
 

@@ -3,12 +3,13 @@
 Never imports TensorFlow or Pulumi: stdlib, the store backends (boto3 / google-cloud-storage) and the project's
 non-TF modules only. Modules, one job each:
 
-* :mod:`~modelfleet.agent.sync`: follow ``<model>/manifest.json`` (one conditional GET per poll) and move each
+* :mod:`~modelfleet.agent.sync`: follow each model's manifest (one conditional GET per poll) and move each
   model's *target* to the role's desired version once it is complete and verified locally; refuse bad versions.
 * :mod:`~modelfleet.agent.cache`: the local model root: verified download into ``.tmp-…``, atomic rename to
   ``<root>/<model>/<N>``, keep the last K versions used.
 * :mod:`~modelfleet.agent.plan`: desired version per role and the next config step (pure functions).
-* :mod:`~modelfleet.agent.tfs_config`: ModelServerConfig text rendering and atomic writing.
+* :mod:`~modelfleet.agent.tfs_config`: ModelServerConfig text rendering.
+* :mod:`~modelfleet.agent.durable`: durable local writes (temp file + fsync + rename, fsync of directories).
 * :mod:`~modelfleet.agent.tfs`: TF Serving's REST model status.
 * :mod:`~modelfleet.agent.status` / :mod:`~modelfleet.agent.health`: health and Prometheus metrics over HTTP.
 * :mod:`~modelfleet.agent.main`: the loop (ticks, backoff, state across restarts).

@@ -19,10 +19,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from model_export.errors import ModelfleetError, ObjectNotFound, TransferError
+from model_export.layout import version_prefix
 from model_export.manifest import VersionEntry
 from model_export.store.base import Blob, ObjectInfo, Store
 from model_export.transfer import download_tree
-from modelfleet.agent.tfs_config import fsync_dir
+from modelfleet.agent.durable import fsync_path, fsync_tree
 
 log = logging.getLogger("modelfleet.agent")
 TMP_PREFIX = ".tmp-"
@@ -153,13 +154,13 @@ class LocalCache:
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{entry.version}-", dir=model_dir))
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a TF Serving container's user
             try:
-                download_tree(watched, f"{model}/{entry.version}", entry.files, tmp, workers=self.workers)
+                download_tree(watched, version_prefix(model, entry.version), entry.files, tmp, workers=self.workers)
             except TransferError as e:
                 transient = [x for x in watched.errors if not isinstance(x, ObjectNotFound)]
                 if transient:
                     raise FetchFailed(f"{model} version {entry.version}: {e}") from e
                 raise VersionRefused(f"{model} version {entry.version} refused: {e}") from e
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             final = self.version_dir(model, entry.version)
             if final.exists():  # an incomplete directory someone else left: move it out of TF Serving's sight first
                 trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=model_dir))
@@ -167,7 +168,7 @@ class LocalCache:
                 shutil.rmtree(trash, ignore_errors=True)
             tmp.rename(final)
             tmp = None
-            fsync_dir(model_dir)
+            fsync_path(model_dir)
         except OSError as e:
             raise FetchFailed(f"{model} version {entry.version}: local disk error: {e}") from e
         finally:
@@ -212,14 +213,3 @@ class LocalCache:
 def _safe_relpath(rel: str) -> bool:
     parts = rel.split("/")
     return not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(Path(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))

@@ -21,15 +21,16 @@ from typing import IO
 
 from model_export.constants import AGENT_POLL_SECONDS, AGENT_PORT, HEALTH_PATH, LOCAL_TFS_URL, MODEL_CONFIG_NAME, ROLES
 from model_export.errors import BadInput, ModelfleetError
-from model_export.manifest import check_model_name
+from model_export.manifest import check_model_names
 from model_export.store import Store, open_store, parse_uri
 from modelfleet.agent.cache import LocalCache
+from modelfleet.agent.durable import write_atomic
 from modelfleet.agent.health import AgentHTTPServer
 from modelfleet.agent.plan import next_entry
 from modelfleet.agent.status import AgentStatus
 from modelfleet.agent.sync import DEFAULT_REFUSE_RETRY_SECONDS, Follower, ModelReport, ModelState
 from modelfleet.agent.tfs import AVAILABLE, TfsClient, TfsNotRunning, TfsUnreachable
-from modelfleet.agent.tfs_config import ModelEntry, render, write_atomic
+from modelfleet.agent.tfs_config import ModelEntry, render
 
 log = logging.getLogger("modelfleet.agent")
 STATE_NAME = ".agent-state.json"
@@ -59,12 +60,10 @@ class AgentOptions:
 
     def validate(self) -> None:
         parse_uri(self.store)
-        if not self.models:
-            raise BadInput("give at least one model with --models a,b")
-        for m in self.models:
-            check_model_name(m)
-        if len(set(self.models)) != len(self.models):
-            raise BadInput(f"--models names a model twice: {','.join(self.models)}")
+        try:
+            check_model_names(self.models)
+        except BadInput as e:
+            raise type(e)(f"--models {e}") from e
         if self.role not in ROLES:
             raise BadInput(f"role {self.role!r} is not one of {', '.join(ROLES)}")
         if not self.root.is_absolute():
@@ -86,16 +85,6 @@ def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | 
     return delay / 2 + (rand or random).uniform(0, delay / 2)
 
 
-def _open(uri: str) -> Store:
-    """The store, with an SDK's own setup failure (no credentials, bad endpoint variable) as one clear error."""
-    try:
-        return open_store(uri)
-    except ModelfleetError:
-        raise
-    except Exception as e:
-        raise ModelfleetError(f"cannot open store {uri}: {type(e).__name__}: {e}") from e
-
-
 class Agent:
     """One agent over one model root. Use as a context manager: it holds a lock on the root."""
 
@@ -115,7 +104,7 @@ class Agent:
             self._lock_file = None
             raise ModelfleetError(f"another modelfleet agent is running on {self.root} (it holds {LOCK_NAME})") from e
         try:
-            self.store = store or _open(options.store)
+            self.store = store or open_store(options.store)
             self.tfs = tfs or TfsClient(options.tfs_url)
             self.cache = LocalCache(self.root, workers=options.workers)
             self.follower = Follower(

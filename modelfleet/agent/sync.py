@@ -1,4 +1,4 @@
-"""Follow ``<model>/manifest.json`` and decide, per model, which verified local version the fleet should serve.
+"""Follow each model's manifest and decide, per model, which verified local version the fleet should serve.
 
 One conditional GET per model per poll (``Store.read_if_changed``): when nothing changed that is the only request.
 A changed manifest is parsed; a malformed one is logged and the last good one kept. The role's desired version is
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from model_export.constants import CANARY, STABLE
 from model_export.errors import ManifestError, ModelfleetError, ObjectNotFound
-from model_export.manifest import Manifest, manifest_key
+from model_export.layout import manifest_key
+from model_export.manifest import Manifest
 from model_export.store.base import Store
 from modelfleet.agent.cache import FetchFailed, LocalCache, VersionRefused
 from modelfleet.agent.plan import desired_version
@@ -51,8 +52,6 @@ class ModelReport:
     error: str | None = None  # the sync failed (store, manifest or local disk)
     transient: bool = False  # the failure may pass by itself: back off and retry
     refused: str | None = None  # a version was refused in this sync
-    changed: bool = False  # a new manifest was read
-    switched: bool = False  # the target moved
 
 
 class Follower:
@@ -95,7 +94,6 @@ class Follower:
             st.bad_manifest = report.error = f"{st.name}: {e}; {kept}"
             return True
         st.manifest, st.bad_manifest = manifest, None
-        report.changed = True
         return True
 
     def sync(self, st: ModelState) -> ModelReport:
@@ -141,7 +139,6 @@ class Follower:
         st.refused.pop(desired, None)
         previous, st.target, st.problem = st.target, desired, None
         self.cache.touch(st.name, desired)
-        report.switched = previous != desired
         how = f"downloaded {fetched} B" if fetched else "from the local cache"
         log.info("%s: version %d ready (%s); was %s", st.name, desired, how, previous)
 

@@ -6,11 +6,8 @@ parse what this writes with the official protos.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from model_export.manifest import MODEL_RE, NAME_RE
 
@@ -78,39 +75,3 @@ def render(entries: Sequence[ModelEntry]) -> str:
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> bool:
-    """Replace ``path`` with ``text`` by temp file + fsync + rename; ``False`` (nothing touched) when unchanged.
-
-    TF Serving polls the file; it must never read a half-written one, and an unchanged file is left alone so its
-    modification time says when the served set last changed.
-    """
-    data = text.encode()
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).chmod(0o644)  # mkstemp's 0600 would hide it from a TF Serving container running as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return True
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (a crash must not bring back the old name)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

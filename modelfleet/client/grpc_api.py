@@ -8,10 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from model_export.errors import ServingError
+from model_export.errors import ServingError, one_line
 from modelfleet.client.tensors import NDArray, tensor_to_numpy
 from modelfleet.client.wire import serialize_predict_request
-from modelfleet.tfs_rest import one_line
 
 # gRPC Python refuses messages over 4 MB by default (tensorflow/serving#1382); TF Serving itself allows INT_MAX.
 GRPC_MAX_MESSAGE_BYTES = 1 << 30

@@ -10,10 +10,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from model_export.errors import BadInput, ServingError
+from model_export.errors import BadInput, ServingError, one_line
 from modelfleet.client.rest import _array_from_json, _is_b64
 from modelfleet.client.tensors import NDArray
-from modelfleet.tfs_rest import one_line
 
 
 @dataclass(frozen=True)

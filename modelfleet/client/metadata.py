@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from model_export.errors import BadInput, ServingError
-from model_export.savedmodel import Signature, TensorSpec
+from model_export.signature import SERVING_SIGNATURE, Signature, TensorSpec
 from modelfleet.client.address import grpc_target
 from modelfleet.client.dtypes import _DTYPES, _ENUM_BY_DT_NAME
 from modelfleet.client.grpc_api import _grpc_error, _grpc_options
 from modelfleet.tfs_rest import check_spec, http_json, model_path, rest_url
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = SERVING_SIGNATURE  # what TF Serving answers when a request names no signature
 
 
 @dataclass(frozen=True)

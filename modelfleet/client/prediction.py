@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from model_export.errors import BadInput
-from model_export.savedmodel import TensorSpec
+from model_export.signature import TensorSpec
 from modelfleet.client.address import grpc_target
 from modelfleet.client.dtypes import _ENUM_BY_NUMPY, _numpy_dtype
 from modelfleet.client.grpc_api import _grpc_predict

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model_export.errors import BadInput, ServingError
-from model_export.savedmodel import Signature
+from model_export.signature import Signature
 from modelfleet.client.dtypes import _ENUM_BY_NUMPY, _numpy_dtype
 from modelfleet.client.metadata import model_metadata
 from modelfleet.client.prediction import predict

@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 import infra.aws.stack as aws_stack
-from infra import agent_package
+from infra import agent_package, naming
 from infra.agent_package import AgentWheelFile
-from infra.aws import mock_calls
 from infra.config import StackConfig, load_config, read_stack_file
-from infra.mocks import Plan, PlannedResource, evaluate
+from infra.offline import Plan, PlannedResource, evaluate
+from infra.offline import aws as aws_answers
 from infra.stack import STACKS_DIR, plan_stack
 from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, ROLES, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+from tests.support.plan import one, parent_type
 
 STACKS = ("aws-staging", "aws-prod")
 T_BUCKET = "aws:s3/bucket:Bucket"
@@ -36,6 +37,16 @@ T_POLICY = "aws:autoscaling/policy:Policy"
 PROVIDER = "pulumi:providers:aws"
 
 
+def lb(plan: Plan) -> str:
+    """The load balancer component's name (infra/naming.py: mf-<stack slug>-lb); its children start with it."""
+    return naming.component_name(plan.stack, naming.LOAD_BALANCER)
+
+
+def tg(plan: Plan, role: str, protocol: str) -> str:
+    """A target group's name: AWS autonames it within 32 characters, so the component part may be shortened."""
+    return naming.child_name(lb(plan), f"{role}-{protocol}", 32)
+
+
 @pytest.fixture(scope="module", params=STACKS)
 def planned(request: pytest.FixtureRequest) -> tuple[StackConfig, Plan]:
     return plan_stack(request.param)
@@ -46,12 +57,13 @@ def config(**overrides: Any) -> StackConfig:
 
 
 def plan_of(cfg: StackConfig) -> Plan:
-    return evaluate("test", lambda: aws_stack.build(cfg), state=mock_calls.STATE, calls=mock_calls.CALLS)
+    return evaluate("test", lambda: aws_stack.build(cfg), cloud="aws")
 
 
 def by_role(plan: Plan, type_: str) -> dict[str, PlannedResource]:
     """The resource of ``type_`` in each fleet (stable / canary components)."""
-    return {r.parent_name or "": r for r in plan.of_type(type_) if r.parent_name in ROLES}
+    fleets = {naming.component_name(plan.stack, role): role for role in ROLES}
+    return {fleets[r.parent_name]: r for r in plan.of_type(type_) if r.parent_name in fleets}
 
 
 def statements(document: str) -> list[dict[str, Any]]:
@@ -69,28 +81,29 @@ def as_list(value: Any) -> list[Any]:
 
 def test_bucket_is_private_versioned_encrypted_and_tls_only(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
-    bucket = plan.one(T_BUCKET)
+    bucket = one(plan, T_BUCKET)
     assert bucket.inputs.get("forceDestroy") is False
-    pab = plan.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
+    pab = one(plan, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
     for flag in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"):
         assert pab[flag] is True, flag
-    ownership = plan.one("aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs
+    ownership = one(plan, "aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs
     assert ownership["rule"]["objectOwnership"] == "BucketOwnerEnforced"
-    sse = plan.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    sse = one(plan, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
     [rule] = sse.inputs["rules"]
     assert rule["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "AES256"}  # no kmsKey in the stack files
-    versioning = plan.one("aws:s3/bucketVersioning:BucketVersioning").inputs
+    versioning = one(plan, "aws:s3/bucketVersioning:BucketVersioning").inputs
     assert versioning["versioningConfiguration"]["status"] == "Enabled"
 
     rules = {
-        r["id"]: r for r in plan.one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration").inputs["rules"]
+        r["id"]: r
+        for r in one(plan, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration").inputs["rules"]
     }
     expire = rules["expire-noncurrent-versions"]
     assert expire["status"] == "Enabled"
     assert expire["noncurrentVersionExpiration"]["noncurrentDays"] == cfg.noncurrent_version_days
     assert rules["abort-incomplete-multipart-uploads"]["abortIncompleteMultipartUpload"]["daysAfterInitiation"] >= 1
 
-    [deny_plain, deny_old_tls] = statements(plan.one("aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
+    [deny_plain, deny_old_tls] = statements(one(plan, "aws:s3/bucketPolicy:BucketPolicy").inputs["policy"])
     assert deny_plain["Effect"] == "Deny" and deny_plain["Principal"] == "*"
     assert deny_plain["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
     assert deny_old_tls["Condition"] == {"NumericLessThan": {"s3:TlsVersion": "1.2"}}
@@ -99,7 +112,7 @@ def test_bucket_is_private_versioned_encrypted_and_tls_only(planned: tuple[Stack
 def test_agent_wheel_is_uploaded_content_addressed_under_the_prefix(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
     wheel = agent_package.deployed_agent_wheel()
-    obj = plan.one("aws:s3/bucketObjectv2:BucketObjectv2").inputs
+    obj = one(plan, "aws:s3/bucketObjectv2:BucketObjectv2").inputs
     assert obj["key"] == f"{cfg.store_prefix}/_agent/{wheel.sha256}/{wheel.path.name}"
     assert plan.outputs["agentWheelUri"] == f"{plan.outputs['storeUri']}/_agent/{wheel.sha256}/{wheel.path.name}"
 
@@ -110,8 +123,8 @@ def test_agent_wheel_is_uploaded_content_addressed_under_the_prefix(planned: tup
 def test_fleet_role_may_only_list_the_prefix_and_read_objects_under_it(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
     bucket_arn = f"arn:aws:s3:::{plan.outputs['bucketName']}"
-    policy = plan.one("aws:iam/rolePolicy:RolePolicy")
-    role = plan.one("aws:iam/role:Role", policy.name.removesuffix("-read-store"))
+    policy = one(plan, "aws:iam/rolePolicy:RolePolicy")
+    role = one(plan, "aws:iam/role:Role", policy.name.removesuffix("-read-store"))
     assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
 
     found = statements(policy.inputs["policy"])
@@ -126,7 +139,7 @@ def test_fleet_role_may_only_list_the_prefix_and_read_objects_under_it(planned: 
     [lst] = [s for s in found if s["Action"] == "s3:ListBucket"]
     assert lst["Resource"] == bucket_arn
     assert lst["Condition"] == {"StringLike": {"s3:prefix": [f"{cfg.store_prefix}/*"]}}
-    assert plan.outputs["fleetRoleArn"].startswith("arn:aws:iam::")
+    assert plan.outputs["fleetIdentity"].startswith("arn:aws:iam::")
 
 
 def test_publisher_policy_writes_only_under_the_prefix_and_cannot_erase_history(
@@ -134,7 +147,7 @@ def test_publisher_policy_writes_only_under_the_prefix_and_cannot_erase_history(
 ) -> None:
     cfg, plan = planned
     bucket_arn = f"arn:aws:s3:::{plan.outputs['bucketName']}"
-    found = statements(plan.one("aws:iam/policy:Policy").inputs["policy"])
+    found = statements(one(plan, "aws:iam/policy:Policy").inputs["policy"])
     actions = {a for s in found for a in as_list(s["Action"])}
     assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket"} <= actions
     assert not any("*" in a or "Version" in a for a in actions)  # no s3:*, no DeleteObjectVersion
@@ -156,9 +169,9 @@ def test_network_spreads_over_zones_with_private_instance_subnets(planned: tuple
     assert len(private) == len(public) == zones
     assert {s.inputs["availabilityZone"] for s in private} == {f"{cfg.region}{z}" for z in "abc"[:zones]}
     assert all(s.inputs.get("mapPublicIpOnLaunch") is False for s in subnets)
-    assert plan.one("aws:ec2/vpc:Vpc").inputs["cidrBlock"] == cfg.network_cidr
+    assert one(plan, "aws:ec2/vpc:Vpc").inputs["cidrBlock"] == cfg.network_cidr
     assert len(plan.of_type("aws:ec2/natGateway:NatGateway")) == (zones if cfg.deletion_protection else 1)
-    endpoint = plan.one("aws:ec2/vpcEndpoint:VpcEndpoint").inputs
+    endpoint = one(plan, "aws:ec2/vpcEndpoint:VpcEndpoint").inputs
     assert endpoint["vpcEndpointType"] == "Gateway" and endpoint["serviceName"] == f"com.amazonaws.{cfg.region}.s3"
 
     private_ids = {s.name for s in private}
@@ -173,7 +186,7 @@ def test_launch_templates_require_imdsv2_and_give_no_public_ip(planned: tuple[St
     cfg, plan = planned
     templates = by_role(plan, T_LT)
     assert set(templates) == set(ROLES)
-    instances_sg = plan.one(T_SG, "lb-instances")
+    instances_sg = one(plan, T_SG, f"{lb(plan)}-instances")
     for lt in templates.values():
         i = lt.inputs
         assert i["metadataOptions"]["httpTokens"] == "required"
@@ -240,7 +253,7 @@ def test_groups_attach_their_own_target_groups(planned: tuple[StackConfig, Plan]
     grpc = cfg.enable_grpc and cfg.enable_https
     for role, asg in by_role(plan, T_ASG).items():
         attached = {arn.split("/")[1] for arn in asg.inputs["targetGroupArns"]}
-        expected = {f"lb-{role}-rest"} | ({f"lb-{role}-grpc"} if grpc else set())
+        expected = {tg(plan, role, "rest")} | ({tg(plan, role, "grpc")} if grpc else set())
         assert {name.rsplit("-", 1)[0] for name in attached} == expected
 
 
@@ -270,7 +283,7 @@ def test_scaling_policy_follows_the_configured_metric(planned: tuple[StackConfig
 
 def test_instances_admit_only_the_load_balancer(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
-    alb_sg, instances_sg = plan.one(T_SG, "lb-alb"), plan.one(T_SG, "lb-instances")
+    alb_sg, instances_sg = one(plan, T_SG, f"{lb(plan)}-alb"), one(plan, T_SG, f"{lb(plan)}-instances")
     rules = [r for r in plan.of_type(T_INGRESS) if r.inputs["securityGroupId"].startswith(f"{instances_sg.name}-")]
     assert rules
     for rule in rules:
@@ -282,18 +295,18 @@ def test_instances_admit_only_the_load_balancer(planned: tuple[StackConfig, Plan
 
 def test_load_balancer_admits_only_the_allowed_sources(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
-    alb_sg = plan.one(T_SG, "lb-alb")
+    alb_sg = one(plan, T_SG, f"{lb(plan)}-alb")
     rules = [r for r in plan.of_type(T_INGRESS) if r.inputs["securityGroupId"].startswith(f"{alb_sg.name}-")]
     assert sorted(r.inputs["cidrIpv4"] for r in rules) == sorted(
         c for c in cfg.allowed_source_cidrs for _ in range(2 if cfg.enable_https else 1)
     )  # the stack files list none: nobody gets in
     egress = [r for r in plan.of_type(T_EGRESS) if r.inputs["securityGroupId"].startswith(f"{alb_sg.name}-")]
-    assert egress and all(r.inputs["referencedSecurityGroupId"].startswith("lb-instances-") for r in egress)
+    assert egress and all(r.inputs["referencedSecurityGroupId"].startswith(f"{lb(plan)}-instances-") for r in egress)
 
 
 def test_alb_is_hardened(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
-    alb = plan.one("aws:lb/loadBalancer:LoadBalancer").inputs
+    alb = one(plan, "aws:lb/loadBalancer:LoadBalancer").inputs
     assert alb["loadBalancerType"] == "application" and alb["internal"] is False
     assert alb["dropInvalidHeaderFields"] is True
     assert alb["enableDeletionProtection"] is cfg.deletion_protection
@@ -314,54 +327,60 @@ def test_target_groups_health_check_the_agent(planned: tuple[StackConfig, Plan])
     cfg, plan = planned
     groups = {g.name: g.inputs for g in plan.of_type(T_TG)}
     for role in ROLES:
-        rest = groups[f"lb-{role}-rest"]
+        rest = groups[tg(plan, role, "rest")]
         assert (rest["port"], rest["protocol"], rest["protocolVersion"]) == (TFS_REST_PORT, "HTTP", "HTTP1")
         hc = rest["healthCheck"]
         assert (hc["port"], hc["path"], hc["matcher"], hc["protocol"]) == (str(AGENT_PORT), HEALTH_PATH, "200", "HTTP")
         assert rest["deregistrationDelay"] <= 60
         if cfg.enable_grpc and cfg.enable_https:
-            grpc = groups[f"lb-{role}-grpc"]
+            grpc = groups[tg(plan, role, "grpc")]
             assert (grpc["port"], grpc["protocolVersion"]) == (TFS_GRPC_PORT, "GRPC")
             assert grpc["healthCheck"]["path"] == "/grpc.health.v1.Health/Check"
             assert grpc["healthCheck"]["matcher"] == "0"
         else:
-            assert f"lb-{role}-grpc" not in groups
+            assert tg(plan, role, "grpc") not in groups
 
 
 def weights(forward: dict[str, Any]) -> dict[str, int]:
-    return {g["arn"].split("/")[1].split("-")[1]: g["weight"] for g in forward["targetGroups"]}
+    """{role: weight}, the role read from each target group's name (<lb>-<role>-<protocol>-<suffix>)."""
+    found: dict[str, int] = {}
+    for g in forward["targetGroups"]:
+        name = g["arn"].split("/")[1]
+        [role] = [r for r in ROLES if f"-{r}-" in name]
+        found[role] = g["weight"]
+    return found
 
 
 def test_listeners_split_traffic_by_the_configured_weights(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
-    expected = {STABLE: cfg.stable_weight_percent, CANARY: cfg.canary_weight_percent}
+    expected = {STABLE: 100 - cfg.canary_weight_percent, CANARY: cfg.canary_weight_percent}
     assert sum(expected.values()) == 100
     listeners = {r.name: r.inputs for r in plan.of_type(T_LISTENER)}
     if cfg.enable_https:
-        https = listeners["lb-https"]
+        https = listeners[f"{lb(plan)}-https"]
         assert https["protocol"] == "HTTPS" and https["port"] == 443
         assert https["certificateArn"] == cfg.certificate_arn
         assert https["sslPolicy"].startswith("ELBSecurityPolicy-TLS13-1-2")
         [action] = https["defaultActions"]
-        [redirect] = listeners["lb-http"]["defaultActions"]
+        [redirect] = listeners[f"{lb(plan)}-http"]["defaultActions"]
         assert redirect["type"] == "redirect"
         assert redirect["redirect"] == {"protocol": "HTTPS", "port": "443", "statusCode": "HTTP_301"}
         assert plan.outputs["endpoint"].startswith("https://")
     else:
-        assert set(listeners) == {"lb-http"}
-        [action] = listeners["lb-http"]["defaultActions"]
+        assert set(listeners) == {f"{lb(plan)}-http"}
+        [action] = listeners[f"{lb(plan)}-http"]["defaultActions"]
         assert plan.outputs["endpoint"].startswith("http://")
     assert action["type"] == "forward"
     assert weights(action["forward"]) == expected
     assert "stickiness" not in action["forward"]
 
     rules = {r.name: r for r in plan.of_type(T_RULE)}
-    internal = rules.pop("lb-internal-paths").inputs
-    assert internal["listenerArn"].split("/")[2] == ("lb-https" if cfg.enable_https else "lb-http")
+    internal = rules.pop(f"{lb(plan)}-internal-paths").inputs
+    assert internal["listenerArn"].split("/")[2] == (f"{lb(plan)}-https" if cfg.enable_https else f"{lb(plan)}-http")
     assert internal["conditions"] == [{"pathPattern": {"values": ["/monitoring/*"]}}]
     assert internal["actions"][0]["fixedResponse"]["statusCode"] == "404"
     if cfg.enable_grpc and cfg.enable_https:
-        rule = rules.pop("lb-grpc")
+        rule = rules.pop(f"{lb(plan)}-grpc")
         [condition] = rule.inputs["conditions"]
         assert condition["httpHeader"] == {"httpHeaderName": "content-type", "values": ["application/grpc*"]}
         [grpc_action] = rule.inputs["actions"]
@@ -379,9 +398,9 @@ def test_every_resource_belongs_to_a_modelfleet_component(planned: tuple[StackCo
     _, plan = planned
     for r in plan.resources:
         if r.type == PROVIDER or r.type.startswith("modelfleet:aws:"):
-            assert r.parent_type == "pulumi:pulumi:Stack", r.urn
+            assert parent_type(r) == "pulumi:pulumi:Stack", r.urn
         else:
-            assert r.parent_type is not None and r.parent_type.startswith("modelfleet:aws:"), r.urn
+            assert (parent_type(r) or "").startswith("modelfleet:aws:"), r.urn
     components = {r.type for r in plan.resources if not r.custom}
     assert components == {
         "modelfleet:aws:ModelStore",
@@ -397,8 +416,8 @@ def test_outputs_name_the_store_as_publish_takes_it(planned: tuple[StackConfig, 
     out = plan.outputs
     assert out["storeUri"] == f"s3://{out['bucketName']}/{cfg.store_prefix}"
     assert out["bucketName"].startswith(f"modelfleet-{cfg.stack}-")
-    assert out["endpoint"].endswith(out["loadBalancerDnsName"])
-    assert set(out["autoScalingGroups"]) == set(ROLES)
+    assert out["endpoint"].endswith(out["loadBalancerAddress"])
+    assert set(out["fleetGroups"]) == set(ROLES)
 
 
 # --- config variants --------------------------------------------------------------------------------------------
@@ -409,11 +428,11 @@ KMS = "arn:aws:kms:eu-west-1:123456789012:key/11111111-2222-3333-4444-5555555555
 
 def test_kms_key_encrypts_the_bucket_and_only_the_fleet_may_decrypt_through_s3() -> None:
     plan = plan_of(config(kmsKey=KMS))
-    sse = plan.one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    sse = one(plan, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
     [rule] = sse.inputs["rules"]
     assert rule["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": KMS}
     assert rule["bucketKeyEnabled"] is True
-    [kms] = [s for s in statements(plan.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"]) if s["Resource"] == KMS]
+    [kms] = [s for s in statements(one(plan, "aws:iam/rolePolicy:RolePolicy").inputs["policy"]) if s["Resource"] == KMS]
     assert kms["Action"] == ["kms:Decrypt"]
     assert kms["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
 
@@ -426,11 +445,11 @@ def test_existing_network_is_used_as_given() -> None:
     )
     plan = plan_of(cfg)
     assert not plan.of_type("aws:ec2/vpc:Vpc") and not plan.of_type("aws:ec2/subnet:Subnet")
-    assert plan.one("aws:lb/loadBalancer:LoadBalancer").inputs["subnets"] == ["subnet-pub-a", "subnet-pub-b"]
+    assert one(plan, "aws:lb/loadBalancer:LoadBalancer").inputs["subnets"] == ["subnet-pub-a", "subnet-pub-b"]
     for asg in plan.of_type(T_ASG):
         assert asg.inputs["vpcZoneIdentifiers"] == ["subnet-priv-a", "subnet-priv-b"]
     assert {sg.inputs["vpcId"] for sg in plan.of_type(T_SG)} == {"vpc-0abc"}
-    assert plan.outputs["vpcId"] == "vpc-0abc"
+    assert plan.outputs["networkId"] == "vpc-0abc"
 
 
 def test_allowed_sources_open_http_and_https_to_exactly_them() -> None:
@@ -442,12 +461,12 @@ def test_allowed_sources_open_http_and_https_to_exactly_them() -> None:
         canaryWeightPercent=100,
     )
     plan = plan_of(cfg)
-    alb_sg = plan.one(T_SG, "lb-alb")
+    alb_sg = one(plan, T_SG, f"{lb(plan)}-alb")
     rules = [r.inputs for r in plan.of_type(T_INGRESS) if r.inputs["securityGroupId"].startswith(f"{alb_sg.name}-")]
     assert sorted((r["cidrIpv4"], r["fromPort"], r["toPort"]) for r in rules) == sorted(
         (c, p, p) for c in cidrs for p in (80, 443)
     )
-    [action] = plan.one(T_LISTENER, "lb-https").inputs["defaultActions"]
+    [action] = one(plan, T_LISTENER, f"{lb(plan)}-https").inputs["defaultActions"]
     assert weights(action["forward"]) == {STABLE: 0, CANARY: 100}
 
 
@@ -457,7 +476,7 @@ def test_canary_at_weight_zero_scales_to_zero_unless_kept_warm(keep_warm: bool, 
     plan = plan_of(cfg)
     canary = by_role(plan, T_ASG)[CANARY].inputs
     assert (canary["minSize"], canary["maxSize"]) == size
-    [action] = plan.one(T_LISTENER, "lb-http").inputs["defaultActions"]
+    [action] = one(plan, T_LISTENER, f"{lb(plan)}-http").inputs["defaultActions"]
     assert weights(action["forward"]) == {STABLE: 100, CANARY: 0}
 
 
@@ -473,12 +492,12 @@ def test_a_new_agent_wheel_changes_the_launch_templates(tmp_path: Path, monkeypa
     for role in ROLES:
         assert after[role] != before[role]
         assert "ab" * 32 in base64.b64decode(after[role]).decode()
-    assert plan.one("aws:s3/bucketObjectv2:BucketObjectv2").inputs["key"] == f"models/_agent/{'ab' * 32}/{other.name}"
+    assert one(plan, "aws:s3/bucketObjectv2:BucketObjectv2").inputs["key"] == f"models/_agent/{'ab' * 32}/{other.name}"
 
 
 def test_gpu_fleets_use_the_deep_learning_image_a_bigger_disk_and_the_gpu_serving_image() -> None:
     plan = plan_of(config(gpu=True, machineType="g5.xlarge"))
-    ami = mock_calls.CALLS["aws:ssm/getParameter:getParameter"](
+    ami = aws_answers.answers().invokes["aws:ssm/getParameter:getParameter"](
         "", {"name": aws_stack.GPU_AMI_PARAMETER, "region": "eu-west-1"}
     )["insecureValue"]
     for lt in by_role(plan, T_LT).values():
@@ -505,10 +524,41 @@ def test_publisher_role_is_created_only_for_named_principals() -> None:
         assert access.publisher_role_arn is not None
         return {"role": access.publisher_role_arn}
 
-    plan = evaluate("test", program, state=mock_calls.STATE, calls=mock_calls.CALLS)
-    publisher = plan.one("aws:iam/role:Role", "access-publisher")
+    plan = evaluate("test", program, cloud="aws")
+    publisher = one(plan, "aws:iam/role:Role", "access-publisher")
     trust = json.loads(publisher.inputs["assumeRolePolicy"])["Statement"]
     assert trust == [{"Effect": "Allow", "Principal": {"AWS": [ci_role]}, "Action": "sts:AssumeRole"}]
     attachments = {a.name: a.inputs for a in plan.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
     assert attachments["access-publisher"]["policyArn"].startswith("arn:aws:iam::123456789012:policy/")
     assert plan.outputs["role"].startswith("arn:aws:iam::123456789012:role/")
+
+
+# --- names ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["aws-staging", "a-stack-name-long-enough-to-shorten-the-load-balancer"])
+def test_renamed_components_keep_their_earlier_names_as_aliases(stack: str) -> None:
+    """Without these aliases the first `pulumi up` after the naming rule replaces the bucket, VPC, ALB and fleets."""
+    plan = evaluate(
+        stack,
+        lambda: aws_stack.build(load_config(read_stack_file(STACKS_DIR / "Pulumi.aws-staging.yaml"), stack)),
+        cloud="aws",
+    )
+    for part, earlier in aws_stack.LEGACY_NAMES.items():
+        (component,) = [r for r in plan.resources if r.name == naming.component_name(stack, part)]
+        assert component.aliases == (earlier,), component.name
+    # A child whose name was shortened to fit AWS's 32 characters does not inherit its component's alias by prefix.
+    lb_name = naming.component_name(stack, naming.LOAD_BALANCER)
+    shortened = 0
+    for tgroup in plan.of_type(T_TG):
+        part = next(
+            p for p in (f"{r}-{x}" for r in ROLES for x in ("rest", "grpc")) if tgroup.name == tg(plan, *p.split("-"))
+        )
+        if not tgroup.name.startswith(f"{lb_name}-"):
+            shortened += 1
+            assert tgroup.aliases == (f"lb-{part}",), tgroup.name
+    assert shortened > 0  # both stacks have target group names too long for AWS: the shortening is exercised
+    # The provider keeps its name: every resource's state records its provider, and provider aliases are not honoured
+    # by every engine.
+    (provider,) = plan.of_type(PROVIDER)
+    assert provider.name == "aws" and provider.aliases == ()

@@ -17,7 +17,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from infra import bootstrap
 from infra.bootstrap import AgentWheel, BootstrapArgs, render_user_data
-from infra.config import Batching
+from infra.config import Batching, check_region
 from model_export.constants import AGENT_PORT, CANARY, STABLE, TFS_GRPC_PORT, TFS_METRICS_PATH, TFS_REST_PORT
 from model_export.errors import BadInput
 
@@ -469,43 +469,56 @@ def test_oversized_user_data_is_refused() -> None:
 # --- invalid input -------------------------------------------------------------------------------------------------
 
 INVALID: list[tuple[dict[str, Any], str]] = [
-    ({"tfs_image": "tensorflow/serving:latest"}, r"tfs_image='tensorflow/serving:latest'.*'latest' floats"),
-    ({"tfs_image": "tensorflow/serving"}, r"tfs_image='tensorflow/serving'.*pin a version tag"),
-    ({"tfs_image": "tensorflow/serving:latest-gpu", "gpu": True}, r"tfs_image=.*'latest-gpu' floats"),
-    ({"tfs_image": "tensorflow/serving:2.20.0", "gpu": True}, r"tfs_image=.*gpu=True needs the -gpu variant"),
-    ({"tfs_image": "tensorflow/serving:2.20.0-gpu"}, r"tfs_image=.*needs gpu=True"),
-    ({"tfs_image": "Tensorflow/Serving:2.20.0"}, r"tfs_image='Tensorflow/Serving:2.20.0'"),
-    ({"role": "blue"}, r"role='blue'.*stable, canary"),
-    ({"models": ()}, r"models=\(\).*at least one"),
-    ({"models": "digits,iris"}, r"models='digits,iris'.*not one string"),
-    ({"models": ("digits", "digits")}, r"models=.*each model once"),
-    ({"models": ("_agent",)}, r"models='_agent'"),
-    ({"store_uri": "http://mf-store/prod"}, r"store_uri='http://mf-store/prod'.*gs://bucket/prefix on gcp"),
-    ({"store_uri": "file:///srv/store"}, r"store_uri='file:///srv/store'.*gs://"),
-    ({"store_uri": "s3://mf-store/prod"}, r"store_uri='s3://mf-store/prod'.*gs://bucket/prefix on gcp"),
-    ({"store_uri": "gs://mf-store/my models"}, r"store_uri='gs://mf-store/my models'"),
-    ({"cloud": "azure"}, r"cloud='azure'.*gcp, aws"),
-    ({"model_config_poll_seconds": 0}, r"model_config_poll_seconds=0.*>= 1"),
-    ({"agent_poll_seconds": -5}, r"agent_poll_seconds=-5.*>= 1"),
-    ({"agent_poll_seconds": True}, r"agent_poll_seconds=True"),
-    ({"aws_region": "us-east-1"}, r"aws_region='us-east-1'.*unset on gcp"),
-    ({**AWS}, r"aws_region=None.*region"),
-    ({**AWS, "aws_region": "Europe"}, r"aws_region='Europe'"),
-    ({"agent_wheel": AgentWheel(f"s3://mf-store/_agent/{SHA}/{WHEEL_NAME}", SHA)}, r"agent_wheel.uri='s3://.*gs://"),
-    ({"agent_wheel": AgentWheel("gs://mf-store/_agent/x.whl", SHA)}, r"agent_wheel.uri=.*py3-none-any.whl"),
-    ({"agent_wheel": AgentWheel(f"gs://mf-store/{WHEEL_NAME}", "abc")}, r"agent_wheel.sha256='abc'.*64"),
-    ({"extra_tfs_flags": ("--port=9000",)}, r"extra_tfs_flags='--port=9000'.*set by the bootstrap"),
-    ({"extra_tfs_flags": ("--flag=$(reboot)",)}, r"extra_tfs_flags='--flag=\$\(reboot\)'"),
-    ({"extra_tfs_flags": ("verbose",)}, r"extra_tfs_flags='verbose'"),
-    ({"batching": "on"}, r"batching='on'.*Batching"),
-    ({"batching": batching(max_batch_size=0)}, r"batching.max_batch_size=0.*>= 1"),
-    ({"batching": batching(num_batch_threads=-1)}, r"batching.num_batch_threads=-1"),
-    ({"batching": batching(max_enqueued_batches=2.5)}, r"batching.max_enqueued_batches=2.5"),
-    ({"batching": batching(batch_timeout_micros=-1)}, r"batching.batch_timeout_micros=-1.*>= 0"),
+    # the bootstrap's own rules: errors name the bootstrap field
+    (
+        {"tfs_image": "tensorflow/serving:latest"},
+        r"^bootstrap tfs_image = 'tensorflow/serving:latest'.*'latest' floats",
+    ),
+    ({"tfs_image": "tensorflow/serving"}, r"^bootstrap tfs_image = 'tensorflow/serving'.*pin a version tag"),
+    ({"tfs_image": "tensorflow/serving:latest-gpu", "gpu": True}, r"^bootstrap tfs_image = .*'latest-gpu' floats"),
+    ({"tfs_image": "tensorflow/serving:2.20.0", "gpu": True}, r"^bootstrap tfs_image = .*gpu=True needs the -gpu"),
+    ({"tfs_image": "tensorflow/serving:2.20.0-gpu"}, r"^bootstrap tfs_image = .*needs gpu=True"),
+    ({"tfs_image": "Tensorflow/Serving:2.20.0"}, r"^bootstrap tfs_image = 'Tensorflow/Serving:2.20.0'"),
+    ({"role": "blue"}, r"^bootstrap role = 'blue'.*stable, canary"),
+    (
+        {"store_uri": "http://mf-store/prod"},
+        r"^bootstrap store_uri = 'http://mf-store/prod'.*gs://bucket/prefix on gcp",
+    ),
+    ({"store_uri": "file:///srv/store"}, r"^bootstrap store_uri = 'file:///srv/store'.*gs://"),
+    ({"store_uri": "s3://mf-store/prod"}, r"^bootstrap store_uri = 's3://mf-store/prod'.*gs://bucket/prefix on gcp"),
+    ({"store_uri": "gs://mf-store/my models"}, r"^bootstrap store_uri = 'gs://mf-store/my models'"),
+    ({"aws_region": "us-east-1"}, r"^bootstrap aws_region = 'us-east-1'.*unset on gcp"),
+    ({**AWS}, r"^bootstrap aws_region = None.*region"),
+    (
+        {"agent_wheel": AgentWheel(f"s3://mf-store/_agent/{SHA}/{WHEEL_NAME}", SHA)},
+        r"^bootstrap agent_wheel.uri = 's3://.*gs://",
+    ),
+    ({"agent_wheel": AgentWheel("gs://mf-store/_agent/x.whl", SHA)}, r"^bootstrap agent_wheel.uri = .*py3-none-any"),
+    ({"agent_wheel": AgentWheel(f"gs://mf-store/{WHEEL_NAME}", "abc")}, r"^bootstrap agent_wheel.sha256 = 'abc'.*64"),
+    ({"extra_tfs_flags": ("--port=9000",)}, r"^bootstrap extra_tfs_flags = '--port=9000'.*set by the bootstrap"),
+    ({"extra_tfs_flags": ("--flag=$(reboot)",)}, r"^bootstrap extra_tfs_flags = '--flag=\$\(reboot\)'"),
+    ({"extra_tfs_flags": ("verbose",)}, r"^bootstrap extra_tfs_flags = 'verbose'"),
+    ({"batching": "on"}, r"^bootstrap batching = 'on'.*Batching"),
+    # the list of models: model_export.manifest.check_model_names, the one rule for it
+    ({"models": ()}, r"^bootstrap models = \(\) is invalid; list at least one model name$"),
+    ({"models": "digits,iris"}, r"^bootstrap models = 'digits,iris' is invalid; expected a list of model names"),
+    ({"models": ("digits", "digits")}, r"^bootstrap models = .* is invalid; names a model twice: digits,digits$"),
+    ({"models": ("_agent",)}, r"^bootstrap models = \('_agent',\) is invalid; model name '_agent' is invalid"),
+    # values from a stack key: that key's own rule in infra.config, and the error names the key
+    ({"cloud": "azure"}, r"^modelfleet:cloud = 'azure' is invalid; use one of: gcp, aws$"),
+    ({"model_config_poll_seconds": 0}, r"^modelfleet:modelConfigPollSeconds = 0 is invalid; must be between 1 and"),
+    ({"agent_poll_seconds": -5}, r"^modelfleet:agentPollSeconds = -5 is invalid; must be between 1 and 3600$"),
+    ({"agent_poll_seconds": 7200}, r"^modelfleet:agentPollSeconds = 7200 is invalid; must be between 1 and 3600$"),
+    ({"agent_poll_seconds": True}, r"^modelfleet:agentPollSeconds = True is invalid; expected an integer$"),
+    ({**AWS, "aws_region": "Europe"}, r"^modelfleet:region = 'Europe' is invalid; expected a aws region"),
+    ({"batching": batching(max_batch_size=0)}, r"^modelfleet:maxBatchSize = 0 is invalid; must be 1 or more$"),
+    ({"batching": batching(num_batch_threads=-1)}, r"^modelfleet:numBatchThreads = -1 is invalid"),
+    ({"batching": batching(max_enqueued_batches=2.5)}, r"^modelfleet:maxEnqueuedBatches = 2.5 is invalid; expected"),
+    ({"batching": batching(batch_timeout_micros=-1)}, r"^modelfleet:batchTimeoutMicros = -1 is invalid; must be 0 or"),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), INVALID, ids=[m.split("=")[0] for _, m in INVALID])
+@pytest.mark.parametrize(("overrides", "message"), INVALID, ids=[m.split(" = ")[0].strip("^") for _, m in INVALID])
 def test_invalid_arguments_are_refused_with_the_field_and_value(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(BadInput, match=message):
         make_args(**overrides)
@@ -516,3 +529,10 @@ def test_errors_are_one_line() -> None:
         with pytest.raises(BadInput) as info:
             make_args(**overrides)
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "us-gov-west-1", "us-isob-east-1"])
+def test_aws_region_follows_the_stack_keys_rule(region: str) -> None:
+    """One rule for an AWS region: what `modelfleet:region` admits on aws, the bootstrap admits too."""
+    check_region("aws", region)
+    assert make_args(**AWS, aws_region=region).aws_region == region

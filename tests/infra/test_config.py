@@ -7,19 +7,22 @@ from typing import Any
 import pytest
 
 from infra.config import (
+    BY_NAME,
     KEYS,
     README_END,
     README_START,
     ConfigError,
+    check_region,
     load_config,
     markdown_table,
     render_pulumi_yaml,
+    validate,
 )
 from infra.stack import stack_config
 from tests.support import REPO_ROOT
 
 GCP: dict[str, Any] = {"cloud": "gcp", "region": "europe-west1", "gcpProject": "acme-ml-test", "models": ["digits"]}
-AWS: dict[str, Any] = {"cloud": "aws", "region": "eu-west-1", "models": ["digits"], "enableGrpc": False}
+AWS: dict[str, Any] = {"cloud": "aws", "region": "eu-west-1", "models": ["digits"]}  # only the required keys
 
 
 def test_minimal_configs_get_defaults() -> None:
@@ -30,13 +33,59 @@ def test_minimal_configs_get_defaults() -> None:
         0,
         (),
     )
-    assert not g.canary_enabled and not g.canary_fleet_runs and g.stable_weight_percent == 100
+    assert not g.canary_enabled and not g.canary_fleet_runs
     warm = load_config({**GCP, "canaryKeepWarm": "true"}, "t")
     assert warm.canary_fleet_runs and not warm.canary_enabled
     a = load_config(AWS, "t")
     assert (a.machine_type, a.gcp_project, a.store_prefix) == ("c6i.xlarge", None, "models")
     gpu = load_config({**GCP, "gpu": "true"}, "t")
     assert gpu.tfs_image == "tensorflow/serving:2.20.0-gpu"
+
+
+@pytest.mark.parametrize("values", [GCP, AWS], ids=["gcp", "aws"])
+def test_only_the_required_keys_validate_on_each_cloud(values: dict[str, Any]) -> None:
+    """Every default holds together with every other (AWS used to refuse the default gRPC without HTTPS)."""
+    assert set(values) == {k.name for k in KEYS if k.required and values["cloud"] in k.clouds}
+    cfg = load_config(values, "t")
+    assert cfg.cloud == values["cloud"]
+    assert not cfg.enable_grpc and not cfg.enable_https  # gRPC is opt-in
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if not k.required], ids=lambda k: k.name)
+def test_every_default_passes_its_own_check(key: Any) -> None:
+    validate(key.name, key.default)
+
+
+def test_validate_runs_the_keys_own_rule() -> None:
+    """Components and the bootstrap call `validate`: it is each key's rule, not a copy of some of them."""
+    validate("canaryWeightPercent", 100)
+    validate("batchTimeoutMicros", 0)  # TF Serving runs what is queued at once
+    cases = [
+        ("canaryWeightPercent", 101, "modelfleet:canaryWeightPercent = 101 is invalid; must be between 0 and 100"),
+        ("canaryWeightPercent", True, "modelfleet:canaryWeightPercent = True is invalid; expected an integer"),
+        ("agentPollSeconds", 3601, "modelfleet:agentPollSeconds = 3601 is invalid; must be between 1 and 3600"),
+        ("models", [], r"modelfleet:models = \[\] is invalid; list at least one model name"),
+        ("cloud", "azure", "modelfleet:cloud = 'azure' is invalid; use one of: gcp, aws"),
+        ("allowedSourceCidrs", ["10.0.0.0/8", "x"], "modelfleet:allowedSourceCidrs = 'x' is invalid; expected a CIDR"),
+    ]
+    for name, value, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            validate(name, value)
+    with pytest.raises(KeyError):
+        validate("canaryWeight", 1)
+    assert all(BY_NAME[name].check is not None for name in ("canaryWeightPercent", "models", "networkCidr"))
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "us-gov-west-1", "ap-southeast-2", "us-isob-east-1"])
+def test_aws_regions(region: str) -> None:
+    check_region("aws", region)
+    assert load_config({**AWS, "region": region}, "t").region == region
+
+
+@pytest.mark.parametrize(("cloud", "region"), [("aws", "Europe"), ("aws", "eu-west"), ("gcp", "europe-west")])
+def test_bad_regions(cloud: str, region: str) -> None:
+    with pytest.raises(ConfigError, match=f"modelfleet:region = '{region}' is invalid; expected a {cloud} region"):
+        check_region(cloud, region)
 
 
 def test_pulumi_strings_are_parsed() -> None:
@@ -55,7 +104,7 @@ def test_pulumi_strings_are_parsed() -> None:
     raw = {k: (v if isinstance(v, str) else __import__("json").dumps(v)) for k, v in raw.items()}
     cfg = load_config(raw, "t")
     assert cfg.models == ("a", "b")
-    assert (cfg.canary_weight_percent, cfg.stable_weight_percent, cfg.batching.enabled) == (25, 75, True)
+    assert (cfg.canary_weight_percent, cfg.batching.enabled) == (25, True)
     assert cfg.allowed_source_cidrs == ("203.0.113.0/24",)
 
 
@@ -76,7 +125,16 @@ def test_pulumi_strings_are_parsed() -> None:
         ({"canaryWeightPercent": -1}, "modelfleet:canaryWeightPercent = -1 is invalid; must be between 0 and 100"),
         ({"canaryWeightPercent": "ten"}, "modelfleet:canaryWeightPercent = 'ten' is invalid; expected an integer"),
         ({"models": []}, r"modelfleet:models = \[\] is invalid; list at least one model name"),
-        ({"models": ["ok", "bad/name"]}, "modelfleet:models = 'bad/name' is invalid"),
+        (
+            {"models": ["ok", "bad/name"]},
+            r"modelfleet:models = \['ok', 'bad/name'\] is invalid; model name 'bad/name' is invalid; use 1-128",
+        ),
+        ({"models": ["a", "a"]}, r"modelfleet:models = \['a', 'a'\] is invalid; names a model twice: a,a"),
+        ({"models": "digits"}, "modelfleet:models = 'digits' is invalid; expected a list, e.g. "),
+        ({"gcpProject": "Acme"}, "modelfleet:gcpProject = 'Acme' is invalid; expected a GCP project id"),
+        ({"batchTimeoutMicros": -1}, "modelfleet:batchTimeoutMicros = -1 is invalid; must be 0 or more"),
+        ({"agentPollSeconds": 0}, "modelfleet:agentPollSeconds = 0 is invalid; must be between 1 and 3600"),
+        ({"networkCidr": "10.0.0.1/16"}, "modelfleet:networkCidr = '10.0.0.1/16' is invalid; expected a CIDR"),
         ({"gcpProject": None}, "modelfleet:gcpProject is required for cloud 'gcp'"),
         ({"gcpProject": ""}, "modelfleet:gcpProject is required for cloud 'gcp'"),
         ({"region": None}, "modelfleet:region is required for cloud 'gcp'"),
@@ -130,6 +188,9 @@ def test_stack_files_load() -> None:
     assert staging.stable.max_replicas <= 2
     for name in ("aws-staging", "aws-prod"):
         assert stack_config(name).cloud == "aws"
+    # gRPC is opt-in: the stacks that served it under the old default (true) say so; aws-staging has no certificate.
+    grpc = {name: stack_config(name).enable_grpc for name in ("staging", "prod", "aws-staging", "aws-prod")}
+    assert grpc == {"staging": True, "prod": True, "aws-staging": False, "aws-prod": True}
     with pytest.raises(
         ConfigError, match=r"no stack 'qa': .* does not exist \(stacks: aws-prod, aws-staging, prod, staging\)"
     ):

@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
-import infra.mocks
-from infra import bootstrap
+import infra.offline
+from infra import bootstrap, naming
 from infra.config import ConfigError, StackConfig, load_config, read_stack_file
-from infra.gcp.mock_calls import CALLS, STATE
 from infra.gcp.stack import build
-from infra.mocks import Plan, PlannedResource, evaluate
+from infra.offline import Plan, PlannedResource, evaluate
 from infra.stack import STACKS_DIR, plan_stack
 from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
 from model_export.store import parse_uri
+from tests.support.plan import named, one, parent_type
 
 T_BUCKET = "gcp:storage/bucket:Bucket"
 T_BUCKET_IAM = "gcp:storage/bucketIAMMember:BucketIAMMember"
@@ -78,7 +78,7 @@ def variant(**overrides: Any) -> tuple[StackConfig, Plan]:
     if key not in _variants:
         values = {**read_stack_file(STACKS_DIR / "Pulumi.staging.yaml"), **overrides}
         cfg = load_config(values, "test")
-        _variants[key] = (cfg, evaluate("test", lambda: build(cfg), state=STATE, calls=CALLS))
+        _variants[key] = (cfg, evaluate("test", lambda: build(cfg), cloud="gcp"))
     return _variants[key]
 
 
@@ -92,8 +92,8 @@ def by_role(plan: Plan, type_: str, role: str) -> PlannedResource:
 
 
 def state_of(resource: PlannedResource, key: str) -> Any:
-    """A computed attribute as the mocks answer it for this resource (the self link other resources refer to)."""
-    return STATE[resource.type](resource.name, resource.inputs)[key]
+    """A computed attribute as the offline provider answered it (the self link other resources refer to)."""
+    return resource.state[key]
 
 
 def self_link(resource: PlannedResource) -> str:
@@ -116,7 +116,7 @@ def allowed_ports(rule: PlannedResource) -> set[int]:
 
 
 def fleet_email(plan: Plan) -> str:
-    return str(plan.outputs["fleetServiceAccount"])
+    return str(plan.outputs["fleetIdentity"])
 
 
 # --- the graph ----------------------------------------------------------------------------------------------------
@@ -168,30 +168,30 @@ def test_every_child_belongs_to_a_modelfleet_component(stack: tuple[StackConfig,
     _, plan = stack
     for r in plan.resources:
         if r.type.startswith("pulumi:providers:"):
-            assert r.parent_type == "pulumi:pulumi:Stack"
+            assert parent_type(r) == "pulumi:pulumi:Stack"
         elif r.custom:
-            assert r.parent_type is not None and r.parent_type.startswith("modelfleet:gcp:"), (r.name, r.parent_type)
+            assert (parent_type(r) or "").startswith("modelfleet:gcp:"), (r.name, parent_type(r))
             assert r.parent_name is not None and r.name.startswith(f"{r.parent_name}-"), (r.name, r.parent_name)
         else:
-            assert r.parent_type == "pulumi:pulumi:Stack", r.name
+            assert parent_type(r) == "pulumi:pulumi:Stack", r.name
 
 
 def test_every_gcp_resource_uses_the_stack_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     """No resource falls back to the default provider (ambient `gcp:project` / credentials config)."""
     seen: list[tuple[str, str]] = []
-    register = infra.mocks.RecordingMonitor.RegisterResource
+    register = infra.offline.RecordingMonitor.RegisterResource
 
-    def recording(self: infra.mocks.RecordingMonitor, request: Any) -> Any:
+    def recording(self: infra.offline.RecordingMonitor, request: Any) -> Any:
         seen.append((request.type, request.provider))
         return register(self, request)
 
-    monkeypatch.setattr(infra.mocks.RecordingMonitor, "RegisterResource", recording)
+    monkeypatch.setattr(infra.offline.RecordingMonitor, "RegisterResource", recording)
     cfg, plan = plan_stack("staging")
     gcp_resources = [(t, p) for t, p in seen if t.startswith("gcp:")]
     assert len(gcp_resources) > 30
     for type_, provider in gcp_resources:
         assert "pulumi:providers:gcp::mf-staging-gcp::" in provider, type_
-    settings = plan.one("pulumi:providers:gcp").inputs
+    settings = one(plan, "pulumi:providers:gcp").inputs
     assert (settings["project"], settings["region"]) == (cfg.gcp_project, cfg.region)
 
 
@@ -200,7 +200,7 @@ def test_every_gcp_resource_uses_the_stack_provider(monkeypatch: pytest.MonkeyPa
 
 def test_bucket_is_hardened(stack: tuple[StackConfig, Plan]) -> None:
     cfg, plan = stack
-    bucket = plan.one(T_BUCKET).inputs
+    bucket = one(plan, T_BUCKET).inputs
     assert bucket["uniformBucketLevelAccess"] is True
     assert bucket["publicAccessPrevention"] == "enforced"
     assert bucket["versioning"] == {"enabled": True}
@@ -216,9 +216,9 @@ def test_bucket_is_hardened(stack: tuple[StackConfig, Plan]) -> None:
 
 def test_fleet_reads_and_publisher_writes_only_this_bucket(stack: tuple[StackConfig, Plan]) -> None:
     _, plan = stack
-    bucket = plan.one(T_BUCKET).inputs["name"]
+    bucket = one(plan, T_BUCKET).inputs["name"]
     grants = {(g.inputs["member"], g.inputs["role"]) for g in plan.of_type(T_BUCKET_IAM)}
-    fleet, publisher = plan.outputs["fleetServiceAccount"], plan.outputs["publisherServiceAccount"]
+    fleet, publisher = plan.outputs["fleetIdentity"], plan.outputs["publisherIdentity"]
     assert grants == {
         (f"serviceAccount:{fleet}", "roles/storage.objectViewer"),
         (f"serviceAccount:{publisher}", "roles/storage.objectUser"),
@@ -243,22 +243,22 @@ def test_outputs(stack: tuple[StackConfig, Plan]) -> None:
     scheme, bucket, prefix = parse_uri(out["storeUri"])
     assert (scheme, bucket, prefix) == ("gs", out["bucketName"], cfg.store_prefix)
     assert out["storeUri"] == f"gs://{out['bucketName']}/{cfg.store_prefix}"
-    assert out["bucketName"] == plan.one(T_BUCKET).inputs["name"]
+    assert out["bucketName"] == one(plan, T_BUCKET).inputs["name"]
     accounts = {a.inputs["accountId"]: a for a in plan.of_type(T_ACCOUNT)}
-    assert out["fleetServiceAccount"] == f"mf-{cfg.stack}-fleet@{cfg.gcp_project}.iam.gserviceaccount.com"
-    assert out["publisherServiceAccount"] == f"mf-{cfg.stack}-publisher@{cfg.gcp_project}.iam.gserviceaccount.com"
+    assert out["fleetIdentity"] == f"mf-{cfg.stack}-fleet@{cfg.gcp_project}.iam.gserviceaccount.com"
+    assert out["publisherIdentity"] == f"mf-{cfg.stack}-publisher@{cfg.gcp_project}.iam.gserviceaccount.com"
     assert set(accounts) == {f"mf-{cfg.stack}-fleet", f"mf-{cfg.stack}-publisher"}
-    address = state_of(plan.one(T_GLOBAL_ADDRESS), "address")
+    address = state_of(one(plan, T_GLOBAL_ADDRESS), "address")
     assert out["loadBalancerAddress"] == address
     assert out["endpoint"] == (f"https://{cfg.https_domains[0]}" if cfg.enable_https else f"http://{address}")
-    grpc_ip = state_of(plan.one(T_ADDRESS), "address")
+    grpc_ip = state_of(one(plan, T_ADDRESS), "address")
     assert out["grpcEndpoint"] == f"{grpc_ip}:{TFS_GRPC_PORT}"
     assert out["canaryWeightPercent"] == cfg.canary_weight_percent
 
 
 def test_agent_wheel_is_an_object_in_the_store_that_the_user_data_names(stack: tuple[StackConfig, Plan]) -> None:
     _, plan = stack
-    wheel = plan.one(T_OBJECT).inputs
+    wheel = one(plan, T_OBJECT).inputs
     uri = plan.outputs["agentWheelUri"]
     _, _, key = parse_uri(uri)
     assert (wheel["bucket"], wheel["name"]) == (plan.outputs["bucketName"], key)
@@ -295,7 +295,7 @@ def test_instance_templates_are_hardened(stack: tuple[StackConfig, Plan]) -> Non
         }
         (nic,) = t["networkInterfaces"]
         assert "accessConfigs" not in nic and "ipv6AccessConfigs" not in nic  # no external address
-        assert nic["subnetwork"] == self_link(plan.one(T_SUBNET))
+        assert nic["subnetwork"] == self_link(one(plan, T_SUBNET))
         assert t["serviceAccount"] == {"email": fleet_email(plan), "scopes": [READ_ONLY_SCOPE]}
         (disk,) = t["disks"]
         assert disk["boot"] and disk["sourceImage"].endswith(
@@ -370,11 +370,11 @@ def assert_autoscalers(cfg: StackConfig, plan: Plan) -> None:
 
 def test_backend_services_match_the_fleets(stack: tuple[StackConfig, Plan]) -> None:
     cfg, plan = stack
-    lb_check = plan.named(f"mf-{cfg.stack}-lb-hc")
+    lb_check = named(plan, f"mf-{cfg.stack}-lb-hc")
     assert lb_check.inputs["httpHealthCheck"] == {"port": AGENT_PORT, "requestPath": HEALTH_PATH}
-    armor = plan.one(T_ARMOR)
+    armor = one(plan, T_ARMOR)
     for role in (STABLE, CANARY):
-        backend = plan.named(f"mf-{cfg.stack}-lb-{role}").inputs
+        backend = named(plan, f"mf-{cfg.stack}-lb-{role}").inputs
         mig = by_role(plan, T_MIG, role)
         rest_port_names = [p["name"] for p in mig.inputs["namedPorts"] if p["port"] == TFS_REST_PORT]
         assert [backend["portName"]] == rest_port_names
@@ -393,12 +393,12 @@ def test_url_map_splits_by_the_configured_weight(stack: tuple[StackConfig, Plan]
 
 
 def assert_split(cfg: StackConfig, plan: Plan) -> None:
-    urlmap = plan.named(f"mf-{cfg.stack}-lb-urlmap").inputs
-    backends = {self_link(plan.named(f"mf-{cfg.stack}-lb-{role}")): role for role in (STABLE, CANARY)}
+    urlmap = named(plan, f"mf-{cfg.stack}-lb-urlmap").inputs
+    backends = {self_link(named(plan, f"mf-{cfg.stack}-lb-{role}")): role for role in (STABLE, CANARY)}
     if 0 < cfg.canary_weight_percent < 100:
         weighted = urlmap["defaultRouteAction"]["weightedBackendServices"]
         weights = {backends[w["backendService"]]: w["weight"] for w in weighted}
-        assert weights == {STABLE: cfg.stable_weight_percent, CANARY: cfg.canary_weight_percent}
+        assert weights == {STABLE: 100 - cfg.canary_weight_percent, CANARY: cfg.canary_weight_percent}
         assert sum(weights.values()) == 100
         assert "defaultService" not in urlmap
     else:
@@ -412,7 +412,7 @@ def test_forwarding_rules_are_external_managed_on_the_reserved_address(stack: tu
 
 
 def assert_forwarding(cfg: StackConfig, plan: Plan) -> None:
-    address = state_of(plan.one(T_GLOBAL_ADDRESS), "address")
+    address = state_of(one(plan, T_GLOBAL_ADDRESS), "address")
     rules = {r.inputs["portRange"]: r.inputs for r in plan.of_type(T_GLOBAL_RULE)}
     assert set(rules) == ({"80", "443"} if cfg.enable_https else {"80"})
     for rule in rules.values():
@@ -420,17 +420,17 @@ def assert_forwarding(cfg: StackConfig, plan: Plan) -> None:
         assert rule["ipAddress"] == address
         assert rule["ipProtocol"] == "TCP"
         assert rule.get("deletionPolicy") == ("PREVENT" if cfg.deletion_protection else None)
-    proxy = plan.one(T_HTTP_PROXY)
+    proxy = one(plan, T_HTTP_PROXY)
     assert rules["80"]["target"] == self_link(proxy)
-    serving_map = self_link(plan.named(f"mf-{cfg.stack}-lb-urlmap"))
+    serving_map = self_link(named(plan, f"mf-{cfg.stack}-lb-urlmap"))
     if cfg.enable_https:
-        redirect = plan.named(f"mf-{cfg.stack}-lb-redirect")
+        redirect = named(plan, f"mf-{cfg.stack}-lb-redirect")
         assert proxy.inputs["urlMap"] == self_link(redirect)
         assert redirect.inputs["defaultUrlRedirect"]["httpsRedirect"] is True
-        https = plan.one(T_HTTPS_PROXY)
+        https = one(plan, T_HTTPS_PROXY)
         assert rules["443"]["target"] == self_link(https)
         assert https.inputs["urlMap"] == serving_map
-        cert = plan.one(T_CERT)
+        cert = one(plan, T_CERT)
         assert https.inputs["sslCertificates"] == [self_link(cert)]
         assert cert.inputs["managed"]["domains"] == list(cfg.https_domains)
     else:
@@ -438,7 +438,7 @@ def assert_forwarding(cfg: StackConfig, plan: Plan) -> None:
 
 
 def armor_rules(plan: Plan) -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = plan.one(T_ARMOR).inputs["rules"]
+    rules: list[dict[str, Any]] = one(plan, T_ARMOR).inputs["rules"]
     return rules
 
 
@@ -495,19 +495,19 @@ def assert_firewalls(cfg: StackConfig, plan: Plan) -> None:
 
 def test_grpc_goes_through_a_passthrough_nlb_to_the_stable_fleet(stack: tuple[StackConfig, Plan]) -> None:
     cfg, plan = stack
-    pool = plan.one(T_POOL)
+    pool = one(plan, T_POOL)
     assert pool.parent_name == f"mf-{cfg.stack}-stable"
     assert pool.inputs["region"] == cfg.region
-    check = plan.one(T_LEGACY_HC)
+    check = one(plan, T_LEGACY_HC)
     assert pool.inputs["healthChecks"] == self_link(check)
     assert (check.inputs["port"], check.inputs["requestPath"]) == (AGENT_PORT, HEALTH_PATH)
     assert by_role(plan, T_MIG, STABLE).inputs["targetPools"] == [self_link(pool)]
     assert "targetPools" not in by_role(plan, T_MIG, CANARY).inputs
-    rule = plan.one(T_RULE).inputs
+    rule = one(plan, T_RULE).inputs
     assert rule["loadBalancingScheme"] == "EXTERNAL" and rule["ipProtocol"] == "TCP"
     assert rule["portRange"] == str(TFS_GRPC_PORT)
     assert rule["target"] == self_link(pool)
-    assert rule["ipAddress"] == state_of(plan.one(T_ADDRESS), "address")
+    assert rule["ipAddress"] == state_of(one(plan, T_ADDRESS), "address")
 
 
 def test_each_group_is_in_exactly_one_backend_service(stack: tuple[StackConfig, Plan]) -> None:
@@ -523,14 +523,14 @@ def test_each_group_is_in_exactly_one_backend_service(stack: tuple[StackConfig, 
 
 def test_network_is_private_with_nat_egress(stack: tuple[StackConfig, Plan]) -> None:
     cfg, plan = stack
-    assert plan.one(T_NETWORK).inputs["autoCreateSubnetworks"] is False
-    subnet = plan.one(T_SUBNET).inputs
+    assert one(plan, T_NETWORK).inputs["autoCreateSubnetworks"] is False
+    subnet = one(plan, T_SUBNET).inputs
     assert subnet["ipCidrRange"] == cfg.network_cidr
     assert subnet["privateIpGoogleAccess"] is True
-    assert subnet["network"] == self_link(plan.one(T_NETWORK))
-    nat = plan.one(T_NAT).inputs
-    assert nat["router"] == state_of(plan.one(T_ROUTER), "name")
-    assert [s["name"] for s in nat["subnetworks"]] == [self_link(plan.one(T_SUBNET))]
+    assert subnet["network"] == self_link(one(plan, T_NETWORK))
+    nat = one(plan, T_NAT).inputs
+    assert nat["router"] == state_of(one(plan, T_ROUTER), "name")
+    assert [s["name"] for s in nat["subnetworks"]] == [self_link(one(plan, T_SUBNET))]
 
 
 # --- config variants ----------------------------------------------------------------------------------------------
@@ -543,7 +543,7 @@ def test_canary_weight(weight: int) -> None:
     canary = by_role(plan, T_AUTOSCALER, CANARY).inputs["autoscalingPolicy"]
     if weight == 0:
         assert (canary["minReplicas"], canary["maxReplicas"]) == (0, 0)  # scaled to zero
-        weighted = plan.named("mf-test-lb-urlmap").inputs.get("defaultRouteAction")
+        weighted = named(plan, "mf-test-lb-urlmap").inputs.get("defaultRouteAction")
         assert weighted is None
     else:
         assert (canary["minReplicas"], canary["maxReplicas"]) == (cfg.canary.min_replicas, cfg.canary.max_replicas)
@@ -556,7 +556,7 @@ def test_canary_kept_warm_at_weight_zero_runs_but_gets_no_traffic() -> None:
     canary = by_role(plan, T_AUTOSCALER, CANARY).inputs["autoscalingPolicy"]
     assert (canary["minReplicas"], canary["maxReplicas"]) == (cfg.canary.min_replicas, cfg.canary.max_replicas)
     assert cfg.canary.min_replicas >= 1
-    assert plan.named("mf-test-lb-urlmap").inputs.get("defaultRouteAction") is None  # all traffic to stable
+    assert named(plan, "mf-test-lb-urlmap").inputs.get("defaultRouteAction") is None  # all traffic to stable
     assert_split(cfg, plan)
 
 
@@ -575,9 +575,9 @@ def test_https_with_several_domains_redirects_http() -> None:
     domains = ["models.example.com", "ml.example.org"]
     cfg, plan = variant(enableHttps=True, httpsDomains=domains)
     assert_forwarding(cfg, plan)
-    https = plan.one(T_HTTPS_PROXY).inputs
-    tls = plan.named("mf-test-lb-tls").inputs
-    assert https["sslPolicy"] == self_link(plan.named("mf-test-lb-tls"))
+    https = one(plan, T_HTTPS_PROXY).inputs
+    tls = named(plan, "mf-test-lb-tls").inputs
+    assert https["sslPolicy"] == self_link(named(plan, "mf-test-lb-tls"))
     assert tls["minTlsVersion"] == "TLS_1_2"
     assert plan.outputs["endpoint"] == "https://models.example.com"
 
@@ -628,29 +628,41 @@ def test_existing_network_is_used_not_created() -> None:
 def test_explicit_bucket_cmek_and_empty_prefix() -> None:
     key = "projects/acme-kms/locations/europe-west1/keyRings/ml/cryptoKeys/models"
     _, plan = variant(bucketName="acme-models-eu", kmsKey=key, storePrefix="", noncurrentVersionDays=7)
-    bucket = plan.one(T_BUCKET).inputs
+    bucket = one(plan, T_BUCKET).inputs
     assert bucket["name"] == "acme-models-eu"
     assert bucket["encryption"] == {"defaultKmsKeyName": key}
     assert bucket["lifecycleRules"][0]["condition"]["daysSinceNoncurrentTime"] == 7
     assert plan.outputs["storeUri"] == "gs://acme-models-eu"
-    assert plan.one(T_OBJECT).inputs["name"].startswith("_agent/")
+    assert one(plan, T_OBJECT).inputs["name"].startswith("_agent/")
 
 
 def test_requests_metric_scales_on_load_balancer_rate() -> None:
     cfg, plan = variant(autoscalingMetric="requests", targetRequestsPerSecond=120)
     assert_autoscalers(cfg, plan)
     for role in (STABLE, CANARY):
-        (b,) = plan.named(f"mf-test-lb-{role}").inputs["backends"]
+        (b,) = named(plan, f"mf-test-lb-{role}").inputs["backends"]
         assert b["maxRatePerInstance"] == 120
 
 
 def test_names_of_a_long_stack_fit_gcp_limits() -> None:
     values = read_stack_file(STACKS_DIR / "Pulumi.staging.yaml")
     cfg = load_config(values, "Team_ML.Serving-Europe-Production-Blue")
-    plan = evaluate(cfg.stack, lambda: build(cfg), state=STATE, calls=CALLS)
+    plan = evaluate(cfg.stack, lambda: build(cfg), cloud="gcp")
     for account in plan.of_type(T_ACCOUNT):
         assert re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", account.inputs["accountId"])
-    name = plan.one(T_BUCKET).inputs["name"]
+    name = one(plan, T_BUCKET).inputs["name"]
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", name) and len(name) <= 63
     for t in plan.of_type(T_TEMPLATE):
         assert len(t.inputs["namePrefix"]) <= 37
+
+
+def test_the_renamed_accounts_component_keeps_its_earlier_name_as_an_alias(
+    stack: tuple[StackConfig, Plan],
+) -> None:
+    """The identities component was `mf-<slug>-sa`: without the alias `pulumi up` would recreate the service accounts
+    (new ids, every IAM binding on them lost). Every other component kept its name."""
+    cfg, plan = stack
+    components = [r for r in plan.resources if not r.custom and r.parent_name == f"modelfleet-{plan.stack}"]
+    aliased = {r.name: r.aliases for r in components if r.aliases}
+    prefix = naming.component_name(cfg.stack, "")[:-1]  # mf-<slug>
+    assert aliased == {naming.component_name(cfg.stack, naming.IAM): (f"{prefix}-sa",)}

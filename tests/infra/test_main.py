@@ -10,7 +10,7 @@ import pulumi
 import pytest
 
 from infra.config import read_stack_file
-from infra.mocks import evaluate
+from infra.offline import evaluate
 from infra.stack import STACKS_DIR
 from tests.support import REPO_ROOT
 
@@ -21,18 +21,13 @@ def _pulumi_config(values: dict[str, Any]) -> dict[str, str]:
 
 
 def _run_main(stack: str, values: dict[str, Any]) -> Any:
-    import importlib
-
-    cloud = values["cloud"]
-    fakes = importlib.import_module(f"infra.{cloud}.mock_calls")
-
     def program() -> dict[str, Any]:
         pulumi.runtime.set_all_config(_pulumi_config(values))
         runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
         return {}
 
     try:
-        return evaluate(stack, program, state=fakes.STATE, calls=fakes.CALLS)
+        return evaluate(stack, program, cloud=values["cloud"])
     finally:
         pulumi.runtime.set_all_config({})
 

@@ -337,3 +337,11 @@ def test_bad_arguments(tmp_path: Path) -> None:
     assert result.inputs == {"b": "float32", "a": "float32"}
     got = _signature(tmp_path / "m")(a=tf.constant(ones), b=tf.constant(10 * ones))["output_0"].numpy()
     np.testing.assert_allclose(got, 11 * ones)
+
+
+def test_export_model_is_importable_from_the_package() -> None:
+    import model_export
+    from model_export import export_model as lazy
+
+    assert lazy is export_model
+    assert model_export.ExportResult is ExportResult

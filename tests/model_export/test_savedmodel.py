@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from model_export.errors import NotASavedModel
-from model_export.savedmodel import Signature, TensorSpec, inspect_savedmodel
+from model_export.savedmodel import inspect_savedmodel
+from model_export.signature import Signature, TensorSpec
 
 
 def _tf_signature(path: Path) -> Signature:

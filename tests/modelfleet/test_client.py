@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from model_export.errors import BadInput
-from model_export.savedmodel import TensorSpec
+from model_export.signature import TensorSpec
 from modelfleet import client
 from modelfleet.client.prediction import _cast
 from modelfleet.client.rest import _rest_request_body

@@ -10,7 +10,6 @@ from model_export.manifest import load_manifest
 from model_export.store import open_store
 from modelfleet.cli import main
 
-
 pytestmark = pytest.mark.slow  # trains a model with TensorFlow: left out of `make quick`
 
 

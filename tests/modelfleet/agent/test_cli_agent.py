@@ -84,7 +84,7 @@ def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
         (
             "--models",
             "bad/name",
-            "model name 'bad/name' is invalid; use 1-128 of [A-Za-z0-9_.-], starting alphanumeric",
+            "--models model name 'bad/name' is invalid; use 1-128 of [A-Za-z0-9_.-], starting alphanumeric",
         ),
         (
             "--store",
@@ -179,3 +179,27 @@ def test_the_agent_never_imports_tensorflow_or_pulumi(published: str, tmp_path: 
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"rc": 0, "bad": []}
     assert time.monotonic() - started < 30
+
+
+# Top-level packages a serving VM does not install; the agent must not import them, nor the predict client.
+_NOT_ON_A_VM = ("tensorflow", "keras", "pulumi", "pulumi_gcp", "pulumi_aws", "numpy")
+
+
+def test_agent_help_imports_nothing_a_serving_vm_lacks() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "modelfleet", "agent", "--help"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--models" in out.stdout
+    # Each line is "import time: self | cumulative | name", the name indented by its depth.
+    lines = [line for line in out.stderr.splitlines() if line.startswith("import time:")]
+    imported = [line.rsplit("|", 1)[1].strip() for line in lines]
+    assert "modelfleet.agent.main" in imported  # the probe sees the agent's own imports
+    bad = [m for m in imported if m.split(".")[0] in _NOT_ON_A_VM or (m + ".").startswith("modelfleet.client.")]
+    assert bad == []

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_export.constants import CANARY, STABLE
-from model_export.manifest import load_manifest, manifest_key
+from model_export.layout import manifest_key
+from model_export.manifest import load_manifest
 from model_export.publish import publish
 from model_export.store import open_store
 from model_export.versions import clear_label, promote, rollback, set_label

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelfleet.agent.tfs_config import ModelEntry, render, write_atomic
+from modelfleet.agent.durable import write_atomic
+from modelfleet.agent.tfs_config import ModelEntry, render
 
 
 def parse(text: str) -> object:

@@ -1,0 +1,67 @@
+"""Every key modelfleet reads or writes in a store, relative to the store's URI (``gs://bucket/prefix`` etc.).
+
+::
+
+    <model>/manifest.json              the only object servers trust (:func:`manifest_key`)
+    <model>/<N>/<file>                 the files of version N, immutable once committed (:func:`version_prefix`)
+    <model>/_pending/<N>.json          reservation of N while a publish uploads (:func:`pending_key`)
+    _agent/<sha256>/<wheel name>       the agent wheel fleet VMs install (:func:`agent_wheel_key`)
+
+Model names start alphanumeric (``manifest.MODEL_RE``), so a top-level prefix that starts with ``_`` never collides
+with a model. A prefix added later (for example the fleet status of issue 11) is defined here, below the others, as
+one more ``_name`` constant with a function that builds its keys; nothing else spells a key. Documented in
+docs/manifest.md.
+"""
+
+from __future__ import annotations
+
+MANIFEST_NAME = "manifest.json"
+PENDING_DIR = "_pending"  # inside a model's prefix: version reservations
+# Top-level prefixes that are not models (each starts with "_"). Add new ones here.
+AGENT_PREFIX = "_agent"  # agent wheels
+_RESERVATION_SUFFIX = ".json"
+
+
+def model_prefix(model: str) -> str:
+    """Everything stored for ``model`` (manifest, versions, reservations) lists under this prefix."""
+    return f"{model}/"
+
+
+def manifest_key(model: str) -> str:
+    return f"{model}/{MANIFEST_NAME}"
+
+
+def version_prefix(model: str, version: int) -> str:
+    """The directory of version ``version``; its files are ``<version_prefix>/<relative path>``."""
+    return f"{model}/{version}"
+
+
+def pending_prefix(model: str) -> str:
+    return f"{model}/{PENDING_DIR}/"
+
+
+def pending_key(model: str, version: int) -> str:
+    return f"{pending_prefix(model)}{version}{_RESERVATION_SUFFIX}"
+
+
+def version_of_file(model: str, key: str) -> int | None:
+    """N when ``key`` is a file of ``<model>/<N>/``, else ``None``."""
+    head, sep, rest = key.removeprefix(model_prefix(model)).partition("/")
+    if not key.startswith(model_prefix(model)) or not sep or not rest or not head.isdigit():
+        return None
+    return int(head)
+
+
+def reserved_version(model: str, key: str) -> int | None:
+    """N when ``key`` is the reservation ``<model>/_pending/<N>.json``, else ``None``."""
+    name = key.removeprefix(pending_prefix(model))
+    if not key.startswith(pending_prefix(model)) or not name.endswith(_RESERVATION_SUFFIX):
+        return None
+    number = name.removesuffix(_RESERVATION_SUFFIX)
+    return int(number) if number.isdigit() else None
+
+
+def agent_wheel_key(sha256: str, wheel_name: str, prefix: str = "") -> str:
+    """``[<prefix>/]_agent/<sha256>/<wheel name>``: the file name stays a valid wheel name (pip needs it); the hash in
+    the path makes every build its own object, so an upload never overwrites what running VMs were told to fetch."""
+    return "/".join(part for part in (prefix, AGENT_PREFIX, sha256, wheel_name) if part)
