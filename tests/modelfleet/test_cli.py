@@ -164,3 +164,30 @@ def test_console_script_and_module_entry_points(store: str) -> None:
         proc = subprocess.run([*argv, "versions", "--store", store, "--model", "x"], capture_output=True, text=True)
         assert proc.returncode == 2
         assert proc.stderr == f"modelfleet: error: no model 'x' in {store} (nothing published under that name)\n"
+
+
+def test_every_command_is_listed_with_its_own_summary() -> None:
+    """`modelfleet --help` lists commands without importing them: each listed summary must be the first line of the
+    command's own help, and every command a module registers must be listed."""
+    import argparse
+
+    from modelfleet.cli import COMMANDS, build_parser
+
+    for name, (_, summary) in COMMANDS.items():
+        parser = build_parser(name)
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        assert set(sub.choices) <= set(COMMANDS), set(sub.choices) - set(COMMANDS)
+        description = sub.choices[name].description or ""
+        assert description.splitlines()[0] == summary, name
+
+
+def test_help_and_version_import_no_command_module() -> None:
+    code = (
+        "import sys\nfrom modelfleet.cli import main\n"
+        "for argv in (['--help'], ['--version']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('modelfleet.cli.')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
