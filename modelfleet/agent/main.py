@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -144,10 +145,16 @@ class Agent:
 
     # -- one tick --------------------------------------------------------------------------------------------------
 
+    def _labeled(self) -> dict[str, Iterable[int]]:
+        """The versions the written config's labels point at, per model."""
+        return {name: entry.labels.values() for name, entry in self.entries.items()}
+
     def tick(self, *, poll_store: bool = True) -> list[ModelReport]:
         """Sync every model from the store (when ``poll_store``), then write the next config and prune the cache."""
         reports = [self.follower.sync(st) for st in self.states.values()] if poll_store else []
-        self.status.publish(self.states)
+        # The labels stay those of the config TF Serving has until the next one is written: health read in between
+        # must still see the labeled version serving (without them a mid-move check answered 503).
+        self.status.publish(self.states, self._labeled())
         try:
             self.reconcile()
         except (OSError, ValueError) as e:
@@ -156,7 +163,7 @@ class Agent:
         for r in reports:
             if r.error:
                 log.warning("%s", r.error)
-        self.status.publish(self.states, {n: e.labels.values() for n, e in self.entries.items()})
+        self.status.publish(self.states, self._labeled())
         if reports:
             self.status.record(reports, at=time.time(), bytes_fetched=self.cache.bytes_fetched)
         return reports

@@ -12,6 +12,7 @@ from model_export.manifest import load_manifest
 from model_export.publish import publish
 from model_export.store import open_store
 from model_export.versions import rollback
+from modelfleet.agent.health import check_health
 from modelfleet.agent.tfs import TfsClient
 from tests.support.agent import MODEL, http_get, make_agent, metrics, served, serving, wait_until
 from tests.support.servers import free_port
@@ -169,7 +170,7 @@ def test_health_stays_200_while_a_label_move_loads_and_if_the_new_version_fails(
 
             tfs.set_state(MODEL, 2, "END", error_code="UNKNOWN", error_message="bad graph")
             code, body = http_get(base + HEALTH_PATH)
-            assert code == 200
+            assert code == 200, body
             assert "version 1 AVAILABLE and serving; version 2 is END" in body
             assert served(agent.config_path) == {MODEL: ([1, 2], {STABLE: 1})}  # labels never moved to v2
 
@@ -177,3 +178,35 @@ def test_health_stays_200_while_a_label_move_loads_and_if_the_new_version_fails(
             code, body = http_get(base + HEALTH_PATH)
             assert code == 503
             assert body == "unhealthy\ndigits: version 2 is END, not AVAILABLE\n"
+
+
+def test_health_read_between_sync_and_config_write_still_sees_the_labels(
+    store: str, savedmodels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick publishes its status twice: after the store sync and after the config is written. Health read in
+    between (the load balancer's check does not wait for ticks) must still see the labeled version serving; it once
+    saw no labels there and answered 503 in the middle of every label move."""
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    with TFServingStandIn(grpc=False) as tfs:
+        tfs.set_model(MODEL, versions={1: "AVAILABLE"})
+        tfs_client = TfsClient(tfs.rest_url)
+        agent = make_agent(store, tmp_path / "root", STABLE, tfs=tfs_client, poll_seconds=30)
+        with agent:
+            agent.tick()
+            agent.tick()
+            assert served(agent.config_path) == {MODEL: ([1], {STABLE: 1})}
+            publish(savedmodels["v2"], store, MODEL, label=STABLE)
+            tfs.set_model(MODEL, versions={1: "AVAILABLE", 2: "LOADING"})
+            seen: list[tuple[bool, list[str]]] = []
+            reconcile = agent.reconcile
+
+            def health_then_reconcile() -> None:
+                seen.append(check_health(agent.status, tfs_client))
+                reconcile()
+
+            monkeypatch.setattr(agent, "reconcile", health_then_reconcile)
+            agent.tick()
+            assert agent.status.models()[0].target == 2  # the sync moved the target: the move is under way
+            (healthy, lines), *_ = seen
+            assert healthy, lines
+            assert lines[0].startswith("digits: version 1 AVAILABLE and serving; version 2 is LOADING")
