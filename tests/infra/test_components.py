@@ -135,3 +135,21 @@ def test_gcp_longest_names_are_valid(stack: str) -> None:
     longest = naming.child_name(naming.component_name(stack, naming.LOAD_BALANCER), "allow-grpc-clients")
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", longest)
     assert len(longest) + naming.AUTONAME_SUFFIX <= 63
+
+
+@pytest.mark.parametrize(
+    ("stack", "slug", "bucket"),
+    [
+        ("staging", "staging", "proj-123-modelfleet-staging"),
+        ("My Stack_Name!!", "my-stack-name", "proj-123-modelfleet-my-stack-name"),
+        ("prod-eu-west-1-very-long-name", "prod-eu-west-1-878e", "proj-123-modelfleet-prod-eu-west-1-very-long-name"),
+        ("--", "stack", "proj-123-modelfleet-stack"),
+    ],
+)
+def test_stack_slugs_and_bucket_names_never_change(stack: str, slug: str, bucket: str) -> None:
+    """Pinned to what earlier releases computed: the slug is in GCP service-account ids and the default bucket name,
+    so a change would create new accounts and a new, empty model store on the next `pulumi up`."""
+    from infra.gcp.stack import default_bucket_name
+
+    assert naming.slug(stack) == slug
+    assert default_bucket_name("proj-123", stack) == bucket
