@@ -14,6 +14,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import agent_package, naming
+from infra.agent_package import AgentWheelFile
 from infra.aws.fleet import RequestMetric, ServingFleet, ServingFleetArgs
 from infra.aws.iam import StoreAccess, StoreAccessArgs
 from infra.aws.load_balancer import LoadBalancer, LoadBalancerArgs
@@ -59,84 +60,24 @@ def _user_data(cfg: StackConfig, role: str, wheel_sha256: str, resolved: list[An
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
-    prefix = cfg.stack  # naming.component_name(stack, part) is mf-<stack slug>-<part>
     tags = base_tags(cfg)
     # The provider keeps the logical name it had before the naming rule: every resource's state records its
     # provider's URN, and engines that ignore provider aliases (pulumi/pulumi#3979) would replace them all, bucket
     # included, if it were renamed.
     provider = aws.Provider("aws", region=cfg.region, default_tags=aws.ProviderDefaultTagsArgs(tags=tags))
     opts = pulumi.ResourceOptions(providers=[provider])
-    ha = production_grade(cfg)
     wheel = agent_package.deployed_agent_wheel()
-
-    store = ModelStore(
-        naming.component_name(prefix, naming.STORE),
-        ModelStoreArgs(
-            prefix=cfg.store_prefix,
-            noncurrent_version_days=cfg.noncurrent_version_days,
-            bucket_name=cfg.bucket_name,
-            bucket_prefix=bucket_prefix_for(cfg.stack),
-            kms_key_arn=cfg.kms_key,
-            protect=cfg.deletion_protection,
-            agent_wheel=wheel,
-            tags=tags,
-        ),
-        _named(opts, naming.STORE),
-    )
-    access = StoreAccess(
-        naming.component_name(prefix, naming.IAM),
-        StoreAccessArgs(
-            bucket_arn=store.bucket_arn,
-            prefix=cfg.store_prefix,
-            region=cfg.region,
-            kms_key_arn=cfg.kms_key,
-            iam_path=f"/{PROJECT}/{cfg.stack}/",
-            tags=tags,
-        ),
-        _named(opts, naming.IAM),
-    )
-    existing = None
-    if cfg.existing_network:
-        existing = ExistingNetwork(
-            cfg.existing_network, cfg.existing_instance_subnets, cfg.existing_load_balancer_subnets
-        )
-    network = Network(
-        naming.component_name(prefix, naming.NETWORK),
-        NetworkArgs(
-            region=cfg.region,
-            cidr=cfg.network_cidr,
-            zone_count=3 if ha else 2,
-            nat_gateway_per_zone=ha,
-            existing=existing,
-            tags=tags,
-        ),
-        _named(opts, naming.NETWORK),
-    )
-    lb = LoadBalancer(
-        naming.component_name(prefix, naming.LOAD_BALANCER),
-        LoadBalancerArgs(
-            vpc_id=network.vpc_id,
-            subnet_ids=network.public_subnet_ids,
-            allowed_source_cidrs=cfg.allowed_source_cidrs,
-            canary_weight_percent=cfg.canary_weight_percent,
-            enable_https=cfg.enable_https,
-            certificate_arn=cfg.certificate_arn,
-            enable_grpc=cfg.enable_grpc,
-            access_logs_bucket=cfg.access_logs_bucket,
-            access_logs_prefix=f"{PROJECT}/{cfg.stack}",
-            deletion_protection=cfg.deletion_protection,
-            tags=tags,
-        ),
-        _named(opts, naming.LOAD_BALANCER),
-    )
+    store = _store(cfg, wheel, tags, opts)
+    access = _store_access(cfg, store, tags, opts)
+    network = _network(cfg, tags, opts)
+    lb = _load_balancer(cfg, network, tags, opts)
     image_id = aws.ssm.get_parameter_output(
         name=GPU_AMI_PARAMETER if cfg.gpu else UBUNTU_AMI_PARAMETER,
         region=cfg.region,
         opts=pulumi.InvokeOptions(provider=provider),
     ).insecure_value
-
     wheel_uri = store.agent_wheel_uri
-    if wheel_uri is None:  # pragma: no cover - the wheel is always passed above
+    if wheel_uri is None:  # pragma: no cover - the stack always passes the wheel to the store
         raise RuntimeError("the model store did not upload the agent wheel")
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
@@ -145,7 +86,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             functools.partial(_user_data, cfg, role, wheel.sha256)
         )
         fleets[role] = ServingFleet(
-            naming.component_name(prefix, role),
+            naming.component_name(cfg.stack, role),
             ServingFleetArgs(
                 role=role,
                 user_data=user_data,
@@ -164,14 +105,101 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             ),
             _named(opts, role),
         )
+    return _outputs(cfg, store, access, network, lb, fleets)
 
-    # The names every stack shares (README "Stack outputs"), then AWS's own.
+
+def _store(cfg: StackConfig, wheel: AgentWheelFile, tags: dict[str, str], opts: pulumi.ResourceOptions) -> ModelStore:
+    return ModelStore(
+        naming.component_name(cfg.stack, naming.STORE),
+        ModelStoreArgs(
+            prefix=cfg.store_prefix,
+            noncurrent_version_days=cfg.noncurrent_version_days,
+            bucket_name=cfg.bucket_name,
+            bucket_prefix=bucket_prefix_for(cfg.stack),
+            kms_key_arn=cfg.kms_key,
+            protect=cfg.deletion_protection,
+            agent_wheel=wheel,
+            tags=tags,
+        ),
+        _named(opts, naming.STORE),
+    )
+
+
+def _store_access(
+    cfg: StackConfig, store: ModelStore, tags: dict[str, str], opts: pulumi.ResourceOptions
+) -> StoreAccess:
+    return StoreAccess(
+        naming.component_name(cfg.stack, naming.IAM),
+        StoreAccessArgs(
+            bucket_arn=store.bucket_arn,
+            prefix=cfg.store_prefix,
+            region=cfg.region,
+            kms_key_arn=cfg.kms_key,
+            iam_path=f"/{PROJECT}/{cfg.stack}/",
+            tags=tags,
+        ),
+        _named(opts, naming.IAM),
+    )
+
+
+def _network(cfg: StackConfig, tags: dict[str, str], opts: pulumi.ResourceOptions) -> Network:
+    ha = production_grade(cfg)
+    existing = None
+    if cfg.existing_network:
+        existing = ExistingNetwork(
+            cfg.existing_network, cfg.existing_instance_subnets, cfg.existing_load_balancer_subnets
+        )
+    return Network(
+        naming.component_name(cfg.stack, naming.NETWORK),
+        NetworkArgs(
+            region=cfg.region,
+            cidr=cfg.network_cidr,
+            zone_count=3 if ha else 2,
+            nat_gateway_per_zone=ha,
+            existing=existing,
+            tags=tags,
+        ),
+        _named(opts, naming.NETWORK),
+    )
+
+
+def _load_balancer(
+    cfg: StackConfig, network: Network, tags: dict[str, str], opts: pulumi.ResourceOptions
+) -> LoadBalancer:
+    return LoadBalancer(
+        naming.component_name(cfg.stack, naming.LOAD_BALANCER),
+        LoadBalancerArgs(
+            vpc_id=network.vpc_id,
+            subnet_ids=network.public_subnet_ids,
+            allowed_source_cidrs=cfg.allowed_source_cidrs,
+            canary_weight_percent=cfg.canary_weight_percent,
+            enable_https=cfg.enable_https,
+            certificate_arn=cfg.certificate_arn,
+            enable_grpc=cfg.enable_grpc,
+            access_logs_bucket=cfg.access_logs_bucket,
+            access_logs_prefix=f"{PROJECT}/{cfg.stack}",
+            deletion_protection=cfg.deletion_protection,
+            tags=tags,
+        ),
+        _named(opts, naming.LOAD_BALANCER),
+    )
+
+
+def _outputs(
+    cfg: StackConfig,
+    store: ModelStore,
+    access: StoreAccess,
+    network: Network,
+    lb: LoadBalancer,
+    fleets: dict[str, ServingFleet],
+) -> dict[str, Any]:
+    """The names every stack shares (README "Stack outputs"), then AWS's own."""
     outputs: dict[str, Any] = {
         "endpoint": lb.endpoint,
         "loadBalancerAddress": lb.dns_name,
         "bucketName": store.bucket_name,
         "storeUri": store.store_uri,
-        "agentWheelUri": wheel_uri,
+        "agentWheelUri": store.agent_wheel_uri,
         "fleetIdentity": access.fleet_role_arn,
         "fleetGroups": {role: fleet.group_name for role, fleet in fleets.items()},
         "networkId": network.vpc_id,

@@ -12,7 +12,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra import agent_package, naming
-from infra.agent_package import agent_wheel_uri
+from infra.agent_package import AgentWheelFile, agent_wheel_uri
 from infra.bootstrap import AgentWheel
 from infra.components import autoscaling_target, fleet_capacity, fleet_user_data, store_uri
 from infra.config import PROJECT, ConfigError, StackConfig
@@ -72,31 +72,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         # Named "<prefix>-sa" before 0.x's one naming rule: the alias keeps the accounts (and their ids).
         pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=[pulumi.Alias(name=f"{prefix}-sa")])),
     )
-    store = ModelStore(
-        naming.component_name(cfg.stack, naming.STORE),
-        ModelStoreArgs(
-            bucket_name=bucket,
-            location=cfg.region,
-            noncurrent_version_days=cfg.noncurrent_version_days,
-            kms_key=cfg.kms_key,
-            deletion_protection=cfg.deletion_protection,
-            reader_members=[accounts.fleet_member],
-            publisher_members=[accounts.publisher_member],
-            agent_wheel=wheel,
-            store_prefix=cfg.store_prefix,
-        ),
-        opts,
-    )
-    network = Network(
-        naming.component_name(cfg.stack, naming.NETWORK),
-        NetworkArgs(
-            region=cfg.region,
-            cidr=cfg.network_cidr,
-            existing_network=cfg.existing_network,
-            existing_subnetwork=cfg.existing_instance_subnets[0] if cfg.existing_instance_subnets else None,
-        ),
-        opts,
-    )
+    store = _store(cfg, bucket, accounts, wheel, opts)
+    network = _network(cfg, opts)
 
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
@@ -121,8 +98,52 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             opts,
         )
 
+    lb = _load_balancer(cfg, network, accounts, fleets, opts)
+    return _outputs(cfg, uri, wheel_uri, store, accounts, network, lb, fleets)
+
+
+def _store(
+    cfg: StackConfig, bucket: str, accounts: ServiceAccounts, wheel: AgentWheelFile, opts: pulumi.ResourceOptions
+) -> ModelStore:
+    return ModelStore(
+        naming.component_name(cfg.stack, naming.STORE),
+        ModelStoreArgs(
+            bucket_name=bucket,
+            location=cfg.region,
+            noncurrent_version_days=cfg.noncurrent_version_days,
+            kms_key=cfg.kms_key,
+            deletion_protection=cfg.deletion_protection,
+            reader_members=[accounts.fleet_member],
+            publisher_members=[accounts.publisher_member],
+            agent_wheel=wheel,
+            store_prefix=cfg.store_prefix,
+        ),
+        opts,
+    )
+
+
+def _network(cfg: StackConfig, opts: pulumi.ResourceOptions) -> Network:
+    return Network(
+        naming.component_name(cfg.stack, naming.NETWORK),
+        NetworkArgs(
+            region=cfg.region,
+            cidr=cfg.network_cidr,
+            existing_network=cfg.existing_network,
+            existing_subnetwork=cfg.existing_instance_subnets[0] if cfg.existing_instance_subnets else None,
+        ),
+        opts,
+    )
+
+
+def _load_balancer(
+    cfg: StackConfig,
+    network: Network,
+    accounts: ServiceAccounts,
+    fleets: dict[str, ServingFleet],
+    opts: pulumi.ResourceOptions,
+) -> LoadBalancer:
     pool = fleets[STABLE].target_pool
-    lb = LoadBalancer(
+    return LoadBalancer(
         naming.component_name(cfg.stack, naming.LOAD_BALANCER),
         LoadBalancerArgs(
             network=network.network,
@@ -140,7 +161,18 @@ def build(cfg: StackConfig) -> dict[str, Any]:
         opts,
     )
 
-    # The names every stack shares (README "Stack outputs"), then GCP's own.
+
+def _outputs(
+    cfg: StackConfig,
+    uri: str,
+    wheel_uri: str,
+    store: ModelStore,
+    accounts: ServiceAccounts,
+    network: Network,
+    lb: LoadBalancer,
+    fleets: dict[str, ServingFleet],
+) -> dict[str, Any]:
+    """The names every stack shares (README "Stack outputs"), then GCP's own."""
     outputs: dict[str, Any] = {
         "endpoint": lb.endpoint,
         "loadBalancerAddress": lb.address,

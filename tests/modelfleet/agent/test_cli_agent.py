@@ -79,7 +79,12 @@ def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
     [
         ("--listen", "localhost", "--listen 'localhost' is not HOST:PORT (e.g. 0.0.0.0:8080)"),
         ("--listen", "h:99999", "--listen 'h:99999' is not HOST:PORT (e.g. 0.0.0.0:8080)"),
-        ("--models", "a,,b", "--models 'a,,b' must be comma-separated model names, e.g. digits,iris"),
+        (
+            "--models",
+            "a,,b",
+            "--models model name '' is invalid; use 1-128 of [A-Za-z0-9_.-], starting alphanumeric",
+        ),
+        ("--models", " ", "--models list at least one model name"),
         ("--models", "a,a", "--models names a model twice: a,a"),
         (
             "--models",
@@ -160,6 +165,10 @@ def test_sigterm_stops_the_agent_cleanly(published: str, tmp_path: Path) -> None
     assert "SIGTERM: stopping" in err
 
 
+# Top-level packages a serving VM does not install; the agent must not import them, nor the predict client.
+_NOT_ON_A_VM = ("tensorflow", "keras", "pulumi", "pulumi_gcp", "pulumi_aws", "numpy")
+
+
 def test_the_agent_never_imports_tensorflow_or_pulumi(published: str, tmp_path: Path) -> None:
     argv = agent_argv(published, tmp_path / "root", "--once")
     code = (
@@ -167,7 +176,8 @@ def test_the_agent_never_imports_tensorflow_or_pulumi(published: str, tmp_path: 
         "from modelfleet.cli import main\n"
         "import modelfleet.agent.health, modelfleet.agent.main, model_export.store.s3, model_export.store.gcs\n"
         f"rc = main({argv!r})\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'pulumi', 'keras'))\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {_NOT_ON_A_VM!r} or m == 'modelfleet.client'"
+        " or m.startswith('modelfleet.client.'))\n"
         "print(json.dumps({'rc': rc, 'bad': bad}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -179,10 +189,6 @@ def test_the_agent_never_imports_tensorflow_or_pulumi(published: str, tmp_path: 
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"rc": 0, "bad": []}
     assert time.monotonic() - started < 30
-
-
-# Top-level packages a serving VM does not install; the agent must not import them, nor the predict client.
-_NOT_ON_A_VM = ("tensorflow", "keras", "pulumi", "pulumi_gcp", "pulumi_aws", "numpy")
 
 
 def test_agent_help_imports_nothing_a_serving_vm_lacks() -> None:
