@@ -35,8 +35,9 @@ from model_export.signature import Signature
 from model_export.store.base import Store
 
 SCHEMA_VERSION = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")  # TF Serving's rule for labels
-MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, which let "canary\n" through.
+NAME_RE = re.compile(r"\A[A-Za-z0-9_]+\Z")  # TF Serving's rule for labels
+MODEL_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 T = TypeVar("T")
 
 

@@ -26,6 +26,7 @@ from model_export.manifest import (
 from model_export.store import Store, checked_store
 
 DEFAULT_PENDING_GRACE_SECONDS = 600.0
+MAX_PENDING_GRACE_SECONDS = 10 * 365 * 24 * 3600.0
 
 
 def _open(store: str | Store, model: str) -> Store:
@@ -132,8 +133,11 @@ def prune(
     """
     if keep < 0:
         raise BadInput(f"--keep must be 0 or more, got {keep}")
-    if pending_grace_seconds < 0:
-        raise BadInput(f"pending grace must be 0 or more seconds, got {pending_grace_seconds}")
+    # Also refuses nan, inf and spans no clock can subtract (timedelta overflows past 999999999 days).
+    if not 0 <= pending_grace_seconds <= MAX_PENDING_GRACE_SECONDS:
+        raise BadInput(
+            f"pending grace must be 0 to {MAX_PENDING_GRACE_SECONDS:g} seconds (10 years), got {pending_grace_seconds}"
+        )
     st = _open(store, model)
     # List before reading the manifest: a version committed after the listing still has its reservation in it.
     objects: dict[int, list[tuple[str, int]]] = defaultdict(list)

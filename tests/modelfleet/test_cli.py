@@ -101,6 +101,15 @@ def test_bad_inputs_exit_2_with_one_line(
             "model name 'bad/name' is invalid; use 1-128 of [A-Za-z0-9_.-], starting alphanumeric",
         ),
         (
+            # "$" in a regex matches before a trailing newline: such a name was once published.
+            ["publish", sm, "--store", store, "--model", "m\n"],
+            "model name 'm\\n' is invalid; use 1-128 of [A-Za-z0-9_.-], starting alphanumeric",
+        ),
+        (
+            ["publish", sm, "--store", store, "--model", "m", "--label", "canary\n"],
+            "label 'canary\\n' is invalid; labels are [A-Za-z0-9_]+ (e.g. stable, canary)",
+        ),
+        (
             ["publish", sm, "--store", f"{store}/absent", "--model", "m"],
             f"store root '{store.removeprefix('file://')}/absent' is not an existing directory (from '{store}/absent')",
         ),
@@ -191,3 +200,16 @@ def test_help_and_version_import_no_command_module() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("grace", ["nan", "inf", "1e300", "-1"])
+def test_prune_refuses_a_pending_grace_no_clock_can_use(
+    capsys: pytest.CaptureFixture[str], store: str, savedmodels: dict[str, Path], grace: str
+) -> None:
+    """These once ended in a traceback (timedelta overflow) or compared as never-old: one line, exit 2, no delete."""
+    assert run(capsys, "publish", str(savedmodels["v1"]), "--store", store, "--model", "m")[0] == 0
+    before = sorted(o.key for o in open_store(store).list(""))
+    code, out, err = run(capsys, "prune", "--store", store, "--model", "m", "--keep", "0", "--pending-grace", grace)
+    assert (code, out) == (2, "")
+    assert err == f"modelfleet: error: pending grace must be 0 to 3.1536e+08 seconds (10 years), got {float(grace)}\n"
+    assert sorted(o.key for o in open_store(store).list("")) == before
