@@ -176,7 +176,9 @@ class Manifest:
                 continue
             target = move.to_version
             if move.action == "rollback" and target in stack:
-                del stack[stack.index(target) + 1 :]
+                # Pop back to the most recent time the target was stable: the first one would also drop the
+                # versions made stable after it and before the rollback (1→2→3→2→4: the second rollback goes to 3).
+                del stack[len(stack) - stack[::-1].index(target) :]
             elif not stack or stack[-1] != target:
                 stack.append(target)
         return stack

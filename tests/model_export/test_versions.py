@@ -52,6 +52,26 @@ def test_repeated_rollback_walks_back_through_stable_history(store: str, savedmo
     assert ops.rollback(store, "m").labels["stable"] == 1
 
 
+@pytest.mark.parametrize(
+    ("moves", "rollbacks"),
+    [
+        # Stable moved by hand 1→2→1→3: rollbacks walk back 1, 2, 1 (2 was once skipped: "no previous stable").
+        ((1, 2, 1, 3), (1, 2, 1)),
+        # 1→2→3→2→4: rollbacks walk back 2, 3, 2, 1 (3 was once skipped).
+        ((1, 2, 3, 2, 4), (2, 3, 2, 1)),
+    ],
+)
+def test_rollbacks_follow_the_history_of_stable_moves_as_a_stack(
+    store: str, savedmodels: dict[str, Path], moves: tuple[int, ...], rollbacks: tuple[int, ...]
+) -> None:
+    _publish(store, savedmodels, max(moves))
+    for v in moves:
+        ops.set_label(store, "m", "stable", v)
+    assert [ops.rollback(store, "m").labels["stable"] for _ in rollbacks] == list(rollbacks)
+    with pytest.raises(BadInput, match="no previous stable version to roll back to; use --to N"):
+        ops.rollback(store, "m")
+
+
 def test_rollback_to_unknown_version_is_refused_and_changes_nothing(store: str, savedmodels: dict[str, Path]) -> None:
     _publish(store, savedmodels, 2, label="stable")
     st = open_store(store)
