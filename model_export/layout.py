@@ -44,12 +44,18 @@ def pending_key(model: str, version: int) -> str:
     return f"{pending_prefix(model)}{version}{_RESERVATION_SUFFIX}"
 
 
+def version_number(name: str) -> int | None:
+    """The version a directory or key part names: ASCII digits only. ``str.isdigit`` alone also admits "²" (which
+    ``int`` refuses with a traceback) and other scripts' digits ("٣" is 3 to ``int``): neither is a version."""
+    return int(name) if name.isascii() and name.isdigit() else None
+
+
 def version_of_file(model: str, key: str) -> int | None:
     """N when ``key`` is a file of ``<model>/<N>/``, else ``None``."""
     head, sep, rest = key.removeprefix(model_prefix(model)).partition("/")
-    if not key.startswith(model_prefix(model)) or not sep or not rest or not head.isdigit():
+    if not key.startswith(model_prefix(model)) or not sep or not rest:
         return None
-    return int(head)
+    return version_number(head)
 
 
 def reserved_version(model: str, key: str) -> int | None:
@@ -58,7 +64,7 @@ def reserved_version(model: str, key: str) -> int | None:
     if not key.startswith(pending_prefix(model)) or not name.endswith(_RESERVATION_SUFFIX):
         return None
     number = name.removesuffix(_RESERVATION_SUFFIX)
-    return int(number) if number.isdigit() else None
+    return version_number(number)
 
 
 def agent_wheel_key(sha256: str, wheel_name: str, prefix: str = "") -> str:

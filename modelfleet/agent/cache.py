@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from model_export.errors import ModelfleetError, ObjectNotFound, TransferError
-from model_export.layout import version_prefix
+from model_export.layout import version_number, version_prefix
 from model_export.manifest import VersionEntry
 from model_export.store.base import Blob, ObjectInfo, Store
 from model_export.transfer import download_tree
@@ -84,7 +84,7 @@ class _Watched(Store):
 
 def is_version_name(name: str) -> bool:
     """What TF Serving takes for a version directory: a name that parses as a (non-negative) integer."""
-    return name.isascii() and name.isdigit()
+    return version_number(name) is not None
 
 
 class LocalCache:

@@ -31,6 +31,8 @@ def test_keys_of_a_model() -> None:
         ("m/_pending/3.json", None),
         ("m2/3/saved_model.pb", None),  # another model
         ("m/x3/saved_model.pb", None),
+        ("m/\u00b2/x", None),  # "²".isdigit(), and int() refuses it: once a traceback in prune and versions
+        ("m/\u0663/x", None),  # Arabic-Indic three: int() reads 3
     ],
 )
 def test_version_of_file(key: str, version: int | None) -> None:
@@ -46,6 +48,8 @@ def test_version_of_file(key: str, version: int | None) -> None:
         ("m/_pending/.json", None),
         ("m/3/saved_model.pb", None),
         ("m2/_pending/3.json", None),
+        ("m/_pending/\u00b2.json", None),
+        ("m/_pending/\u0663.json", None),
     ],
 )
 def test_reserved_version(key: str, version: int | None) -> None:
