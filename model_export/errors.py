@@ -55,6 +55,10 @@ class PreconditionFailed(ModelfleetError):
     """A conditional write lost: the object changed (or appeared) since it was read."""
 
 
+class ReservationLost(ModelfleetError):
+    """A publish lost its version number: prune judged it dead (no heartbeat past the grace) and fenced the number."""
+
+
 class ConflictRetriesExhausted(ModelfleetError):
     pass
 

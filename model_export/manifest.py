@@ -1,9 +1,15 @@
 """A model's manifest (its key is :func:`model_export.layout.manifest_key`): the one object servers trust, and its
 compare-and-swap update.
 
-Schema (documented in docs/manifest.md): complete versions with every file's sha256 and size, the serving signature,
-labels, and an append-only history of label moves. A version appears here only after all its files are uploaded and
-verified, so anything that follows the manifest never sees a partial version.
+Schema (documented in docs/manifest.md): complete versions with every file's digest and size, the serving signature,
+labels, an append-only history of label moves, the version numbers prune abandoned, and the ids of the latest
+writes. A version appears here only after all its files are uploaded and verified, so anything that follows the
+manifest never sees a partial version.
+
+Two layers: the wire schema is a set of strict pydantic models (``Wire*``), the one validator of what is read (and of
+what is about to be written); the rest of the code works on the plain dataclasses below (``Manifest``,
+``VersionEntry``, ``FileEntry``, ``LabelMove``, ...). Every problem becomes one ``ManifestError`` line that names the
+field, e.g. ``versions[2].files['../x']: unsafe path (relative POSIX path without '..')``.
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ import random
 import re
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from model_export.constants import STABLE
 from model_export.errors import (
@@ -26,18 +36,25 @@ from model_export.errors import (
     ConflictRetriesExhausted,
     InvalidName,
     ManifestError,
+    ModelfleetError,
     ObjectNotFound,
     PreconditionFailed,
+    StoreError,
     UnknownVersion,
+    one_line,
 )
 from model_export.layout import manifest_key
-from model_export.signature import Signature
+from model_export.signature import Signature, TensorSpec
 from model_export.store.base import Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what this module writes
+READABLE_SCHEMA_VERSIONS = (1, 2)
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, which let "canary\n" through.
 NAME_RE = re.compile(r"\A[A-Za-z0-9_]+\Z")  # TF Serving's rule for labels
 MODEL_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+OPERATIONS_KEPT = 100  # the ids of this many most recent writes stay in the manifest
+IDEMPOTENCY_KEY_MAX = 256
+INT64_MAX = 2**63 - 1  # TF Serving's version numbers are int64
 T = TypeVar("T")
 
 
@@ -84,9 +101,50 @@ def check_label(label: str) -> str:
     return label
 
 
+def relpath_problem(rel: str) -> str | None:
+    """Why ``rel`` is not a safe relative POSIX path, or ``None`` when it is. The one rule for a version's file paths:
+    the manifest's validator refuses a manifest that breaks it, and the agent checks it again before it writes a file
+    under its model root. Safe: not empty, no leading ``/``, no backslash, no NUL, no empty, ``.`` or ``..`` segment.
+    """
+    if not rel:
+        return "unsafe path (empty)"
+    if rel.startswith("/"):
+        return "unsafe path (absolute; a relative POSIX path is expected)"
+    if "\\" in rel:
+        return "unsafe path (backslash; a relative POSIX path with '/' is expected)"
+    if "\0" in rel:
+        return "unsafe path (NUL character)"
+    segments = rel.split("/")
+    if ".." in segments:
+        return "unsafe path (relative POSIX path without '..')"
+    if "" in segments or "." in segments:
+        return "unsafe path (empty or '.' segment)"
+    return None
+
+
+def is_safe_relpath(rel: str) -> bool:
+    return relpath_problem(rel) is None
+
+
+def idempotency_key_problem(key: str) -> str | None:
+    if not 0 < len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable() or key != key.strip():
+        return f"use 1-{IDEMPOTENCY_KEY_MAX} printable characters, without leading or trailing spaces"
+    return None
+
+
+def check_idempotency_key(key: str) -> str:
+    problem = idempotency_key_problem(key)
+    if problem:
+        raise BadInput(f"idempotency key {key!r} is invalid; {problem}")
+    return key
+
+
+# -- the Python API --------------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class FileEntry:
-    sha256: str
+    sha256: str  # hex
     size: int
 
 
@@ -97,30 +155,25 @@ class VersionEntry:
     files: dict[str, FileEntry]
     signature: Signature
     source: dict[str, str] = field(default_factory=dict)
+    # Set by a publish given one: a retry with the same key finds this version instead of publishing another.
+    idempotency_key: str | None = None
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files.values())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "version": self.version,
             "created": self.created,
             "total_bytes": self.total_bytes,
-            "files": {k: {"sha256": f.sha256, "size": f.size} for k, f in sorted(self.files.items())},
+            "files": {k: {"digest": f"sha256:{f.sha256}", "size": f.size} for k, f in sorted(self.files.items())},
             "signature": self.signature.to_json(),
             "source": dict(sorted(self.source.items())),
         }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> VersionEntry:
-        return cls(
-            version=int(d["version"]),
-            created=str(d["created"]),
-            files={str(k): FileEntry(str(v["sha256"]), int(v["size"])) for k, v in d["files"].items()},
-            signature=Signature.from_json(d["signature"]),
-            source={str(k): str(v) for k, v in d.get("source", {}).items()},
-        )
+        if self.idempotency_key is not None:
+            d["idempotency_key"] = self.idempotency_key
+        return d
 
 
 @dataclass(frozen=True)
@@ -142,9 +195,30 @@ class LabelMove:
             "by": self.by,
         }
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> LabelMove:
-        return cls(str(d["time"]), str(d["label"]), d.get("from"), d.get("to"), str(d["action"]), d.get("by"))
+
+@dataclass(frozen=True)
+class AbandonedEntry:
+    """A version number prune judged dead (its publish stopped heartbeating): never committed, never reused."""
+
+    version: int
+    time: str
+    by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "time": self.time, "by": self.by}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One write of the manifest by :func:`update_manifest`: lets a writer whose reply was lost see that it landed."""
+
+    id: str  # uuid4 hex
+    action: str
+    time: str
+    by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "action": self.action, "time": self.time, "by": self.by}
 
 
 @dataclass
@@ -153,9 +227,11 @@ class Manifest:
     versions: dict[int, VersionEntry] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     history: list[LabelMove] = field(default_factory=list)
-    # The highest version ever published: numbers are never reused, even after prune, because TF Serving never
-    # reloads a version number it has loaded once.
+    # The highest version ever published or abandoned: numbers are never reused, even after prune, because TF Serving
+    # never reloads a version number it has loaded once.
     last_version: int = 0
+    abandoned: dict[int, AbandonedEntry] = field(default_factory=dict)
+    operations: list[Operation] = field(default_factory=list)  # oldest first, the last OPERATIONS_KEPT
 
     # -- queries ---------------------------------------------------------------------------------------------------
 
@@ -167,6 +243,16 @@ class Manifest:
 
     def labels_of(self, version: int) -> list[str]:
         return sorted(label for label, v in self.labels.items() if v == version)
+
+    def find_by_idempotency_key(self, key: str) -> VersionEntry | None:
+        """The version a publish with this idempotency key committed, if any."""
+        for entry in self.versions.values():
+            if entry.idempotency_key == key:
+                return entry
+        return None
+
+    def has_operation(self, op_id: str) -> bool:
+        return any(op.id == op_id for op in self.operations)
 
     def stable_lineage(self) -> list[int]:
         """The stack of stable versions in force over time; a rollback pops back to its target."""
@@ -191,7 +277,7 @@ class Manifest:
             lineage.pop()
         return lineage[-1] if lineage else None
 
-    # -- changes (all recorded in the history) ---------------------------------------------------------------------
+    # -- changes (label moves are recorded in the history) ---------------------------------------------------------
 
     def move_label(self, label: str, to: int | None, action: str, by: str | None = None) -> None:
         check_label(label)
@@ -206,6 +292,21 @@ class Manifest:
             self.labels[label] = to
         self.history.append(LabelMove(now(), label, old, to, action, by))
 
+    def abandon(self, version: int, by: str | None = None) -> None:
+        """Fence ``version``: a publish still holding it can no longer commit it, and the number is never reused
+        (``last_version`` covers it). Abandoning a number twice keeps the first record."""
+        if version in self.versions:
+            raise ModelfleetError(f"version {version} of {self.model!r} is published; it cannot be abandoned")
+        if not 0 <= version <= INT64_MAX:
+            raise ModelfleetError(f"cannot abandon version {version} of {self.model!r}: not a version number")
+        if version not in self.abandoned:
+            self.abandoned[version] = AbandonedEntry(version, now(), by)
+        self.last_version = max(self.last_version, version)
+
+    def record_operation(self, op_id: str, action: str, by: str | None = None) -> None:
+        self.operations.append(Operation(op_id, action, now(), by))
+        del self.operations[:-OPERATIONS_KEPT]
+
     # -- (de)serialisation -----------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -216,40 +317,284 @@ class Manifest:
             "versions": [self.versions[v].to_json() for v in sorted(self.versions)],
             "labels": dict(sorted(self.labels.items())),
             "history": [m.to_json() for m in self.history],
+            "abandoned": [self.abandoned[v].to_json() for v in sorted(self.abandoned)],
+            "operations": [op.to_json() for op in self.operations],
         }
 
     def dumps(self) -> bytes:
         return json.dumps(self.to_json(), indent=1).encode() + b"\n"
 
     @classmethod
-    def loads(cls, data: bytes, where: str) -> Manifest:
+    def loads(cls, data: bytes, where: str, *, model: str | None = None) -> Manifest:
+        """Parse and validate a manifest read from ``where``; with ``model``, its ``model`` field must name it (the
+        model of the key it was read from). Every problem is one ``ManifestError`` line naming the field."""
         try:
-            d = json.loads(data)
-            if not isinstance(d, dict):
-                raise TypeError("top level is not an object")
-            schema = d.get("schema_version")
-            if schema != SCHEMA_VERSION:
-                raise ManifestError(
-                    f"{where} has schema_version {schema!r}; this modelfleet reads {SCHEMA_VERSION} (upgrade it)"
+            doc = json.loads(data)
+        except RecursionError:
+            raise ManifestError(f"{where} is malformed: JSON nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
+            raise ManifestError(f"{where} is malformed: {type(e).__name__}: {one_line(e)}") from None
+        if not isinstance(doc, dict):
+            raise ManifestError(f"{where} is malformed: the top level is not a JSON object")
+        schema = doc.get("schema_version")
+        if type(schema) is not int or schema not in READABLE_SCHEMA_VERSIONS:
+            readable = " and ".join(map(str, READABLE_SCHEMA_VERSIONS))
+            shown = one_line(repr(schema), 80)
+            raise ManifestError(f"{where} has schema_version {shown}; this modelfleet reads {readable} (upgrade it)")
+        wire = _check(doc, model)
+        if isinstance(wire, str):
+            raise ManifestError(f"{where} is malformed: {wire}")
+        return _from_wire(wire)
+
+
+# -- the wire schema (pydantic) --------------------------------------------------------------------------------------
+#
+# Strict: no coercion (no "3" for 3, no true for 1, no 1.0 for 1). Unknown fields are ignored, so a later writer of the
+# same schema_version may add a field that is safe to ignore; writers do not keep fields they do not know, so a field
+# that must survive a rewrite by older code needs a new schema_version (which older readers refuse).
+
+
+def _wire_rule(kind: str, problem: Callable[[str], str | None]) -> AfterValidator:
+    def check(value: str) -> str:
+        reason = problem(value)
+        if reason is not None:
+            raise PydanticCustomError(kind, reason)
+        return value
+
+    return AfterValidator(check)
+
+
+_SafePath = Annotated[str, _wire_rule("unsafe_path", relpath_problem)]
+_LabelName = Annotated[
+    str, _wire_rule("label_name", lambda s: None if NAME_RE.match(s) else "not a label name ([A-Za-z0-9_]+)")
+]
+_ModelName = Annotated[
+    str,
+    _wire_rule(
+        "model_name",
+        lambda s: None if MODEL_RE.match(s) else "not a model name (1-128 of [A-Za-z0-9_.-], starting alphanumeric)",
+    ),
+]
+_IdempotencyKey = Annotated[str, _wire_rule("idempotency_key", idempotency_key_problem)]
+_Version = Annotated[int, Field(ge=0, le=INT64_MAX)]
+_Size = Annotated[int, Field(ge=0, le=INT64_MAX)]
+_Dim = Annotated[int, Field(ge=-1, le=INT64_MAX)]  # -1: unknown
+_Text = Annotated[str, Field(min_length=1)]
+# UTC or with an offset, as now() writes: 2026-11-25T07:53:36.179Z. ("$" ends the string in pydantic's regex engine.)
+_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+_Time = Annotated[str, Field(pattern=_TIME_PATTERN)]
+
+
+class _Wire(BaseModel):
+    # defer_build: the validators are compiled on first use, so importing this module (every CLI command) stays cheap.
+    model_config = ConfigDict(strict=True, extra="ignore", defer_build=True)
+
+
+class WireFileV1(_Wire):
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: _Size
+
+
+class WireFileV2(_Wire):
+    digest: Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]  # "<algorithm>:<lowercase hex>"
+    size: _Size
+
+
+class WireTensor(_Wire):
+    dtype: _Text
+    shape: list[_Dim] | None  # null: unknown rank
+
+
+class WireSignature(_Wire):
+    method: str
+    inputs: dict[str, WireTensor]
+    outputs: dict[str, WireTensor]
+
+
+class _WireVersion(_Wire):
+    version: _Version
+    created: _Time
+    total_bytes: _Size | None = None  # derived from files; written for readers' convenience, not trusted
+    signature: WireSignature
+    source: dict[str, str] = Field(default_factory=dict)
+
+
+class WireVersionV1(_WireVersion):
+    files: dict[_SafePath, WireFileV1]
+
+
+class WireVersionV2(_WireVersion):
+    files: dict[_SafePath, WireFileV2]
+    idempotency_key: _IdempotencyKey | None = None
+
+
+class WireLabelMove(_Wire):
+    time: _Time
+    label: _LabelName
+    from_: _Version | None = Field(default=None, alias="from")
+    to: _Version | None = None
+    action: _Text
+    by: str | None = None
+
+
+class WireAbandoned(_Wire):
+    version: _Version
+    time: _Time
+    by: str | None = None
+
+
+class WireOperation(_Wire):
+    id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    action: _Text
+    time: _Time
+    by: str | None = None
+
+
+class _WireManifest(_Wire):
+    model: _ModelName
+    last_version: _Version
+    labels: dict[_LabelName, _Version]
+    history: list[WireLabelMove]
+
+
+class WireManifestV1(_WireManifest):
+    schema_version: Literal[1]
+    versions: list[WireVersionV1]
+
+
+class WireManifestV2(_WireManifest):
+    schema_version: Literal[2]
+    versions: list[WireVersionV2]
+    abandoned: list[WireAbandoned] = Field(default_factory=list)
+    operations: list[WireOperation] = Field(default_factory=list)
+
+
+_WIRE: dict[int, type[WireManifestV1] | type[WireManifestV2]] = {1: WireManifestV1, 2: WireManifestV2}
+_DICT_FIELDS = frozenset({"files", "source", "labels", "inputs", "outputs"})  # their next location part is a key
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """A pydantic error location as the manifest's reader sees it: ``versions[2].files['../x'].size``."""
+    out: list[str] = []
+    key_next = False
+    for part in loc:
+        if key_next:
+            out.append(f"[{part!r}]")
+            key_next = False
+        elif isinstance(part, int):
+            out.append(f"[{part}]")
+        elif part != "[key]":  # pydantic's marker for an error in the key itself, which is already shown
+            out.append(f".{part}" if out else part)
+            key_next = part in _DICT_FIELDS
+    return "".join(out) or "(top level)"
+
+
+# pydantic's words for Python types, said in JSON's (and without naming our internal classes)
+_JSON_TYPE_MESSAGES = {
+    "model_type": "Input should be a JSON object",
+    "model_attributes_type": "Input should be a JSON object",
+    "dict_type": "Input should be a JSON object",
+    "list_type": "Input should be a JSON array",
+}
+
+
+def _describe(errors: list[ErrorDetails]) -> str:
+    first = errors[0]
+    text = f"{field_path(first['loc'])}: {_JSON_TYPE_MESSAGES.get(first['type'], first['msg'])}"
+    value = first.get("input")
+    shown_in_path = bool(first["loc"]) and first["loc"][-1] == "[key]"
+    if first["type"] != "missing" and not shown_in_path and (value is None or isinstance(value, str | int | float)):
+        text += f" (got {one_line(repr(value), 80)})"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return text
+
+
+def _check(doc: dict[str, Any], model: str | None) -> WireManifestV1 | WireManifestV2 | str:
+    """Validate a decoded manifest whose ``schema_version`` is readable: its wire form, or the first problem as one
+    line naming the field."""
+    try:
+        wire = _WIRE[doc["schema_version"]].model_validate(doc)
+    except ValidationError as e:
+        return _describe(e.errors(include_url=False))
+    except RecursionError:
+        return "nested too deeply"
+    return _cross_check(wire, model) or wire
+
+
+def _cross_check(w: WireManifestV1 | WireManifestV2, model: str | None) -> str | None:
+    """The rules between fields, each reported at the field that breaks it."""
+    if model is not None and w.model != model:
+        return f"model: names {w.model!r}, but the manifest is stored under model {model!r}"
+    listed: dict[int, int] = {}
+    for i, v in enumerate(w.versions):
+        if v.version in listed:
+            return f"versions[{i}].version: version {v.version} is listed twice (also versions[{listed[v.version]}])"
+        listed[v.version] = i
+        if v.version > w.last_version:
+            return f"last_version: {w.last_version} is below listed version {v.version} (versions[{i}])"
+    for label, version in w.labels.items():
+        if version not in listed:
+            return f"labels[{label!r}]: points at version {version}, which is not listed"
+    if isinstance(w, WireManifestV2):
+        abandoned: set[int] = set()
+        for i, a in enumerate(w.abandoned):
+            if a.version in listed:
+                return f"abandoned[{i}].version: version {a.version} is also listed in versions"
+            if a.version in abandoned:
+                return f"abandoned[{i}].version: version {a.version} is abandoned twice"
+            abandoned.add(a.version)
+            if a.version > w.last_version:
+                return f"last_version: {w.last_version} is below abandoned version {a.version} (abandoned[{i}])"
+        keys: dict[str, int] = {}
+        for i, v in enumerate(w.versions):
+            if v.idempotency_key is None:
+                continue
+            if v.idempotency_key in keys:
+                return (
+                    f"versions[{i}].idempotency_key: {v.idempotency_key!r} is also the key of version "
+                    f"{keys[v.idempotency_key]}"
                 )
-            versions = [VersionEntry.from_json(v) for v in d["versions"]]
-            m = cls(
-                model=str(d["model"]),
-                versions={v.version: v for v in versions},
-                labels={str(k): int(v) for k, v in d["labels"].items()},
-                history=[LabelMove.from_json(h) for h in d["history"]],
-                last_version=int(d["last_version"]),
+            keys[v.idempotency_key] = v.version
+    return None
+
+
+def _signature(w: WireSignature) -> Signature:
+    def specs(raw: dict[str, WireTensor]) -> dict[str, TensorSpec]:
+        return {k: TensorSpec(t.dtype, None if t.shape is None else tuple(t.shape)) for k, t in raw.items()}
+
+    return Signature(w.method, specs(w.inputs), specs(w.outputs))
+
+
+def _from_wire(w: WireManifestV1 | WireManifestV2) -> Manifest:
+    versions: dict[int, VersionEntry] = {}
+    if isinstance(w, WireManifestV2):
+        for v2 in w.versions:
+            files = {p: FileEntry(f.digest[7:], f.size) for p, f in v2.files.items()}  # strip "sha256:"
+            versions[v2.version] = VersionEntry(
+                v2.version, v2.created, files, _signature(v2.signature), dict(v2.source), v2.idempotency_key
             )
-        except ManifestError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise ManifestError(f"{where} is malformed: {type(e).__name__}: {e}") from e
-        if m.versions and max(m.versions) > m.last_version:
-            raise ManifestError(f"{where} is malformed: last_version {m.last_version} is below a listed version")
-        dangling = {k: v for k, v in m.labels.items() if v not in m.versions}
-        if dangling:
-            raise ManifestError(f"{where} is malformed: labels point at missing versions {dangling}")
-        return m
+        abandoned = {a.version: AbandonedEntry(a.version, a.time, a.by) for a in w.abandoned}
+        operations = [Operation(o.id, o.action, o.time, o.by) for o in w.operations]
+    else:
+        for v1 in w.versions:
+            files = {p: FileEntry(f.sha256, f.size) for p, f in v1.files.items()}
+            versions[v1.version] = VersionEntry(
+                v1.version, v1.created, files, _signature(v1.signature), dict(v1.source)
+            )
+        abandoned, operations = {}, []
+    return Manifest(
+        model=w.model,
+        versions=versions,
+        labels=dict(w.labels),
+        history=[LabelMove(h.time, h.label, h.from_, h.to, h.action, h.by) for h in w.history],
+        last_version=w.last_version,
+        abandoned=abandoned,
+        operations=operations,
+    )
+
+
+# -- reading and compare-and-swap ------------------------------------------------------------------------------------
 
 
 def load_manifest(store: Store, model: str) -> tuple[Manifest, str | None]:
@@ -259,7 +604,11 @@ def load_manifest(store: Store, model: str) -> tuple[Manifest, str | None]:
         blob = store.read(key)
     except ObjectNotFound:
         return Manifest(model), None
-    return Manifest.loads(blob.data, f"{store.uri}/{key}"), blob.token
+    return Manifest.loads(blob.data, f"{store.uri}/{key}", model=model), blob.token
+
+
+def new_operation_id() -> str:
+    return uuid.uuid4().hex
 
 
 def update_manifest(
@@ -267,6 +616,7 @@ def update_manifest(
     model: str,
     change: Callable[[Manifest], T],
     *,
+    action: str = "update",
     attempts: int = 30,
     base_delay: float = 0.02,
 ) -> tuple[Manifest, T]:
@@ -274,17 +624,51 @@ def update_manifest(
 
     ``change`` mutates the manifest it gets and may raise to abort (nothing is written then). It may run several
     times, so it must not have side effects outside the manifest.
+
+    Each call has one operation id, written into ``operations`` with every attempt. When a conditional write fails
+    with ``PreconditionFailed`` (which is also what an SDK's retry of a write whose reply was lost gets) or a
+    ``StoreError`` (a timeout after which the write may have landed), the manifest is read again: if it holds our id,
+    our write landed and its result is returned, without applying ``change`` again.
     """
     key = manifest_key(model)
+    where = f"{store.uri}/{key}"
+    op_id = new_operation_id()
+    by = actor()
+    previous: tuple[T] | None = None  # the last attempt's result
     for attempt in range(attempts):
         manifest, token = load_manifest(store, model)
+        if previous is not None and manifest.has_operation(op_id):
+            # An earlier attempt's write landed after all (its conditional request arrived late). Attempts that could
+            # land read the same manifest, so their results are the same as the last one's.
+            return manifest, previous[0]
         result = change(manifest)
+        previous = (result,)
+        manifest.record_operation(op_id, action, by)
+        doc = manifest.to_json()
+        problem = _check(doc, model)  # never write what readers would refuse
+        if isinstance(problem, str):
+            raise ManifestError(f"{where} not written: the update would make it malformed: {problem}")
         try:
-            store.write(key, manifest.dumps(), if_token=token, if_absent=token is None)
+            store.write(key, json.dumps(doc, indent=1).encode() + b"\n", if_token=token, if_absent=token is None)
             return manifest, result
         except PreconditionFailed:
-            # Full jitter keeps many publishers from retrying in lockstep.
-            time.sleep(random.uniform(0, base_delay * 2 ** min(attempt, 6)))  # noqa: S311 - not crypto
-    raise ConflictRetriesExhausted(
-        f"{store.uri}/{key} kept changing under {attempts} attempts to update it; retry the command"
-    )
+            landed = _landed(store, model, op_id)
+            if landed is not None:
+                return landed, result
+        except StoreError:
+            try:
+                landed = _landed(store, model, op_id)
+            except ModelfleetError:
+                landed = None
+            if landed is not None:
+                return landed, result
+            raise
+        # Full jitter keeps many publishers from retrying in lockstep.
+        time.sleep(random.uniform(0, base_delay * 2 ** min(attempt, 6)))  # noqa: S311 - not crypto
+    raise ConflictRetriesExhausted(f"{where} kept changing under {attempts} attempts to update it; retry the command")
+
+
+def _landed(store: Store, model: str, op_id: str) -> Manifest | None:
+    """The current manifest when it holds operation ``op_id`` (our write landed), else ``None``."""
+    manifest, _ = load_manifest(store, model)
+    return manifest if manifest.has_operation(op_id) else None

@@ -1,10 +1,14 @@
 """Publish a SavedModel as the next immutable version of a model.
 
-Order of events, so that a crash anywhere leaves the manifest unchanged and a rerun succeeds:
-1. validate the SavedModel locally and the signature against ``stable`` (nothing written yet);
-2. reserve version N with a create-only write of its reservation (``layout.pending_key``; two publishers never share N);
-3. hash and upload the files in parallel under ``layout.version_prefix``, then verify them with one listing;
-4. add N to the manifest by compare-and-swap (the signature is checked again against the stable of that moment);
+Order of events, so that a crash anywhere leaves the manifest unchanged and a rerun succeeds (the argument for why
+this is safe, including a publisher paused for an hour, is in docs/manifest.md):
+1. validate the SavedModel locally and the signature against ``stable`` (nothing written yet); with an idempotency
+   key already in the manifest, return that version;
+2. reserve version N with a create-only write of its reservation (``layout.pending_key``; two publishers never share
+   N); a heartbeat rewrites it conditionally, so it never re-creates a reservation prune removed;
+3. upload the files in parallel under ``layout.version_prefix``, each created only if absent and read once (the
+   server checks a checksum of the bytes hashed), then confirm them with one listing;
+4. add N to the manifest by compare-and-swap, unless prune abandoned N meanwhile (the fence, in the same manifest);
 5. delete the reservation. ``prune`` removes what crashed publishes leave behind.
 """
 
@@ -23,11 +27,19 @@ from typing import Any
 
 from model_export import layout
 from model_export.constants import STABLE
-from model_export.errors import BadInput, ModelfleetError, PreconditionFailed, SignatureChanged
+from model_export.errors import (
+    BadInput,
+    ModelfleetError,
+    ObjectNotFound,
+    PreconditionFailed,
+    ReservationLost,
+    SignatureChanged,
+)
 from model_export.manifest import (
     Manifest,
     VersionEntry,
     actor,
+    check_idempotency_key,
     check_label,
     check_model_name,
     load_manifest,
@@ -50,6 +62,8 @@ class PublishResult:
     bytes: int
     labels: list[str]
     seconds: float
+    reused: bool = False  # an earlier publish with the same idempotency key: nothing was uploaded
+    idempotency_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,36 +94,58 @@ def git_sha(cwd: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _reserve(store: Store, model: str, record: dict[str, Any]) -> int:
-    """Claim the lowest free version number above everything published or reserved."""
+@dataclass
+class _Reservation:
+    """Version ``version`` held by this publisher: the reservation object's key and its current token (what the
+    heartbeat's conditional rewrite compares against), and whether the heartbeat found it taken from us."""
+
+    key: str
+    version: int
+    body: bytes
+    token: str
+    lost: str | None = None
+
+
+def _reserve(store: Store, model: str, record: dict[str, Any]) -> _Reservation:
+    """Claim the lowest version number above everything published, abandoned or reserved."""
     while True:
         manifest, _ = load_manifest(store, model)
         listed = (layout.reserved_version(model, o.key) for o in store.list(layout.pending_prefix(model)))
         reserved = [v for v in listed if v is not None]
         version = max([manifest.last_version, *reserved]) + 1
         while True:
+            key = layout.pending_key(model, version)
+            body = json.dumps({**record, "version": version}).encode()
             try:
-                body = json.dumps({**record, "version": version}).encode()
-                store.write(layout.pending_key(model, version), body, if_absent=True)
+                token = store.write(key, body, if_absent=True)
                 break
             except PreconditionFailed:
                 version += 1  # another publisher got there first
-        # A reservation is deleted right after its version is committed, so the create above can succeed for a
-        # number published since our manifest read. Only a manifest read after the reservation settles it.
+        # A reservation is deleted right after its version is committed (or abandoned by prune), so the create above
+        # can succeed for a number used since our manifest read. Only a manifest read after the create settles it:
+        # last_version covers every number ever published or abandoned.
         if version > load_manifest(store, model)[0].last_version:
-            return version
-        store.delete([layout.pending_key(model, version)])
+            return _Reservation(key, version, body, token)
+        store.delete([key])
 
 
 @contextlib.contextmanager
-def _heartbeat(store: Store, key: str, body: bytes, every: float) -> Iterator[None]:
-    """Keep the reservation's modification time fresh so ``prune`` knows this publish is alive."""
+def _heartbeat(store: Store, res: _Reservation, every: float) -> Iterator[None]:
+    """Keep the reservation's modification time fresh so ``prune`` knows this publish is alive.
+
+    Each beat is a conditional rewrite of our own reservation object: once prune has deleted it (it judged this
+    publish dead), the beat fails instead of re-creating it, and the publish stops before its commit."""
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(every):
-            with contextlib.suppress(Exception):  # a missed beat only makes the reservation look older
-                store.write(key, body)
+            try:
+                res.token = store.write(res.key, res.body, if_token=res.token)
+            except (PreconditionFailed, ObjectNotFound):
+                res.lost = f"its reservation {store.uri}/{res.key} was removed by another process (prune)"
+                return
+            except Exception:  # noqa: S112 - a missed beat only makes the reservation look older
+                continue
 
     thread = threading.Thread(target=beat, name="publish-heartbeat", daemon=True)
     thread.start()
@@ -120,6 +156,49 @@ def _heartbeat(store: Store, key: str, body: bytes, every: float) -> Iterator[No
         thread.join()
 
 
+def _still_ours(st: Store, model: str, res: _Reservation) -> None:
+    """Stop before the commit when the reservation is gone or someone else's: prune judged this publish dead (it was
+    paused, or its heartbeats failed, for longer than the grace). The commit's fence decides for certain; this only
+    says it early and clearly."""
+    problem = res.lost
+    if problem is None:
+        try:
+            if st.read(res.key).token != res.token:
+                problem = f"its reservation {st.uri}/{res.key} was replaced by another process"
+        except ObjectNotFound:
+            problem = f"its reservation {st.uri}/{res.key} was removed by another process (prune)"
+    if problem is not None:
+        raise ReservationLost(
+            f"publish of {model!r} version {res.version} stopped: {problem}, so the version was given up "
+            "(no heartbeat for longer than prune's --pending-grace; was this process paused?); nothing was "
+            "committed, publish again"
+        )
+
+
+class _AlreadyPublished(Exception):
+    """The idempotency key was committed by an earlier run (found at commit time): return that version instead."""
+
+    def __init__(self, entry: VersionEntry) -> None:
+        super().__init__(entry.version)
+        self.entry = entry
+
+
+def _result(
+    model: str, st: Store, manifest: Manifest, entry: VersionEntry, started: float, *, reused: bool
+) -> PublishResult:
+    return PublishResult(
+        model=model,
+        version=entry.version,
+        store=st.uri,
+        files=len(entry.files),
+        bytes=entry.total_bytes,
+        labels=manifest.labels_of(entry.version),
+        seconds=round(time.monotonic() - started, 3),
+        reused=reused,
+        idempotency_key=entry.idempotency_key,
+    )
+
+
 def publish(
     savedmodel_dir: str | Path,
     store: str | Store,
@@ -128,42 +207,60 @@ def publish(
     label: str | None = None,
     allow_signature_change: bool = False,
     source: Mapping[str, str] | None = None,
+    idempotency_key: str | None = None,
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
 ) -> PublishResult:
     """Upload ``savedmodel_dir`` as the next version of ``model`` and record it in the manifest.
 
     ``source`` is free-form provenance (``git_sha``, ``job_id``, ...); the git commit of the current directory is
-    added when not given. ``label`` (e.g. ``canary``) is set in the same manifest update.
+    added when not given. ``label`` (e.g. ``canary``) is set in the same manifest update. ``idempotency_key``
+    (default: ``source["job_id"]``) makes a retry safe: if a version was already published with that key, it is
+    returned (``reused=True``) and nothing is uploaded.
     """
     started = time.monotonic()
     check_model_name(model)
     if label is not None:
         check_label(label)
+    meta = {k: str(v) for k, v in (source or {}).items() if v}
+    idempotency_key = idempotency_key or meta.get("job_id")
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
     if workers < 1:
         raise BadInput(f"workers must be at least 1, got {workers}")
     info = inspect_savedmodel(savedmodel_dir)
     st = checked_store(store)
     manifest, _ = load_manifest(st, model)
+    if idempotency_key is not None and (done := manifest.find_by_idempotency_key(idempotency_key)):
+        return _result(model, st, manifest, done, started, reused=True)
     if not allow_signature_change and (problem := signature_problem(manifest, info)):
         raise SignatureChanged(problem)
 
-    meta = {k: str(v) for k, v in (source or {}).items() if v}
     if "git_sha" not in meta and (sha := git_sha(Path.cwd())):
         meta["git_sha"] = sha
     by = actor()
     record = {"publisher": uuid.uuid4().hex, "by": by, "started": now()}
-    version = _reserve(st, model, record)
-    reservation = layout.pending_key(model, version)
+    res = _reserve(st, model, record)
+    version = res.version
     prefix = layout.version_prefix(model, version)
     try:
-        with _heartbeat(st, reservation, json.dumps({**record, "version": version}).encode(), HEARTBEAT_SECONDS):
+        with _heartbeat(st, res, HEARTBEAT_SECONDS):
             entries = upload_tree(st, info.path, info.files, prefix, workers=workers, progress=progress)
-            verify_uploaded(st, prefix, entries)
-
-        entry = VersionEntry(version, now(), entries, info.signature, meta)
+        _still_ours(st, model, res)
+        verify_uploaded(st, prefix, entries)
+        entry = VersionEntry(version, now(), entries, info.signature, meta, idempotency_key=idempotency_key)
 
         def add(m: Manifest) -> None:
+            # The fence: prune records a version it judged dead in the manifest before it deletes anything, and this
+            # check runs inside the same compare-and-swap, so exactly one of the two wins.
+            if version in m.abandoned:
+                raise ReservationLost(
+                    f"publish of {model!r} version {version} stopped: prune abandoned the version at "
+                    f"{m.abandoned[version].time} (no heartbeat for longer than its --pending-grace; was this "
+                    "process paused?); nothing was committed, publish again"
+                )
+            if idempotency_key is not None and (done := m.find_by_idempotency_key(idempotency_key)):
+                raise _AlreadyPublished(done)
             if version in m.versions:  # cannot happen while reservations hold; never overwrite a published entry
                 raise ModelfleetError(f"version {version} of {model!r} was published by another publisher meanwhile")
             if not allow_signature_change and (problem := signature_problem(m, info)):
@@ -173,21 +270,21 @@ def publish(
             if label is not None:
                 m.move_label(label, version, "publish", by)
 
-        final, _ = update_manifest(st, model, add)
+        final, _ = update_manifest(st, model, add, action="publish")
+    except _AlreadyPublished as e:
+        _discard(st, model, version, [f"{prefix}/{rel}" for rel in info.files] + [res.key])
+        return _result(model, st, load_manifest(st, model)[0], e.entry, started, reused=True)
     except BaseException:
-        # Best effort: leave nothing behind. If this fails too (or we are killed), prune cleans up later. A commit
-        # whose reply was lost may still have landed, so files are deleted only if the manifest surely lacks them.
-        with contextlib.suppress(Exception):
-            if version not in load_manifest(st, model)[0].versions:
-                st.delete([f"{prefix}/{rel}" for rel in info.files] + [reservation])
+        # Best effort: leave nothing behind. If this fails too (or we are killed), prune cleans up later.
+        _discard(st, model, version, [f"{prefix}/{rel}" for rel in info.files] + [res.key])
         raise
-    st.delete([reservation])
-    return PublishResult(
-        model=model,
-        version=version,
-        store=st.uri,
-        files=len(entries),
-        bytes=entry.total_bytes,
-        labels=final.labels_of(version),
-        seconds=round(time.monotonic() - started, 3),
-    )
+    st.delete([res.key])
+    return _result(model, st, final, entry, started, reused=False)
+
+
+def _discard(st: Store, model: str, version: int, keys: list[str]) -> None:
+    """Delete what a publish that did not commit wrote. A commit whose reply was lost may still have landed, so only
+    if the manifest surely lacks the version; the files are ours alone (create-only writes under our number)."""
+    with contextlib.suppress(Exception):
+        if version not in load_manifest(st, model)[0].versions:
+            st.delete(keys)

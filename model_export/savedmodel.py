@@ -8,6 +8,8 @@ framework/{graph,node_def,function,tensor_shape}.proto). Publishing then needs n
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ _DTYPES = {
 @dataclass(frozen=True)
 class SavedModelInfo:
     path: Path
-    files: tuple[str, ...]  # relative posix paths of every regular file
+    files: tuple[str, ...]  # relative posix paths of every regular file: what publish uploads (see _regular_files)
     signature: Signature
     has_variables: bool
 
@@ -103,6 +105,78 @@ def _object_graph_has_variables(object_graph: bytes) -> bool:
     return any(any(n == 7 for n, _ in fields(node)) for node in _sub(object_graph, 1))
 
 
+# --- the directory walk ---------------------------------------------------------------------------------------
+
+_COPY_HINT = "copy the files in instead of linking: cp -rL"
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _symlink_problem(root: Path, link: Path) -> str:
+    real_root = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(link))
+    broken = "" if target.exists() else "broken "
+    if target != real_root and real_root not in target.parents:
+        where = "outside the SavedModel directory"
+    else:
+        where = "inside the SavedModel directory (symlinks are not published)"
+    return (
+        f"{str(link)!r} is a {broken}symlink to {str(target)!r}, {where}; "
+        f"{_COPY_HINT} {str(root)!r} <new directory>, and publish that"
+    )
+
+
+def _regular_files(root: Path) -> tuple[str, ...]:
+    """Every regular file under ``root`` as a sorted relative posix path, from one walk that follows no link.
+
+    The same list is what the check below looks in (``saved_model.pb``, ``variables/variables.index``) and what
+    publish uploads, so nothing can pass the check that the upload then skips. Anything else refuses the directory
+    with ``NotASavedModel``:
+
+    * A symlink, file or directory, wherever it points. One pointing outside the directory would publish files
+      the SavedModel does not contain (or, as a linked ``variables/``, none at all). One pointing inside is refused
+      too, rather than followed: TensorFlow never writes links, the store has none (a followed link would store
+      its target twice, and a linked directory can form a cycle), and "inside" is a property of the moment of the
+      check that a later rename can change. One rule with one fix (``cp -rL``) is simpler and safer.
+    * A FIFO, socket or device: not something TF Serving reads, and reading a FIFO would block the upload.
+    * A directory that cannot be read: skipping it would publish a version without its files.
+    """
+    files: list[str] = []
+    pending: list[tuple[Path, str]] = [(root, "")]
+    while pending:
+        directory, rel_dir = pending.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise NotASavedModel(f"cannot read {str(directory)!r}: {e.strerror}; fix its permissions") from e
+        for entry in entries:
+            path = Path(entry.path)
+            rel = f"{rel_dir}{entry.name}"
+            try:
+                if entry.is_symlink():
+                    raise NotASavedModel(_symlink_problem(root, path))
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((path, f"{rel}/"))
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    files.append(rel)
+                    continue
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as e:
+                raise NotASavedModel(f"cannot read {str(path)!r}: {e.strerror}") from e
+            kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "a special file")
+            raise NotASavedModel(
+                f"{str(path)!r} is {kind}, not a regular file; a SavedModel holds only files and directories — "
+                "remove it or copy the SavedModel without it"
+            )
+    return tuple(sorted(files))
+
+
 # --- the check ------------------------------------------------------------------------------------------------
 
 
@@ -112,9 +186,14 @@ def inspect_savedmodel(path: str | Path) -> SavedModelInfo:
     if not root.is_dir():
         raise NotASavedModel(f"{str(root)!r} is not a directory; pass the SavedModel directory (with saved_model.pb)")
     pb = root / "saved_model.pb"
-    if not pb.is_file():
+    # A cheap look first, so a wrong directory gets this message without a walk of everything under it; whether
+    # saved_model.pb is a regular file (not a link) is then up to the walk.
+    if not (pb.is_symlink() or pb.exists()):
         hint = " (saved_model.pbtxt is not supported; re-export)" if (root / "saved_model.pbtxt").exists() else ""
         raise NotASavedModel(f"{str(root)!r} is not a SavedModel: no saved_model.pb{hint}")
+    files = _regular_files(root)
+    if "saved_model.pb" not in files:
+        raise NotASavedModel(f"{str(pb)!r} is not a regular file; pass the SavedModel directory TensorFlow wrote")
     try:
         meta_graphs = list(_sub(pb.read_bytes(), 2))
         serving = [mg for mg in meta_graphs if SERVING_TAG in _tags(mg)]
@@ -136,10 +215,10 @@ def inspect_savedmodel(path: str | Path) -> SavedModelInfo:
         )
     except (ValueError, UnicodeDecodeError) as e:
         raise NotASavedModel(f"{str(pb)!r} is not a valid SavedModel protobuf: {e}") from e
-    if has_variables and not (root / "variables" / "variables.index").is_file():
+    # Looked up in the walk's list, not on disk: the file that satisfies the check is one that will be uploaded.
+    if has_variables and "variables/variables.index" not in files:
         raise NotASavedModel(
             f"{str(root)!r} has variables but no variables/variables.index; TF Serving would load it without "
             "weights — copy the whole SavedModel directory"
         )
-    files = tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()))
     return SavedModelInfo(root, files, signature, has_variables)

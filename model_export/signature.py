@@ -46,15 +46,41 @@ class Signature:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Signature:
-        def specs(raw: object) -> dict[str, TensorSpec]:
-            assert isinstance(raw, dict)
-            return {
-                str(k): TensorSpec(str(v["dtype"]), None if v["shape"] is None else tuple(int(d) for d in v["shape"]))
-                for k, v in raw.items()
-            }
+    def from_json(cls, data: object) -> Signature:
+        """The inverse of :meth:`to_json`. ``ValueError`` names the first field that is missing or of the wrong type
+        (explicit checks, not asserts, so they hold under ``python -O`` too; nothing is coerced)."""
 
-        return cls(str(data["method"]), specs(data["inputs"]), specs(data["outputs"]))
+        def wrong(where: str, want: str, got: object) -> ValueError:
+            return ValueError(f"signature{where}: expected {want}, got {type(got).__name__}")
+
+        def specs(part: str, raw: object) -> dict[str, TensorSpec]:
+            if not isinstance(raw, dict):
+                raise wrong(f".{part}", "an object", raw)
+            out: dict[str, TensorSpec] = {}
+            for name, spec in raw.items():
+                where = f".{part}[{name!r}]"
+                if not isinstance(name, str) or not isinstance(spec, dict):
+                    raise wrong(where, "an object", spec)
+                dtype, shape = spec.get("dtype"), spec.get("shape", ...)
+                if not isinstance(dtype, str) or not dtype:
+                    raise wrong(f"{where}.dtype", "a dtype name", dtype)
+                if shape is None:
+                    out[name] = TensorSpec(dtype, None)
+                    continue
+                if not isinstance(shape, list):
+                    raise wrong(f"{where}.shape", "a list or null", shape)
+                for i, d in enumerate(shape):
+                    if not isinstance(d, int) or isinstance(d, bool) or d < -1:
+                        raise wrong(f"{where}.shape[{i}]", "an integer >= -1", d)
+                out[name] = TensorSpec(dtype, tuple(shape))
+            return out
+
+        if not isinstance(data, dict):
+            raise wrong("", "an object", data)
+        method = data.get("method")
+        if not isinstance(method, str):
+            raise wrong(".method", "a string", method)
+        return cls(method, specs("inputs", data.get("inputs")), specs("outputs", data.get("outputs")))
 
     def input_incompatibilities(self, new: Signature) -> list[str]:
         """Reasons why clients of ``self`` would break against ``new`` (empty when compatible)."""

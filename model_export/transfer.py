@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -12,7 +13,7 @@ from tqdm import tqdm
 
 from model_export.errors import TransferError
 from model_export.manifest import FileEntry
-from model_export.store.base import Store
+from model_export.store.base import ProgressFn, Store
 
 DEFAULT_WORKERS = 16
 _BLOCK = 1024 * 1024
@@ -33,29 +34,32 @@ def show_progress(quiet: bool) -> bool:
 
 
 def _run_all(
-    jobs: Mapping[str, Callable[[], int]], *, workers: int, total: int, progress: bool, what: str
-) -> dict[str, int]:
-    """Run one job per file; each returns the bytes it moved. All failures are collected and reported together."""
-    done: dict[str, int] = {}
+    jobs: Mapping[str, Callable[[ProgressFn], object]], *, workers: int, total: int, progress: bool, what: str
+) -> None:
+    """Run one job per file; each reports the bytes it moves as it moves them. All failures are collected and
+    reported together."""
     failed: dict[str, Exception] = {}
+    lock = threading.Lock()
     with (
         tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what, disable=not progress) as bar,
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
     ):
-        futures = {pool.submit(job): name for name, job in jobs.items()}
+
+        def tick(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        futures = {pool.submit(job, tick): name for name, job in jobs.items()}
         for fut in as_completed(futures):
-            name = futures[fut]
             try:
-                done[name] = fut.result()
-                bar.update(done[name])
+                fut.result()
             except Exception as e:
-                failed[name] = e
+                failed[futures[fut]] = e
     if failed:
         first = sorted(failed)[0]
         raise TransferError(
             f"{what}: {len(failed)} of {len(jobs)} files failed; first {first}: {failed[first]}"
         ) from failed[first]
-    return done
 
 
 def upload_tree(
@@ -67,15 +71,14 @@ def upload_tree(
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
 ) -> dict[str, FileEntry]:
-    """Hash and upload ``files`` (relative to ``root``) to ``key_prefix/<file>``; return each file's entry."""
+    """Upload ``files`` (relative to ``root``) to ``key_prefix/<file>``, each created only if absent and read once;
+    return each file's entry: the sha256 and size of the bytes the server verified it stored."""
     entries: dict[str, FileEntry] = {}
 
-    def job(rel: str) -> Callable[[], int]:
-        def run() -> int:
-            path = root / rel
-            entries[rel] = sha256_file(path)  # read once here; the upload then reads from the page cache
-            store.upload_file(f"{key_prefix}/{rel}", path)
-            return entries[rel].size
+    def job(rel: str) -> Callable[[ProgressFn], None]:
+        def run(tick: ProgressFn) -> None:
+            stored = store.put_file(f"{key_prefix}/{rel}", root / rel, progress=tick)
+            entries[rel] = FileEntry(stored.sha256, stored.size)
 
         return run
 
@@ -85,7 +88,8 @@ def upload_tree(
 
 
 def verify_uploaded(store: Store, key_prefix: str, entries: Mapping[str, FileEntry]) -> None:
-    """One listing confirms every object is present with its size (content was checksummed in transit)."""
+    """One listing confirms every object is still present with its size (each was checksummed by the server as it
+    was stored; this catches a deletion since, e.g. by a prune that judged the publish dead)."""
     listed = {o.key[len(key_prefix) + 1 :]: o.size for o in store.list(f"{key_prefix}/")}
     bad = [rel for rel, e in sorted(entries.items()) if listed.get(rel) != e.size]
     if bad:
@@ -105,8 +109,8 @@ def download_tree(
 ) -> None:
     """Download every file to ``dest/<file>`` and check its size and sha256; ``TransferError`` names the bad ones."""
 
-    def job(rel: str, want: FileEntry) -> Callable[[], int]:
-        def run() -> int:
+    def job(rel: str, want: FileEntry) -> Callable[[ProgressFn], None]:
+        def run(tick: ProgressFn) -> None:
             path = dest / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             store.download_file(f"{key_prefix}/{rel}", path)
@@ -116,7 +120,7 @@ def download_tree(
                     f"checksum mismatch: want sha256 {want.sha256[:12]}… {want.size} B, "
                     f"got {got.sha256[:12]}… {got.size} B"
                 )
-            return got.size
+            tick(got.size)
 
         return run
 

@@ -46,17 +46,17 @@ def get_manifest(store: str | Store, model: str) -> Manifest:
     return _existing(_open(store, model), model)
 
 
-def _change(store: str | Store, model: str, change: Callable[[Manifest], None]) -> Manifest:
+def _change(store: str | Store, model: str, change: Callable[[Manifest], None], action: str) -> Manifest:
     st = _open(store, model)
     _existing(st, model)  # UnknownModel rather than an empty manifest's "no version N"
-    manifest, _ = update_manifest(st, model, change)
+    manifest, _ = update_manifest(st, model, change, action=action)
     return manifest
 
 
 def set_label(store: str | Store, model: str, label: str, version: int) -> Manifest:
     """Point ``label`` at ``version`` (which must be in the manifest)."""
     check_label(label)
-    return _change(store, model, lambda m: m.move_label(label, version, "label", actor()))
+    return _change(store, model, lambda m: m.move_label(label, version, "label", actor()), "label")
 
 
 def clear_label(store: str | Store, model: str, label: str) -> Manifest:
@@ -67,7 +67,7 @@ def clear_label(store: str | Store, model: str, label: str) -> Manifest:
             raise BadInput(f"model {model!r} has no label {label!r} (labels: {', '.join(sorted(m.labels)) or 'none'})")
         m.move_label(label, None, "unlabel", actor())
 
-    return _change(store, model, change)
+    return _change(store, model, change, "unlabel")
 
 
 def promote(store: str | Store, model: str) -> Manifest:
@@ -80,7 +80,7 @@ def promote(store: str | Store, model: str) -> Manifest:
         m.move_label(STABLE, m.labels[CANARY], "promote", by)
         m.move_label(CANARY, None, "promote", by)
 
-    return _change(store, model, change)
+    return _change(store, model, change, "promote")
 
 
 def rollback(store: str | Store, model: str, to: int | None = None) -> Manifest:
@@ -97,17 +97,18 @@ def rollback(store: str | Store, model: str, to: int | None = None) -> Manifest:
             raise BadInput(f"version {target} of {model!r} is already stable")
         m.move_label(STABLE, target, "rollback", actor())
 
-    return _change(store, model, change)
+    return _change(store, model, change, "rollback")
 
 
 @dataclass
 class PrunePlan:
     model: str
     versions: list[int] = field(default_factory=list)  # published versions removed from the manifest
-    leftovers: list[int] = field(default_factory=list)  # files of crashed publishes (never in the manifest)
+    leftovers: list[int] = field(default_factory=list)  # crashed publishes, now abandoned (never in the manifest)
     in_progress: list[int] = field(default_factory=list)  # reservations still alive: left alone
     objects: int = 0
     bytes: int = 0
+    partial_uploads: int = 0  # incomplete uploads aborted (S3 multipart, file-store temp files)
     dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -151,25 +152,34 @@ def prune(
 
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=pending_grace_seconds)
     plan = PrunePlan(model, dry_run=dry_run)
+    dead: list[int] = []
     for version in sorted(set(objects) | set(reservations)):
         if version in manifest.versions:
             continue
         if version in reservations and reservations[version] > cutoff:
             plan.in_progress.append(version)
         else:
-            plan.leftovers.append(version)
+            dead.append(version)
 
     if dry_run:
         plan.versions = sorted(set(manifest.versions) - _kept(manifest, keep))
+        plan.leftovers = dead
     else:
+        by = actor()
 
-        def drop(m: Manifest) -> list[int]:
+        def drop(m: Manifest) -> tuple[list[int], list[int]]:
             gone = sorted(set(m.versions) - _kept(m, keep))
             for v in gone:
                 del m.versions[v]
-            return gone
+            # The fence: a version judged dead is recorded as abandoned in the same compare-and-swap, before any of
+            # its files is deleted. Its publisher's commit checks this and fails, so a publisher that was only
+            # paused can never commit a version whose files are gone; the number is never used again.
+            fenced = [v for v in dead if v not in m.versions]
+            for v in fenced:
+                m.abandon(v, by)
+            return gone, fenced
 
-        _, plan.versions = update_manifest(st, model, drop)
+        _, (plan.versions, plan.leftovers) = update_manifest(st, model, drop, action="prune")
 
     doomed = plan.versions + plan.leftovers
     keys = [key for v in doomed for key, _ in objects.get(v, [])]
@@ -177,6 +187,8 @@ def prune(
     plan.bytes = sum(size for v in doomed for _, size in objects.get(v, []))
     if not dry_run:
         st.delete(keys)
+        # What listings never show: incomplete multipart uploads, temp files of a killed writer.
+        plan.partial_uploads = st.abort_partial_uploads(layout.model_prefix(model), cutoff)
         # Reservations go last, so an interrupted prune still sees the leftovers next time.
         st.delete([layout.pending_key(model, v) for v in plan.leftovers if v in reservations])
     return plan

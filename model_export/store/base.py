@@ -8,10 +8,32 @@ once against this interface.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from model_export.errors import BadInput
+
+# How long one store request may take before the SDK's retries give up, end to end, so an unreachable endpoint fails
+# with one line within this many seconds instead of minutes of silence. One home; overridable per process.
+REQUEST_BUDGET_ENV = "MODELFLEET_STORE_TIMEOUT"
+DEFAULT_REQUEST_BUDGET_SECONDS = 30.0
+
+
+def request_budget() -> float:
+    """Seconds a store request (connect, read, and the SDK's retries) may take: ``$MODELFLEET_STORE_TIMEOUT`` or 30."""
+    raw = os.environ.get(REQUEST_BUDGET_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REQUEST_BUDGET_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 3600:
+        raise BadInput(f"{REQUEST_BUDGET_ENV}={raw!r} is invalid; use a number of seconds from 1 to 3600")
+    return value
 
 
 @dataclass(frozen=True)
@@ -25,6 +47,20 @@ class ObjectInfo:
 class Blob:
     data: bytes
     token: str  # what a conditional write or read compares against (ETag, generation, file identity)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What :meth:`Store.put_file` stored, from one read of the file: ``sha256`` and ``size`` of the bytes that were
+    sent, and ``checksum`` (``"<algorithm>:<value>"``), the server's own checksum of what it stored, already found
+    equal to the same checksum computed over the sent bytes."""
+
+    sha256: str  # hex
+    size: int
+    checksum: str
+
+
+ProgressFn = Callable[[int], None]  # called with each number of bytes sent
 
 
 class Store(ABC):
@@ -57,8 +93,20 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def upload_file(self, key: str, path: Path) -> None:
-        """Upload a local file; readers never see a partial object."""
+    def put_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> StoredFile:
+        """Create ``key`` from the file at ``path``; never replace an existing object (S3 ``If-None-Match: *`` on
+        PutObject and CompleteMultipartUpload, GCS ``ifGenerationMatch=0`` on every request, file store ``link(2)``).
+
+        The file is read once: the sha256, the server's checksum and the request bodies come from the same buffers.
+        Readers never see a partial object. Raises ``PreconditionFailed`` when an object with other content already
+        exists at ``key`` (the same content, e.g. our own write whose reply was lost, is success), and
+        ``TransferError`` when the server's checksum differs from ours (nothing is left at ``key`` then).
+        """
+
+    def abort_partial_uploads(self, prefix: str, started_before: dt.datetime) -> int:
+        """Remove incomplete uploads under ``prefix`` begun before ``started_before`` (S3 multipart uploads, file
+        store temp files) that listing does not show; return how many. Backends without such leftovers return 0."""
+        return 0
 
     @abstractmethod
     def download_file(self, key: str, path: Path) -> None:
@@ -71,3 +119,39 @@ class Store(ABC):
     @abstractmethod
     def delete(self, keys: Sequence[str]) -> None:
         """Delete the keys; absent keys are not an error."""
+
+
+class DelegatingStore(Store):
+    """Forwards every call to ``inner``: the base of wrappers that watch or change a few calls (the agent's download
+    bookkeeping, tests' fault injection) without restating the rest of the interface."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner.uri)
+        self.inner = inner
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def read(self, key: str) -> Blob:
+        return self.inner.read(key)
+
+    def read_if_changed(self, key: str, token: str | None) -> Blob | None:
+        return self.inner.read_if_changed(key, token)
+
+    def write(self, key: str, data: bytes, *, if_token: str | None = None, if_absent: bool = False) -> str:
+        return self.inner.write(key, data, if_token=if_token, if_absent=if_absent)
+
+    def put_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> StoredFile:
+        return self.inner.put_file(key, path, progress=progress)
+
+    def abort_partial_uploads(self, prefix: str, started_before: dt.datetime) -> int:
+        return self.inner.abort_partial_uploads(prefix, started_before)
+
+    def download_file(self, key: str, path: Path) -> None:
+        self.inner.download_file(key, path)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, keys: Sequence[str]) -> None:
+        self.inner.delete(keys)

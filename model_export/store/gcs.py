@@ -2,66 +2,299 @@
 
 Credentials and endpoint come from the SDK's standard chain (ADC, the VM's service account, ``STORAGE_EMULATOR_HOST``).
 Conditional writes use generation preconditions: ``if_generation_match=0`` creates, ``=<gen>`` replaces.
+
+Every request carries a timeout and a retry deadline derived from :func:`request_budget`, so an endpoint that accepts
+connections and never answers fails with one line within the budget.
+
+Files are stored by :meth:`GCSStore.put_file`: create-only (``ifGenerationMatch=0`` on the one-request upload and on
+the request that opens a resumable upload session), the file read once through :class:`_HashingReader`, whose bytes
+are both the request bodies and the input of our sha256 and CRC32C; the server's CRC32C of what it stored is then
+compared with ours. Not done, on purpose:
+
+* parallel chunks (``transfer_manager.upload_chunks_concurrently``): it uses the XML multipart-upload API, which takes
+  no generation precondition from that function (so it could replace an object) and which fake-gcs-server, the tests'
+  server, does not implement at all;
+* batched deletes (``client.batch()``): fake-gcs-server skips every part of a batch without a ``Content-ID`` header,
+  which the Python SDK never sends, so its batches do nothing there and the SDK fails to parse the empty reply.
+  :meth:`GCSStore.delete` sends one request per key instead, a few at a time, and stops at the first failure.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import os
+import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import google_crc32c
+import requests
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.auth import exceptions as auth_exc
 from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from model_export.errors import ObjectNotFound, PreconditionFailed, StoreError, StoreNotFound
-from model_export.store.base import Blob, ObjectInfo, Store
+from model_export.errors import (
+    ModelfleetError,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreNotFound,
+    TransferError,
+    one_line,
+)
+from model_export.store.base import REQUEST_BUDGET_ENV, Blob, ObjectInfo, ProgressFn, Store, StoredFile, request_budget
 
-# Small reads (manifests) give up after this long, so a poller notices an outage instead of blocking in retries
-# for the SDK's default two minutes.
-_READ_RETRY = DEFAULT_RETRY.with_timeout(30.0)
-# Bigger files go up in resumable chunks; smaller ones in one request (which also carries the preconditions).
-_CHUNK = 32 * 1024 * 1024
+MIB = 1024 * 1024
+# Files up to this size go up in one request (the whole file in one buffer; the request carries our sha256 and CRC32C
+# in the object's metadata, so GCS itself refuses bytes that differ). This is also the SDK's own limit: it sends
+# anything larger as a resumable upload.
+SINGLE_REQUEST_MAX = 8 * MIB
+# Larger files go up as a resumable upload in chunks of this size (a multiple of 256 KiB), one chunk in memory.
+CHUNK_SIZE = 32 * MIB
+# Deletes sent at a time (the SDK's batch endpoint is not used; see the module docstring).
+DELETE_WORKERS = 8
+SHA256_METADATA = "sha256"  # custom metadata key holding the hex sha256 put_file computed of the bytes it sent
+_OCTET = "application/octet-stream"
+_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"  # the SDK's own variable for another endpoint (an emulator)
+NO_CREDENTIALS = (
+    "no Google credentials: run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+)
+# What the SDK raises besides the API's own errors: the transport's (a timeout, a refused connection) and the
+# credentials' (a token refresh that fails).
+_SDK_ERRORS = (gexc.GoogleAPIError, requests.RequestException, auth_exc.GoogleAuthError)
+_Checksum: Any = google_crc32c.Checksum  # untyped; hardware CRC32C (the C extension) when available
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """How long one request may take: ``timeout`` for each attempt's connect and each read, and ``retry`` with a
+    deadline such that the last attempt still ends within ``budget``."""
+
+    budget: float
+    timeout: tuple[float, float]
+    retry: Retry
+
+
+def _limits() -> _Limits:
+    budget = request_budget()
+    attempt = budget / 3
+    # The deadline is checked only between attempts, so the last one may start just before it: reserve one attempt.
+    return _Limits(budget, (attempt, attempt), DEFAULT_RETRY.with_timeout(budget - attempt))
+
+
+def _client() -> Any:
+    """A client from the standard chain; missing credentials are one line instead of the SDK's paragraph."""
+    try:
+        return storage.Client()
+    except auth_exc.DefaultCredentialsError as e:
+        if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            raise ModelfleetError(
+                f"the Google credentials in GOOGLE_APPLICATION_CREDENTIALS are unusable: {one_line(e)}"
+            ) from e
+        raise ModelfleetError(NO_CREDENTIALS) from e
+
+
+def _check_hint() -> str:
+    return "check STORAGE_EMULATOR_HOST and the network" if os.environ.get(_EMULATOR_ENV) else "check the network"
+
+
+def _b64_crc32c(crc: Any) -> str:
+    return base64.b64encode(crc.digest()).decode("ascii")
+
+
+class _HashingReader:
+    """The file as the SDK reads it: every byte handed out feeds the whole-file sha256 and CRC32C, exactly once.
+
+    A resumable upload may seek back and read again (the media library's ``recover()`` after a failed chunk; the SDK
+    at hand resends a failed chunk from memory, but nothing here relies on that): only bytes beyond the highest offset
+    already hashed are hashed. Bytes read again after a seek-back may differ from the first read when the file changed
+    meanwhile: our digests keep the first bytes, the server stores the second, and the comparison of the server's
+    CRC32C with ours catches it. A seek forward past unread bytes hashes them first, so the digests always cover the
+    file from its start.
+
+    When the bytes read reach the file's size at open, the file must still be the one opened, unchanged (same size
+    and modification time): otherwise ``TransferError``, raised from ``read`` before the SDK can send the last bytes,
+    so a file still being written is never stored as a mix of versions.
+    """
+
+    _BLOCK = MIB
+
+    def __init__(self, fh: IO[bytes], path: Path, what: str, progress: ProgressFn | None) -> None:
+        self._fh = fh
+        self.path = path
+        self.what = what  # where the bytes go, for messages
+        self._progress = progress
+        self.before = os.fstat(fh.fileno())
+        self._pos = 0
+        self.hashed = 0  # bytes [0, hashed) are in the digests
+        self._checked = False
+        self._sha = hashlib.sha256()
+        self._crc = _Checksum()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    @property
+    def crc32c(self) -> str:
+        """Base64 of the big-endian CRC32C, as GCS writes ``crc32c``."""
+        return _b64_crc32c(self._crc)
+
+    # -- what the SDK calls ----------------------------------------------------------------------------------------
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._pos > self.hashed:
+            self._hash_gap(self._pos)
+        data = self._read(size)
+        start = self._pos
+        self._pos += len(data)
+        if self._pos > self.hashed:
+            self._absorb(data if start >= self.hashed else data[self.hashed - start :])
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = self._fh.seek(offset, whence)
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    # -- ours ------------------------------------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Hash the rest of the file (what the SDK has not read: the upload stopped early), then check it."""
+        self._hash_gap(None)
+        if not self._checked:
+            self._check()
+
+    def _read(self, size: int | None) -> bytes:
+        try:
+            return self._fh.read(-1 if size is None else size)
+        except OSError as e:
+            raise TransferError(f"cannot read {self.path}: {e.strerror or e}") from e
+
+    def _absorb(self, data: bytes) -> None:
+        self._sha.update(data)
+        self._crc.update(data)
+        self.hashed += len(data)
+        if self._progress is not None and data:
+            self._progress(len(data))
+        if self.hashed >= self.before.st_size and not self._checked:
+            self._check()
+
+    def _hash_gap(self, end: int | None) -> None:
+        """Hash the bytes from ``hashed`` to ``end`` (to the end of the file for ``None``) and come back."""
+        pos = self._pos
+        self._fh.seek(self.hashed)
+        while end is None or self.hashed < end:
+            want = self._BLOCK if end is None else min(self._BLOCK, end - self.hashed)
+            block = self._read(want)
+            if not block:
+                break
+            self._absorb(block)
+        self._fh.seek(pos)
+
+    def _check(self) -> None:
+        self._checked = True
+        a, b = self.before, os.fstat(self._fh.fileno())
+        same = (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+        if not same or self.hashed != a.st_size:
+            raise TransferError(
+                f"{self.path} changed while it was being uploaded to {self.what}; nothing was stored — "
+                "publish a directory no process is still writing to"
+            )
 
 
 class GCSStore(Store):
-    def __init__(self, uri: str, bucket: str, prefix: str, client: storage.Client | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        bucket: str,
+        prefix: str,
+        client: Any | None = None,
+        *,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
         super().__init__(uri)
         self.prefix = f"{prefix}/" if prefix else ""
-        self.client = client or storage.Client()
+        self.client = client or _client()
         self.bucket = self.client.bucket(bucket)
+        self.chunk_size = chunk_size
 
-    def _blob(self, key: str) -> storage.Blob:
+    def _blob(self, key: str) -> Any:
         return self.bucket.blob(self.prefix + key)
 
-    def _fail(self, err: Exception, key: str) -> Exception:
+    def _where(self, key: str) -> str:
+        return f"gs://{self.bucket.name}/{self.prefix}{key}"
+
+    def _fail(self, err: BaseException, key: str) -> ModelfleetError:
+        """Translate an SDK error about ``key`` into the project's exception, on one line."""
         if isinstance(err, gexc.NotFound):
             if "bucket" in str(err).lower() and "object" not in str(err).lower():
                 return StoreNotFound(f"bucket {self.bucket.name!r} does not exist (from {self.uri!r})")
             return ObjectNotFound(f"{self.uri}/{key}")
         if isinstance(err, gexc.PreconditionFailed):
             return PreconditionFailed(f"{self.uri}/{key} changed since it was read")
-        return StoreError(f"GCS request for gs://{self.bucket.name}/{self.prefix}{key} failed: {err}")
+        cause: BaseException = err
+        if isinstance(err, gexc.RetryError) and err.cause is not None:
+            cause = err.cause  # the retries ran out of time: say what the last attempt met
+        if isinstance(cause, auth_exc.TransportError) and cause.args and isinstance(cause.args[0], BaseException):
+            cause = cause.args[0]
+        endpoint = self.client.api_endpoint
+        budget = request_budget()
+        if isinstance(cause, requests.Timeout):
+            return StoreError(
+                f"GCS endpoint {endpoint} did not answer within {budget:g} s ({self._where(key)}); {_check_hint()}, "
+                f"or raise {REQUEST_BUDGET_ENV}"
+            )
+        if isinstance(cause, (requests.ConnectionError, ConnectionError)):
+            # requests' text nests urllib3's ("HTTPConnectionPool(...): Max retries exceeded ..."): keep the OS reason.
+            reason = re.search(r"\[Errno -?\d+\][^'\")]*", str(cause))
+            return StoreError(
+                f"GCS endpoint {endpoint} could not be reached within {budget:g} s ({self._where(key)}): "
+                f"{reason.group(0).strip() if reason else one_line(cause, 300)}; {_check_hint()}"
+            )
+        return StoreError(f"GCS request for {self._where(key)} failed: {one_line(err)}")
 
     def check(self) -> None:
         # A one-object listing of the prefix, not buckets.get: readers hold only object permissions.
+        lim = _limits()
         try:
-            list(self.client.list_blobs(self.bucket, prefix=self.prefix, max_results=1))
+            list(
+                self.client.list_blobs(
+                    self.bucket, prefix=self.prefix, max_results=1, timeout=lim.timeout, retry=lim.retry
+                )
+            )
         except gexc.NotFound as e:
             raise StoreNotFound(f"bucket {self.bucket.name!r} does not exist (from {self.uri!r})") from e
-        except gexc.GoogleAPIError as e:
+        except _SDK_ERRORS as e:
             raise self._fail(e, "") from e
 
     def _download(self, key: str, **kwargs: Any) -> Blob:
+        lim = _limits()
         blob = self._blob(key)
-        data = blob.download_as_bytes(retry=_READ_RETRY, **kwargs)
+        data = blob.download_as_bytes(timeout=lim.timeout, retry=lim.retry, **kwargs)
         # The download response carries the generation it read; that is the token for a later conditional write.
         return Blob(data, str(blob.generation))
 
     def read(self, key: str) -> Blob:
         try:
             return self._download(key)
-        except gexc.GoogleAPIError as e:
+        except _SDK_ERRORS as e:
             raise self._fail(e, key) from e
 
     def read_if_changed(self, key: str, token: str | None) -> Blob | None:
@@ -69,12 +302,13 @@ class GCSStore(Store):
             blob = self._download(key, if_generation_not_match=int(token)) if token else self._download(key)
         except gexc.NotModified:
             return None
-        except gexc.GoogleAPIError as e:
+        except _SDK_ERRORS as e:
             raise self._fail(e, key) from e
         # Some GCS emulators ignore the precondition on media downloads; the generation still tells.
         return None if blob.token == token else blob
 
     def write(self, key: str, data: bytes, *, if_token: str | None = None, if_absent: bool = False) -> str:
+        lim = _limits()
         blob = self._blob(key)
         kwargs: dict[str, Any] = {}
         if if_absent:
@@ -82,39 +316,187 @@ class GCSStore(Store):
         elif if_token is not None:
             kwargs["if_generation_match"] = int(if_token)
         try:
-            blob.upload_from_string(data, content_type="application/octet-stream", **kwargs)
-        except gexc.GoogleAPIError as e:
+            blob.upload_from_string(
+                data,
+                content_type=_OCTET,
+                timeout=lim.timeout,
+                # As the SDK's default: an upload is retried only under a precondition, which makes a repeat harmless.
+                retry=lim.retry if kwargs else None,
+                **kwargs,
+            )
+        except _SDK_ERRORS as e:
             raise self._fail(e, key) from e
         return str(blob.generation)
 
-    def upload_file(self, key: str, path: Path) -> None:
-        blob = self._blob(key)
-        blob.chunk_size = _CHUNK
+    # -- put_file ------------------------------------------------------------------------------------------------------
+
+    def put_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> StoredFile:
+        """Create ``key`` from ``path``, never replacing an object, the file read once.
+
+        Up to ``SINGLE_REQUEST_MAX`` bytes go as one request whose metadata carries our sha256 and CRC32C (GCS refuses
+        a body of another CRC32C); more as a resumable upload of ``chunk_size`` chunks read by the SDK through a
+        :class:`_HashingReader`, the sha256 added to the metadata afterwards (the session's metadata is sent before
+        the bytes are read). Either way the server's CRC32C and size of what it stored must equal ours, else the
+        object is deleted and ``TransferError`` raised. A 412 (an object exists) is success when that object has our
+        size, CRC32C and sha256 (our own earlier write whose reply was lost), else ``PreconditionFailed``.
+        """
+        lim = _limits()
         try:
-            blob.upload_from_filename(str(path), content_type="application/octet-stream", checksum="auto")
-        except gexc.GoogleAPIError as e:
+            fh = path.open("rb")
+        except OSError as e:
+            raise TransferError(f"cannot read {path}: {e.strerror or e}") from e
+        with fh:
+            reader = _HashingReader(fh, path, f"{self.uri}/{key}", progress)
+            blob = self._blob(key)
+            try:
+                if reader.before.st_size <= SINGLE_REQUEST_MAX:
+                    data = reader.read()
+                    reader.finish()  # a file that shrank since it was opened fails here, before anything is sent
+                    blob.metadata = {SHA256_METADATA: reader.sha256}
+                    # checksum="crc32c": the SDK puts the CRC32C of these same bytes into the request's metadata.
+                    blob.upload_from_string(
+                        data,
+                        content_type=_OCTET,
+                        if_generation_match=0,
+                        checksum="crc32c",
+                        timeout=lim.timeout,
+                        retry=lim.retry,
+                    )
+                else:
+                    blob.chunk_size = self.chunk_size
+                    # checksum=None: our own comparison below, which deletes only this generation on a mismatch (the
+                    # SDK's would delete whatever object has the name).
+                    blob.upload_from_file(
+                        reader,
+                        size=reader.before.st_size,
+                        content_type=_OCTET,
+                        if_generation_match=0,
+                        checksum=None,
+                        timeout=lim.timeout,
+                        retry=lim.retry,
+                    )
+            except gexc.PreconditionFailed as e:
+                reader.finish()
+                return self._existing(key, reader, e)
+            except gexc.BadRequest as e:
+                if "crc32c" in str(e).lower():
+                    raise TransferError(
+                        f"GCS refused {self._where(key)}: the bytes it received differ from those sent; "
+                        "nothing was stored, upload again"
+                    ) from e
+                raise self._fail(e, key) from e
+            except _SDK_ERRORS as e:
+                raise self._fail(e, key) from e
+            except ValueError as e:  # the SDK's own checks of the stream (e.g. fewer bytes than the size given)
+                reader.finish()  # a file that shrank while it was read: say so
+                raise TransferError(f"uploading {path} to {self.uri}/{key} failed: {one_line(e)}") from e
+        self._verify(key, blob, reader)
+        if (blob.metadata or {}).get(SHA256_METADATA) != reader.sha256:
+            self._add_sha256(key, blob, reader.sha256)
+        return StoredFile(reader.sha256, reader.hashed, f"crc32c:{reader.crc32c}")
+
+    def _verify(self, key: str, blob: Any, reader: _HashingReader) -> None:
+        """The server's CRC32C and size of what it stored (from the upload's reply) against ours; on a mismatch delete
+        that generation, so nothing unverified stays at ``key``."""
+        if blob.crc32c == reader.crc32c and blob.size == reader.hashed:
+            return
+        theirs = f"CRC32C {blob.crc32c} of {blob.size} B" if blob.crc32c else "no CRC32C"
+        raise TransferError(
+            f"{self.uri}/{key}: GCS reports {theirs} for the {reader.hashed} B sent (CRC32C {reader.crc32c}); "
+            f"{self._discard(key, blob)}, upload again"
+        )
+
+    def _add_sha256(self, key: str, blob: Any, sha256: str) -> None:
+        """Record our sha256 in the metadata of the generation just created (a repeat sets the same value again)."""
+        lim = _limits()
+        blob.metadata = {SHA256_METADATA: sha256}
+        try:
+            blob.patch(if_generation_match=blob.generation, timeout=lim.timeout, retry=lim.retry)
+        except _SDK_ERRORS as e:
+            raise StoreError(
+                f"recording the sha256 of {self._where(key)} failed ({one_line(self._fail(e, key), 300)}); "
+                f"{self._discard(key, blob)}, upload again"
+            ) from e
+
+    def _discard(self, key: str, blob: Any) -> str:
+        """Delete exactly ``blob``'s generation (best effort); say what happened, for the message."""
+        lim = _limits()
+        try:
+            blob.delete(if_generation_match=blob.generation, timeout=lim.timeout, retry=lim.retry)
+        except gexc.NotFound:
+            return "the object is gone"
+        except _SDK_ERRORS as e:
+            return f"deleting the object failed too ({one_line(self._fail(e, key), 200)})"
+        return "the object was deleted"
+
+    def _existing(self, key: str, reader: _HashingReader, err: Exception) -> StoredFile:
+        """The create lost its precondition: the object there is ours (an earlier attempt whose reply was lost, or the
+        same file published again) when its size, CRC32C and recorded sha256 are ours; anything else is a conflict."""
+        lim = _limits()
+        try:
+            found = self.bucket.get_blob(self.prefix + key, timeout=lim.timeout, retry=lim.retry)
+        except _SDK_ERRORS as e:
             raise self._fail(e, key) from e
+        if found is None:
+            raise PreconditionFailed(
+                f"{self.uri}/{key} is being written or deleted by another process at the same time; retry"
+            ) from err
+        same = (
+            found.size == reader.hashed
+            and found.crc32c == reader.crc32c
+            and (found.metadata or {}).get(SHA256_METADATA) == reader.sha256
+        )
+        if not same:
+            raise PreconditionFailed(
+                f"{self.uri}/{key} already exists with other content; it was not replaced"
+            ) from err
+        return StoredFile(reader.sha256, reader.hashed, f"crc32c:{reader.crc32c}")
+
+    # -- the rest ------------------------------------------------------------------------------------------------------
 
     def download_file(self, key: str, path: Path) -> None:
+        lim = _limits()
         try:
-            self._blob(key).download_to_filename(str(path), checksum="auto")
-        except gexc.GoogleAPIError as e:
+            self._blob(key).download_to_filename(str(path), checksum="auto", timeout=lim.timeout, retry=lim.retry)
+        except DataCorruption as e:
+            path.unlink(missing_ok=True)
+            raise TransferError(f"{self._where(key)}: the bytes downloaded differ from GCS's checksum of them") from e
+        except _SDK_ERRORS as e:
             path.unlink(missing_ok=True)
             raise self._fail(e, key) from e
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        lim = _limits()
         cut = len(self.prefix)
         try:
-            for blob in self.client.list_blobs(self.bucket, prefix=self.prefix + prefix):
+            for blob in self.client.list_blobs(
+                self.bucket, prefix=self.prefix + prefix, timeout=lim.timeout, retry=lim.retry
+            ):
                 yield ObjectInfo(blob.name[cut:], int(blob.size or 0), blob.updated)
-        except gexc.GoogleAPIError as e:
+        except _SDK_ERRORS as e:
             raise self._fail(e, prefix) from e
 
     def delete(self, keys: Sequence[str]) -> None:
-        for key in keys:
-            try:
-                self._blob(key).delete()
-            except gexc.NotFound:
-                continue
-            except gexc.GoogleAPIError as e:
-                raise self._fail(e, key) from e
+        """Delete each key (absent ones are fine), ``DELETE_WORKERS`` at a time. The first failure cancels the deletes
+        not yet started and is raised once the running ones end, so an unreachable endpoint fails within about one
+        request's budget, however many keys."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return
+        lim = _limits()
+
+        def one(key: str) -> None:
+            with contextlib.suppress(gexc.NotFound):
+                self._blob(key).delete(timeout=lim.timeout, retry=lim.retry)
+
+        with ThreadPoolExecutor(min(DELETE_WORKERS, len(unique)), thread_name_prefix="gcs-delete") as pool:
+            futures = {pool.submit(one, key): key for key in unique}
+            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in pending:
+                fut.cancel()
+        for fut, key in futures.items():
+            err = None if fut.cancelled() else fut.exception()
+            if isinstance(err, _SDK_ERRORS):
+                raise self._fail(err, key) from err
+            if err is not None:
+                raise err

@@ -15,13 +15,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from model_export.errors import ModelfleetError, ObjectNotFound, TransferError
 from model_export.layout import version_number, version_prefix
-from model_export.manifest import VersionEntry
-from model_export.store.base import Blob, ObjectInfo, Store
+from model_export.manifest import VersionEntry, relpath_problem
+from model_export.store.base import DelegatingStore, Store
 from model_export.transfer import download_tree
 from modelfleet.agent.durable import fsync_path, fsync_tree
 
@@ -38,31 +38,15 @@ class FetchFailed(ModelfleetError):
     """A version could not be fetched for a reason that may pass (store unreachable, local disk full): retry."""
 
 
-class _Watched(Store):
+class _Watched(DelegatingStore):
     """Delegates to a store and records what each download did, so a failed batch can be told apart: the store's
     copy is bad (refuse the version) or the store or local disk failed (retry later)."""
 
     def __init__(self, inner: Store) -> None:
-        super().__init__(inner.uri)
-        self.inner = inner
+        super().__init__(inner)
         self.errors: list[BaseException] = []
         self.bytes = 0
         self._lock = threading.Lock()
-
-    def check(self) -> None:
-        self.inner.check()
-
-    def read(self, key: str) -> Blob:
-        return self.inner.read(key)
-
-    def read_if_changed(self, key: str, token: str | None) -> Blob | None:
-        return self.inner.read_if_changed(key, token)
-
-    def write(self, key: str, data: bytes, *, if_token: str | None = None, if_absent: bool = False) -> str:
-        return self.inner.write(key, data, if_token=if_token, if_absent=if_absent)
-
-    def upload_file(self, key: str, path: Path) -> None:
-        self.inner.upload_file(key, path)
 
     def download_file(self, key: str, path: Path) -> None:
         try:
@@ -74,12 +58,6 @@ class _Watched(Store):
         size = path.stat().st_size
         with self._lock:
             self.bytes += size
-
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, keys: Sequence[str]) -> None:
-        self.inner.delete(keys)
 
 
 def is_version_name(name: str) -> bool:
@@ -132,11 +110,13 @@ class LocalCache:
         ``VersionRefused`` when the store's copy is bad, ``FetchFailed`` when the store or the local disk failed. In
         every failure the temp directory is removed and nothing new carries a version name.
         """
+        # The manifest's validator refuses these already; checked again here, where files are looked up and written.
+        unsafe = sorted((rel, problem) for rel in entry.files if (problem := relpath_problem(rel)))
+        if unsafe:
+            rel, problem = unsafe[0]
+            raise VersionRefused(f"{model} version {entry.version} refused: file path {rel!r} in manifest: {problem}")
         if self.is_complete(model, entry):
             return 0
-        unsafe = sorted(rel for rel in entry.files if not _safe_relpath(rel))
-        if unsafe:
-            raise VersionRefused(f"{model} version {entry.version} refused: unsafe file path {unsafe[0]!r} in manifest")
         model_dir = self.model_dir(model)
         try:
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -208,8 +188,3 @@ class LocalCache:
                 continue
             shutil.rmtree(trash, ignore_errors=True)
         return doomed
-
-
-def _safe_relpath(rel: str) -> bool:
-    parts = rel.split("/")
-    return not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)

@@ -19,7 +19,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     The files are validated, uploaded in parallel and verified; the manifest is updated last, so servers never
     see a partial version. Refuses a change of input signature against the stable version unless
-    --allow-signature-change.
+    --allow-signature-change. A retry with the same --idempotency-key (default: --job-id) returns the version the
+    first run published instead of publishing a duplicate.
 
     Example:
       modelfleet publish ./export --store gs://acme-models/prod --model digits --label canary --json
@@ -36,11 +37,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
         label=args.label,
         allow_signature_change=args.allow_signature_change,
         source=source,
+        idempotency_key=args.idempotency_key,
         workers=args.workers,
         progress=show_progress(args.json),
     )
     if args.json:
         emit_json(result.to_json())
+    elif result.reused:
+        labels = f" [{', '.join(result.labels)}]" if result.labels else ""
+        print(
+            f"already published: {result.model} version {result.version}{labels} has idempotency key "
+            f"{result.idempotency_key!r}; nothing uploaded"
+        )
     else:
         labels = f" [{', '.join(result.labels)}]" if result.labels else ""
         print(
@@ -197,6 +205,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"{plan.model}: {verb} versions {plan.versions or '[]'}, crashed-publish leftovers {plan.leftovers or '[]'}"
         f" ({plan.objects} objects, {human_bytes(plan.bytes)})"
     )
+    if plan.partial_uploads:
+        print(f"{plan.model}: aborted {plan.partial_uploads} incomplete uploads")
     if plan.in_progress:
         print(f"{plan.model}: left alone, publishes in progress: {plan.in_progress}")
     return 0
@@ -210,6 +220,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--allow-signature-change", action="store_true", help="publish even if the inputs changed")
     p.add_argument("--git-sha", default=os.environ.get("MODELFLEET_GIT_SHA"), help="source commit (default: cwd's)")
     p.add_argument("--job-id", default=os.environ.get("MODELFLEET_JOB_ID"), help="training job id")
+    p.add_argument(
+        "--idempotency-key",
+        default=os.environ.get("MODELFLEET_IDEMPOTENCY_KEY"),
+        metavar="KEY",
+        help="a retry with the same key returns the version already published (default: --job-id)",
+    )
     p.add_argument("--meta", action="append", default=[], type=_meta, metavar="KEY=VALUE", help="more provenance")
     p.add_argument("--workers", type=int_at_least(1), default=DEFAULT_WORKERS, help="parallel uploads")
     json_arg(p)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from model_export.errors import NotASavedModel, SignatureChanged
+from model_export.errors import ModelfleetError, NotASavedModel, SignatureChanged
 from model_export.manifest import load_manifest
 from model_export.publish import publish
 from model_export.store import ObjectInfo, open_store
@@ -44,7 +45,7 @@ def test_publish_writes_files_then_manifest(store_uri: str, savedmodels: dict[st
     # Nothing but the version, the manifest and no leftover reservation.
     assert set(_objects(store_uri)) == {*stored, "digits/manifest.json"}
     raw = json.loads(st.read("digits/manifest.json").data)
-    assert raw["schema_version"] == 1 and raw["last_version"] == 1
+    assert raw["schema_version"] == 2 and raw["last_version"] == 1
 
 
 def test_second_publish_gets_next_version_and_label(store_uri: str, savedmodels: dict[str, Path]) -> None:
@@ -140,3 +141,45 @@ def test_a_version_published_during_reservation_is_not_reused(savedmodels: dict[
     assert manifest.get(1).files["saved_model.pb"].sha256 == hashlib.sha256(v1_pb).hexdigest()
     assert (root / "m" / "1" / "saved_model.pb").read_bytes() == v1_pb  # A's files were not overwritten
     assert list(open_store(uri).list("m/_pending/")) == []
+
+
+def test_a_file_rewritten_during_publish_never_commits_a_digest_of_other_bytes(
+    store_uri: str, savedmodels: dict[str, Path], tmp_path: Path
+) -> None:
+    """A concurrent writer rewrites a big asset in place, same size, while it is published: publish fails, or every
+    recorded digest is that of the bytes the store holds. Never exit 0 with a version the agents would refuse."""
+    model = tmp_path / "model"
+    shutil.copytree(savedmodels["v1"], model)
+    asset = model / "assets" / "big.bin"
+    asset.parent.mkdir(exist_ok=True)
+    size = 24 * 1024 * 1024
+    asset.write_bytes(b"\0" * size)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            with asset.open("r+b") as fh:  # in place: same inode, same size
+                for offset in range(0, size, 1024 * 1024):
+                    fh.seek(offset)
+                    fh.write(bytes([n % 251]) * 4096)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        outcomes: list[int | None] = []
+        for _ in range(3):
+            try:
+                outcomes.append(publish(model, store_uri, "m").version)
+            except ModelfleetError as e:
+                assert "\n" not in str(e)
+                outcomes.append(None)
+    finally:
+        stop.set()
+        writer.join()
+    st = open_store(store_uri)
+    manifest, _ = load_manifest(st, "m")
+    assert sorted(manifest.versions) == sorted(v for v in outcomes if v is not None)
+    for v, entry in manifest.versions.items():
+        download_tree(st, f"m/{v}", entry.files, tmp_path / "check" / str(v))  # raises on any digest mismatch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -93,3 +94,90 @@ def test_renamed_and_retyped_inputs() -> None:
         "input 'y' removed",
         "input 'z' added",
     ]
+
+
+# --- what is uploaded is what was checked: links and special files ------------------------------------------------
+
+
+def _copy(savedmodels: dict[str, Path], tmp_path: Path) -> Path:
+    sm = tmp_path / "sm"
+    shutil.copytree(savedmodels["v1"], sm)
+    return sm
+
+
+def test_listing_is_every_regular_file(savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    sm = _copy(savedmodels, tmp_path)
+    (sm / "assets" / "deep" / "er").mkdir(parents=True, exist_ok=True)
+    (sm / "assets" / "deep" / "er" / ".hidden").write_text("x")
+    (sm / "assets" / "empty").mkdir()
+    info = inspect_savedmodel(sm)
+    on_disk = sorted(p.relative_to(sm).as_posix() for p in sm.rglob("*") if p.is_file())
+    assert list(info.files) == on_disk
+    assert "assets/deep/er/.hidden" in info.files
+
+
+def test_symlinked_variables_directory_is_refused(savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    """Regression: the check found variables/variables.index through the link, the upload list did not descend into
+    it, and publish stored a version without its weights."""
+    sm = _copy(savedmodels, tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (sm / "variables").rename(tmp_path / "elsewhere" / "vars")
+    (sm / "variables").symlink_to(tmp_path / "elsewhere" / "vars", target_is_directory=True)
+    with pytest.raises(NotASavedModel) as e:
+        inspect_savedmodel(sm)
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"{str(sm / 'variables')!r} is a symlink to {str(tmp_path / 'elsewhere' / 'vars')!r}" in message
+    assert "outside the SavedModel directory" in message and "cp -rL" in message
+
+
+def test_symlinked_file_pointing_outside_is_refused(savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    """Regression: ``assets/x -> /etc/hostname`` was uploaded silently as part of the model."""
+    sm = _copy(savedmodels, tmp_path)
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not part of the model")
+    (sm / "assets").mkdir(exist_ok=True)
+    (sm / "assets" / "x").symlink_to(secret)
+    with pytest.raises(NotASavedModel, match=r"assets/x' is a symlink to .*outside\.txt', outside the SavedModel"):
+        inspect_savedmodel(sm)
+
+
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [
+        ("assets/alias", "../variables/variables.index"),  # a file inside
+        ("vars2", "variables"),  # a directory inside
+        ("assets.extra/loop", ".."),  # a cycle
+        ("assets/dangling", "nope"),  # broken
+    ],
+)
+def test_symlinks_inside_the_directory_are_refused_too(
+    savedmodels: dict[str, Path], tmp_path: Path, link: str, target: str
+) -> None:
+    sm = _copy(savedmodels, tmp_path)
+    (sm / link).parent.mkdir(exist_ok=True)
+    (sm / link).symlink_to(target)
+    with pytest.raises(NotASavedModel, match=r"symlink to .*, inside the SavedModel directory.*cp -rL"):
+        inspect_savedmodel(sm)
+
+
+def test_symlinked_saved_model_pb_is_refused(savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    sm = _copy(savedmodels, tmp_path)
+    (sm / "saved_model.pb").rename(tmp_path / "real.pb")
+    (sm / "saved_model.pb").symlink_to(tmp_path / "real.pb")
+    with pytest.raises(NotASavedModel, match=r"saved_model\.pb' is a symlink to .*real\.pb', outside"):
+        inspect_savedmodel(sm)
+
+
+def test_the_directory_itself_may_be_a_symlink(savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    sm = _copy(savedmodels, tmp_path)
+    (tmp_path / "latest").symlink_to(sm, target_is_directory=True)
+    assert inspect_savedmodel(tmp_path / "latest").files == inspect_savedmodel(sm).files
+
+
+def test_fifo_is_refused(savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    sm = _copy(savedmodels, tmp_path)
+    (sm / "assets").mkdir(exist_ok=True)
+    os.mkfifo(sm / "assets" / "pipe")
+    with pytest.raises(NotASavedModel, match=r"assets/pipe' is a FIFO, not a regular file"):
+        inspect_savedmodel(sm)

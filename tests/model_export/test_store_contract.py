@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,26 @@ def test_read_if_changed_is_none_only_for_the_current_token(store_uri: str) -> N
     assert first is not None and first.data == b"two"
 
 
+def test_put_file_is_create_only_and_reports_the_stored_bytes(store_uri: str, tmp_path: Path) -> None:
+    st = open_store(store_uri)
+    src = tmp_path / "w.bin"
+    payload = os.urandom(300_000)
+    src.write_bytes(payload)
+    sent: list[int] = []
+    stored = st.put_file("m/1/w.bin", src, progress=sent.append)
+    back = tmp_path / "back.bin"
+    st.download_file("m/1/w.bin", back)
+    assert (stored.sha256, stored.size) == (hashlib.sha256(back.read_bytes()).hexdigest(), len(payload))
+    assert sum(sent) == len(payload)
+    # The same bytes again (a retry whose first reply was lost) succeed; other bytes never replace the object.
+    assert st.put_file("m/1/w.bin", src).sha256 == stored.sha256
+    src.write_bytes(os.urandom(300_000))
+    with pytest.raises(PreconditionFailed):
+        st.put_file("m/1/w.bin", src)
+    st.download_file("m/1/w.bin", back)
+    assert back.read_bytes() == payload
+
+
 def test_missing_object(store_uri: str) -> None:
     st = open_store(store_uri)
     with pytest.raises(ObjectNotFound):
@@ -53,7 +75,7 @@ def test_files_list_and_delete(store_uri: str, tmp_path: Path) -> None:
     src = tmp_path / "w.bin"
     payload = bytes(range(256)) * 4096 + b"tail"
     src.write_bytes(payload)
-    st.upload_file("m/1/variables/w.bin", src)
+    st.put_file("m/1/variables/w.bin", src)
     st.write("m/1/saved_model.pb", b"pb")
     st.write("other/x", b"x")
     listed = {o.key: o.size for o in st.list("m/")}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from model_export.manifest import VersionEntry
-from model_export.store.base import Blob, ObjectInfo, Store
+from model_export.store.base import Blob, DelegatingStore, ObjectInfo, ProgressFn, Store, StoredFile
 from model_export.transfer import sha256_file
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.tfs import TfsClient
@@ -116,12 +116,11 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-class CountingStore(Store):
+class CountingStore(DelegatingStore):
     """Delegates to a real store and counts the calls (and what ``read_if_changed`` answered)."""
 
     def __init__(self, inner: Store) -> None:
-        super().__init__(inner.uri)
-        self.inner = inner
+        super().__init__(inner)
         self.calls: Counter[str] = Counter()
         self.unchanged = 0
 
@@ -147,9 +146,9 @@ class CountingStore(Store):
         self.calls["write"] += 1
         return self.inner.write(key, data, if_token=if_token, if_absent=if_absent)
 
-    def upload_file(self, key: str, path: Path) -> None:
-        self.calls["upload_file"] += 1
-        self.inner.upload_file(key, path)
+    def put_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> StoredFile:
+        self.calls["put_file"] += 1
+        return self.inner.put_file(key, path, progress=progress)
 
     def download_file(self, key: str, path: Path) -> None:
         self.calls["download_file"] += 1

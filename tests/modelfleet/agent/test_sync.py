@@ -129,7 +129,7 @@ def test_malformed_manifest_keeps_the_last_good_one(
         assert agent.run_once()
         config = agent.config_path.read_bytes()
         good = store.read(manifest_key(MODEL)).data
-        for bad in (b"{not json", good.replace(b'"schema_version": 1', b'"schema_version": 99')):
+        for bad in (b"{not json", good.replace(b'"schema_version": 2', b'"schema_version": 99')):
             store.write(manifest_key(MODEL), bad)
             reports = agent.tick()
             assert reports[0].error is not None and not reports[0].transient
