@@ -23,6 +23,7 @@ from infra.config import Batching, Cloud, StackConfig, bad_value, check_batching
 from model_export.constants import (
     AGENT_POLL_SECONDS,
     AGENT_PORT,
+    AGENT_STORE_TIMEOUT_SECONDS,
     DEFAULT_TFS_IMAGE,
     LOCAL_TFS_URL,
     MODEL_CONFIG_NAME,
@@ -112,6 +113,7 @@ class BootstrapArgs:
     batching: Batching | None = None  # infra.config's; None or enabled=False: --enable_batching off
     model_config_poll_seconds: int = MODEL_CONFIG_POLL_SECONDS  # --model_config_file_poll_wait_seconds
     agent_poll_seconds: int = AGENT_POLL_SECONDS  # modelfleet agent --poll
+    agent_store_timeout_seconds: int = AGENT_STORE_TIMEOUT_SECONDS  # modelfleet agent --store-timeout
     aws_region: str | None = None  # required on aws (the SDKs do not read it from instance metadata)
     extra_tfs_flags: tuple[str, ...] = ()  # e.g. ("--enable_serialization_as_tensor_content=true",)
 
@@ -133,6 +135,7 @@ class BootstrapArgs:
             check_batching(self.batching)
         validate("modelConfigPollSeconds", self.model_config_poll_seconds)
         validate("agentPollSeconds", self.agent_poll_seconds)
+        validate("agentStoreTimeoutSeconds", self.agent_store_timeout_seconds)
         if self.cloud == "aws":
             if self.aws_region is None:
                 raise _field_error("aws_region", self.aws_region, "set the stack's region on aws, e.g. 'us-east-1'")
@@ -178,6 +181,7 @@ def fleet_bootstrap_args(cfg: StackConfig, role: str, store_uri: str, wheel: Age
         batching=cfg.batching,
         model_config_poll_seconds=cfg.model_config_poll_seconds,
         agent_poll_seconds=cfg.agent_poll_seconds,
+        agent_store_timeout_seconds=cfg.agent_store_timeout_seconds,
     )
 
 
@@ -254,7 +258,9 @@ def tfs_flags(args: BootstrapArgs) -> list[str]:
 
 def _docker_run_lines(args: BootstrapArgs) -> list[list[str]]:
     lines = [
-        ["/usr/bin/docker", "run", "--rm", "--name", TFS_CONTAINER, "--pull=missing"],
+        # --init: tensorflow_model_server installs no SIGTERM handler, and as PID 1 of its container the kernel drops
+        # `docker stop`'s SIGTERM (tensorflow/serving#1853); Docker's init (tini) forwards it: the server stops at once.
+        ["/usr/bin/docker", "run", "--init", "--rm", "--name", TFS_CONTAINER, "--pull=missing"],
         ["--publish", f"{TFS_GRPC_PORT}:{TFS_GRPC_PORT}", "--publish", f"{TFS_REST_PORT}:{TFS_REST_PORT}"],
         ["--volume", f"{MODEL_ROOT}:{MODEL_ROOT}:ro"],
         ["--volume", f"{TFS_CONFIG_DIR}:{TFS_CONFIG_DIR}:ro"],
@@ -275,6 +281,7 @@ def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
         ["--root", MODEL_ROOT],
         ["--role", args.role],
         ["--poll", str(args.agent_poll_seconds)],
+        ["--store-timeout", str(args.agent_store_timeout_seconds)],
         ["--tfs-url", LOCAL_TFS_URL],
         ["--listen", f"0.0.0.0:{AGENT_PORT}"],  # the load balancer health-checks the agent
     ]

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from model_export.constants import AGENT_POLL_SECONDS, MODEL_CONFIG_POLL_SECONDS, TFS_IMAGE_REPOSITORY, TFS_VERSION
+from model_export.constants import (
+    AGENT_POLL_SECONDS,
+    AGENT_STORE_TIMEOUT_SECONDS,
+    MODEL_CONFIG_POLL_SECONDS,
+    TFS_IMAGE_REPOSITORY,
+    TFS_VERSION,
+)
 from model_export.errors import BadInput
 from model_export.manifest import check_model_names
 
@@ -154,6 +160,22 @@ def _network_cidr(value: str) -> None:
         raise Invalid("use an IPv4 range from /16 to /24, e.g. 10.60.0.0/16")
 
 
+# `diskSizeGb` 0: the boot disk by cloud and `gpu` (the GPU machine images and TF Serving's -gpu image are far larger).
+# Sizing rule: docs/agent.md "Disk size".
+DEFAULT_DISK_GB: Mapping[tuple[str, bool], int] = {
+    ("gcp", False): 50,
+    ("gcp", True): 100,
+    ("aws", False): 50,
+    ("aws", True): 150,
+}
+MIN_DISK_GB, MAX_DISK_GB = 20, 16384  # below: no room beside the OS; above: EBS's largest volume
+
+
+def _disk_size(value: int) -> None:
+    if value != 0 and not MIN_DISK_GB <= value <= MAX_DISK_GB:
+        raise Invalid(f"use 0 (the default size) or {MIN_DISK_GB} to {MAX_DISK_GB} GiB")
+
+
 _PROJECT_ID = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
 _STORE_PREFIX = r"^[a-z0-9][a-z0-9/_.-]*[a-z0-9]$"
 _TAG = r"^\d+\.\d+\.\d+$"  # a release; never `latest`
@@ -219,6 +241,14 @@ KEYS: tuple[Key, ...] = (
         check=_between(1, 3650),
     ),
     Key("machineType", "string", "", "VM type; empty = `e2-standard-4` (GCP) / `c6i.xlarge` (AWS)."),
+    Key(
+        "diskSizeGb",
+        "integer",
+        0,
+        "Boot disk of each VM in GiB; 0 = 50, with `gpu` 100 (GCP) / 150 (AWS). Size: what the OS and images use + "
+        '4 x the models\' size (3 kept versions + 1 downloading) + 10 % (docs/agent.md "Disk size").',
+        check=_disk_size,
+    ),
     Key("gpu", "boolean", False, "Serve with the GPU image of TF Serving (and a GPU on each VM)."),
     Key(
         "gpuType",
@@ -302,6 +332,14 @@ KEYS: tuple[Key, ...] = (
         "integer",
         AGENT_POLL_SECONDS,
         "How often each VM's agent checks the manifest (one conditional GET).",
+        check=_between(1, 3600),
+    ),
+    Key(
+        "agentStoreTimeoutSeconds",
+        "integer",
+        AGENT_STORE_TIMEOUT_SECONDS,
+        "Longest one store request of each VM's agent may take, retries included (an unreachable store fails a poll "
+        "within it; the agent keeps serving and backs off).",
         check=_between(1, 3600),
     ),
     Key(
@@ -453,6 +491,7 @@ class StackConfig:
     kms_key: str | None
     noncurrent_version_days: int
     machine_type: str
+    disk_size_gb: int  # resolved: diskSizeGb, or DEFAULT_DISK_GB for the cloud and gpu
     gpu: bool
     gpu_type: str
     tfs_image: str
@@ -465,6 +504,7 @@ class StackConfig:
     target_requests_per_second: int
     batching: Batching
     agent_poll_seconds: int
+    agent_store_timeout_seconds: int
     model_config_poll_seconds: int
     health_check_initial_delay_seconds: int
     allowed_source_cidrs: tuple[str, ...]
@@ -565,6 +605,7 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         kms_key=v["kmsKey"] or None,
         noncurrent_version_days=v["noncurrentVersionDays"],
         machine_type=machine,
+        disk_size_gb=v["diskSizeGb"] or DEFAULT_DISK_GB[cloud, v["gpu"]],
         gpu=v["gpu"],
         gpu_type=v["gpuType"],
         tfs_image=f"{TFS_IMAGE_REPOSITORY}:{v['tfServingVersion']}{suffix}",
@@ -583,6 +624,7 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
             v["maxEnqueuedBatches"],
         ),
         agent_poll_seconds=v["agentPollSeconds"],
+        agent_store_timeout_seconds=v["agentStoreTimeoutSeconds"],
         model_config_poll_seconds=v["modelConfigPollSeconds"],
         health_check_initial_delay_seconds=v["healthCheckInitialDelaySeconds"],
         allowed_source_cidrs=tuple(str(ipaddress.ip_network(c)) for c in v["allowedSourceCidrs"]),

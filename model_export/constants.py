@@ -28,3 +28,6 @@ MODEL_CONFIG_NAME = "models.config"
 # How often an agent checks the manifest (one conditional GET), and TF Serving re-reads the agent's config file.
 AGENT_POLL_SECONDS = 10
 MODEL_CONFIG_POLL_SECONDS = 5
+# Seconds one store request may take in the agent, the SDK's retries included (``MODELFLEET_STORE_TIMEOUT``, 30 s by
+# default elsewhere): a black-holed store fails one poll within this, and the agent backs off and keeps serving.
+AGENT_STORE_TIMEOUT_SECONDS = 10

@@ -62,7 +62,9 @@ class ServingFleetArgs:
     autoscaling: AutoscalingTarget
     request_metric: RequestMetric | None = None  # required when autoscaling.metric is "requests"
     health_check_initial_delay_seconds: int = 300
-    root_volume_gib: int = 50  # Docker image + two copies of the models (old and new during a transition)
+    # OS, Docker, TF Serving's image and the agent's model cache (kept versions + one downloading): the stack passes
+    # `diskSizeGb` (docs/agent.md "Disk size").
+    root_volume_gib: int = 50
     detailed_monitoring: bool = True  # 1-minute EC2 metrics: target tracking on CPU reacts in minutes, not 5+
     tags: Mapping[str, str] = field(default_factory=dict)
 

@@ -22,14 +22,15 @@ from infra.aws.network import ExistingNetwork, Network, NetworkArgs
 from infra.aws.store import ModelStore, ModelStoreArgs, bucket_prefix_for
 from infra.bootstrap import AgentWheel
 from infra.components import autoscaling_target, fleet_capacity, fleet_user_data
-from infra.config import PROJECT, StackConfig
+from infra.config import DEFAULT_DISK_GB, PROJECT, StackConfig
 from model_export.constants import ROLES
 
 # Canonical's and AWS's public SSM parameters: the current image, resolved at `pulumi up` (see docs/aws.md).
 UBUNTU_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
 # Ubuntu 24.04 with the NVIDIA driver, Docker (docker-ce) and the NVIDIA container toolkit.
 GPU_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
-ROOT_VOLUME_GIB = {False: 50, True: 150}  # by gpu: the GPU image and the -gpu TF Serving image are far larger
+# By gpu: the boot disk when `diskSizeGb` is 0 (infra.config, where the rule is; docs/agent.md "Disk size").
+ROOT_VOLUME_GIB = {gpu: DEFAULT_DISK_GB["aws", gpu] for gpu in (False, True)}
 # The names of the top-level resources before the one naming rule (infra.naming): aliases keep them, so an existing
 # stack updates in place instead of replacing its bucket, network and fleets.
 LEGACY_NAMES = {
@@ -100,7 +101,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 autoscaling=autoscaling_target(cfg),
                 request_metric=RequestMetric(lb.arn_suffix, targets.target_group_arn_suffixes),
                 health_check_initial_delay_seconds=cfg.health_check_initial_delay_seconds,
-                root_volume_gib=ROOT_VOLUME_GIB[cfg.gpu],
+                root_volume_gib=cfg.disk_size_gb,
                 tags=tags,
             ),
             _named(opts, role),

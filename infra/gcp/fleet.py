@@ -24,6 +24,7 @@ import pulumi_gcp as gcp
 
 from infra import naming
 from infra.components import AutoscalingTarget, FleetCapacity, HealthCheck
+from infra.config import DEFAULT_DISK_GB
 from infra.gcp.health import agent_health_check
 from model_export.constants import AGENT_PORT, HEALTH_PATH, TFS_GRPC_PORT, TFS_REST_PORT
 
@@ -35,7 +36,8 @@ SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
 REST_PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"
 MAX_SURGE = 3  # regional MIGs: 0 or at least the number of zones the group spans (3 by default)
-ROOT_VOLUME_GIB = {False: 50, True: 100}  # by gpu: the GPU image and TF Serving's -gpu image are large
+# By gpu: the boot disk when `diskSizeGb` is 0 (infra.config, where the rule is; docs/agent.md "Disk size").
+ROOT_VOLUME_GIB = {gpu: DEFAULT_DISK_GB["gcp", gpu] for gpu in (False, True)}
 # Autohealing is more patient than the load balancer: a VM is recreated only after a minute of failures.
 AUTOHEALING_CHECK = HealthCheck(interval_seconds=10, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=6)
 POOL_CHECK = HealthCheck(interval_seconds=5, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=2)
@@ -64,7 +66,7 @@ class ServingFleetArgs:
     gpu: bool = False  # GPU image, no live migration, Secure Boot off (see docs/gcp.md "GPU")
     gpu_type: str | None = None  # attach one accelerator of this type (N1); None when the machine type has its GPU
     image: str | None = None  # default: Ubuntu 24.04 LTS, or GPU_IMAGE with a GPU
-    root_volume_gib: int | None = None  # default: ROOT_VOLUME_GIB[gpu]
+    root_volume_gib: int | None = None  # the stack passes `diskSizeGb`; default: ROOT_VOLUME_GIB[gpu]
     name_grpc_port: bool = True  # also name TF Serving's gRPC port on the group
     target_pool: bool = False  # keep the VMs in a target pool for an L4 (gRPC) passthrough load balancer
     autohealing: HealthCheck = AUTOHEALING_CHECK

@@ -91,6 +91,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 health_check_initial_delay_seconds=cfg.health_check_initial_delay_seconds,
                 gpu=cfg.gpu,
                 gpu_type=gpu_type,
+                root_volume_gib=cfg.disk_size_gb,
                 name_grpc_port=cfg.enable_grpc,
                 target_pool=cfg.enable_grpc and role == STABLE,  # gRPC goes to the stable fleet only
                 boot_dependencies=[store],

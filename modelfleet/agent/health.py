@@ -67,6 +67,7 @@ def _label(value: str) -> str:
 
 def render_metrics(status: AgentStatus) -> str:
     last, failures, refused, fetched = status.counters()
+    disk_errors, too_small = status.disk()
     views = sorted(status.models(), key=lambda v: v.name)
     out: list[str] = []
 
@@ -102,6 +103,19 @@ def render_metrics(status: AgentStatus) -> str:
         "counter",
         "Versions refused because the store's copy failed verification (checksum, size or missing file).",
         per_model(refused),
+    )
+    metric(
+        "modelfleet_agent_local_disk_errors_total",
+        "counter",
+        "Fetches that failed on the local disk (no space, no free inodes, over quota, read-only, I/O error); "
+        "retried, the version is not refused.",
+        per_model(disk_errors),
+    )
+    metric(
+        "modelfleet_agent_disk_too_small",
+        "gauge",
+        "1 while the local disk cannot hold the desired version even with every cached version not in use evicted.",
+        per_model({m: int(v) for m, v in too_small.items()}),
     )
     metric("modelfleet_agent_bytes_fetched_total", "counter", "Bytes downloaded from the store.", [("", fetched)])
     return "\n".join(out) + "\n"

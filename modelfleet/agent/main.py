@@ -317,6 +317,7 @@ class Agent:
                     labels = {str(k): int(v) for k, v in config["labels"].items() if int(v) in versions}
                     if versions:
                         self.entries[name] = ModelEntry(name, self.base_path(name), versions, labels)
+                        self.cache.mark_in_use(name, versions)  # what the config on disk names: never evicted
         except FileNotFoundError:
             return
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:

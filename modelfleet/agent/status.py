@@ -35,6 +35,8 @@ class AgentStatus:
         self.last_success: float | None = None
         self.sync_failures: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
+        self.local_disk_errors: Counter[str] = Counter()
+        self.disk_too_small: dict[str, bool] = {}  # per model, as of its last store poll
         self.bytes_fetched = 0
 
     def models(self) -> list[ModelView]:
@@ -50,6 +52,7 @@ class AgentStatus:
         """Count one sync's outcome. A sync succeeds when every manifest was read and every fetch that ran worked
         (a refused version is a correct outcome, counted apart)."""
         ok = True
+        reports = list(reports)
         with self._lock:
             for r in reports:
                 if r.error:
@@ -57,6 +60,10 @@ class AgentStatus:
                     ok = False
                 if r.refused:
                     self.refused[r.model] += 1
+                if r.local_disk:
+                    self.local_disk_errors[r.model] += 1
+            for model in {r.model for r in reports}:
+                self.disk_too_small[model] = any(r.disk_too_small for r in reports if r.model == model)
             self.bytes_fetched = bytes_fetched
             if ok:
                 self.last_success = at
@@ -64,3 +71,8 @@ class AgentStatus:
     def counters(self) -> tuple[float | None, dict[str, int], dict[str, int], int]:
         with self._lock:
             return self.last_success, dict(self.sync_failures), dict(self.refused), self.bytes_fetched
+
+    def disk(self) -> tuple[dict[str, int], dict[str, bool]]:
+        """``(local disk errors per model, whether the disk is too small for each model's desired version)``."""
+        with self._lock:
+            return dict(self.local_disk_errors), dict(self.disk_too_small)

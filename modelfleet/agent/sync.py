@@ -19,7 +19,7 @@ from model_export.errors import ManifestError, ModelfleetError, ObjectNotFound
 from model_export.layout import manifest_key
 from model_export.manifest import Manifest
 from model_export.store.base import Store
-from modelfleet.agent.cache import FetchFailed, LocalCache, VersionRefused
+from modelfleet.agent.cache import DiskTooSmall, FetchFailed, LocalCache, LocalDiskError, VersionRefused
 from modelfleet.agent.plan import desired_version
 
 log = logging.getLogger("modelfleet.agent")
@@ -52,6 +52,8 @@ class ModelReport:
     error: str | None = None  # the sync failed (store, manifest or local disk)
     transient: bool = False  # the failure may pass by itself: back off and retry
     refused: str | None = None  # a version was refused in this sync
+    local_disk: bool = False  # the error is the local disk's (full, no inodes, read-only, I/O), not the store's
+    disk_too_small: bool = False  # the disk cannot hold the desired version even after evicting unused ones
 
 
 class Follower:
@@ -134,6 +136,7 @@ class Follower:
             return
         except FetchFailed as e:
             report.error, report.transient = str(e), True
+            report.local_disk, report.disk_too_small = isinstance(e, LocalDiskError), isinstance(e, DiskTooSmall)
             st.problem = self._keeping(st, str(e))
             return
         st.refused.pop(desired, None)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
-from model_export.constants import AGENT_POLL_SECONDS, AGENT_PORT, LOCAL_TFS_URL, ROLES
+from model_export.constants import AGENT_POLL_SECONDS, AGENT_PORT, AGENT_STORE_TIMEOUT_SECONDS, LOCAL_TFS_URL, ROLES
 from model_export.errors import BadInput
+from model_export.store.base import REQUEST_BUDGET_ENV, request_budget
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.main import DEFAULT_KEEP_LOCAL, DEFAULT_LISTEN
 from modelfleet.cli.common import command, int_at_least, positive_seconds
@@ -28,6 +32,42 @@ def parse_listen(text: str) -> tuple[str, int]:
 def parse_models(text: str) -> tuple[str, ...]:
     """Split ``a,b``; the names are checked by ``AgentOptions.validate`` (``manifest.check_model_names``)."""
     return tuple(m.strip() for m in text.split(",")) if text.strip() else ()
+
+
+def budget_seconds(text: str) -> float:
+    """An argparse ``type`` for ``--store-timeout``: seconds from 1 to 3600 (the store layer's range)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 3600 seconds")
+    return value
+
+
+def store_timeout(flag: float | None) -> float:
+    """The agent's store budget: ``--store-timeout``, else ``$MODELFLEET_STORE_TIMEOUT`` when set, else
+    ``AGENT_STORE_TIMEOUT_SECONDS`` (shorter than the store layer's 30 s: a poll must not hang on a dead store)."""
+    if flag is not None:
+        return flag
+    if os.environ.get(REQUEST_BUDGET_ENV, "").strip():
+        return request_budget()  # BadInput when invalid
+    return AGENT_STORE_TIMEOUT_SECONDS
+
+
+@contextlib.contextmanager
+def store_budget(seconds: float) -> Iterator[None]:
+    """Every store request of this agent (the backends read ``$MODELFLEET_STORE_TIMEOUT``) ends within ``seconds``,
+    the SDK's retries included; the variable is restored on exit (the CLI also runs in-process, in tests)."""
+    before = os.environ.get(REQUEST_BUDGET_ENV)
+    os.environ[REQUEST_BUDGET_ENV] = f"{seconds:g}"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(REQUEST_BUDGET_ENV, None)
+        else:
+            os.environ[REQUEST_BUDGET_ENV] = before
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -57,8 +97,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     )
     if options.serving_root is not None and not options.serving_root.is_absolute():
         raise BadInput(f"--serving-root {str(options.serving_root)!r} must be an absolute path")
+    budget = store_timeout(args.store_timeout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    with Agent(options) as agent:
+    with store_budget(budget), Agent(options) as agent:
         if args.once:
             return 0 if agent.run_once() else 1
         stop = threading.Event()
@@ -98,6 +139,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_KEEP_LOCAL,
         metavar="K",
         help="versions kept on disk (%(default)s)",
+    )
+    p.add_argument(
+        "--store-timeout",
+        type=budget_seconds,
+        metavar="SECONDS",
+        help=f"longest a store request may take, retries included (default: ${REQUEST_BUDGET_ENV}, else "
+        f"{AGENT_STORE_TIMEOUT_SECONDS})",
     )
     p.add_argument(
         "--serving-root",

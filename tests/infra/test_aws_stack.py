@@ -506,6 +506,19 @@ def test_gpu_fleets_use_the_deep_learning_image_a_bigger_disk_and_the_gpu_servin
         assert "tensorflow/serving:2.20.0-gpu" in base64.b64decode(lt.inputs["userData"]).decode()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "gib"),
+    [({}, 50), ({"diskSizeGb": 200}, 200), ({"gpu": True, "machineType": "g5.xlarge", "diskSizeGb": 300}, 300)],
+    ids=["default", "diskSizeGb", "gpu-diskSizeGb"],
+)
+def test_root_volume_size_follows_disk_size_gb(overrides: dict[str, Any], gib: int) -> None:
+    cfg = config(**overrides)
+    assert cfg.disk_size_gb == gib
+    for lt in by_role(plan_of(cfg), T_LT).values():
+        (mapping,) = lt.inputs["blockDeviceMappings"]
+        assert mapping["deviceName"] == "/dev/sda1" and mapping["ebs"]["volumeSize"] == gib
+
+
 def test_publisher_role_is_created_only_for_named_principals() -> None:
     from infra.aws.iam import StoreAccess, StoreAccessArgs
 

@@ -66,7 +66,15 @@ CASES: dict[str, dict[str, Any]] = {
         "batching": batching(max_batch_size=16, num_batch_threads=2, max_enqueued_batches=8),
         "model_config_poll_seconds": 10,
     },
-    "aws-gpu-nobatch-canary-3": {**AWS, **AWS_REGION, **GPU, "role": CANARY, "models": THREE, "agent_poll_seconds": 5},
+    "aws-gpu-nobatch-canary-3": {
+        **AWS,
+        **AWS_REGION,
+        **GPU,
+        "role": CANARY,
+        "models": THREE,
+        "agent_poll_seconds": 5,
+        "agent_store_timeout_seconds": 20,
+    },
     "aws-cpu-batching-stable-3-extra-flags": {
         **AWS,
         **AWS_REGION,
@@ -339,6 +347,8 @@ def test_docker_run_pins_the_image_and_mounts_the_model_root_read_only(rendered:
     image_at = argv.index(args.tfs_image)
     docker_opts, server_flags = argv[2:image_at], argv[image_at + 1 :]
     assert "--rm" in docker_opts
+    # Docker's init as PID 1 passes `docker stop`'s SIGTERM on: TF Serving as PID 1 ignores it (tensorflow/serving#1853)
+    assert docker_opts[:1] == ["--init"]
     assert docker_opts[docker_opts.index("--name") + 1] == bootstrap.TFS_CONTAINER
     assert docker_opts[docker_opts.index("--entrypoint") + 1] == "/usr/bin/tensorflow_model_server"
     mounts = [docker_opts[i + 1] for i, opt in enumerate(docker_opts) if opt == "--volume"]
@@ -392,6 +402,7 @@ def test_agent_command_carries_store_models_and_role(rendered: Rendered) -> None
         "--root": bootstrap.MODEL_ROOT,
         "--role": args.role,
         "--poll": str(args.agent_poll_seconds),
+        "--store-timeout": str(args.agent_store_timeout_seconds),
         "--tfs-url": f"http://127.0.0.1:{TFS_REST_PORT}",
         "--listen": f"0.0.0.0:{AGENT_PORT}",
     }
@@ -510,6 +521,10 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"agent_poll_seconds": -5}, r"^modelfleet:agentPollSeconds = -5 is invalid; must be between 1 and 3600$"),
     ({"agent_poll_seconds": 7200}, r"^modelfleet:agentPollSeconds = 7200 is invalid; must be between 1 and 3600$"),
     ({"agent_poll_seconds": True}, r"^modelfleet:agentPollSeconds = True is invalid; expected an integer$"),
+    (
+        {"agent_store_timeout_seconds": 0},
+        r"^modelfleet:agentStoreTimeoutSeconds = 0 is invalid; must be between 1 and 3600$",
+    ),
     ({**AWS, "aws_region": "Europe"}, r"^modelfleet:region = 'Europe' is invalid; expected a aws region"),
     ({"batching": batching(max_batch_size=0)}, r"^modelfleet:maxBatchSize = 0 is invalid; must be 1 or more$"),
     ({"batching": batching(num_batch_threads=-1)}, r"^modelfleet:numBatchThreads = -1 is invalid"),

@@ -40,6 +40,11 @@ def test_minimal_configs_get_defaults() -> None:
     assert (a.machine_type, a.gcp_project, a.store_prefix) == ("c6i.xlarge", None, "models")
     gpu = load_config({**GCP, "gpu": "true"}, "t")
     assert gpu.tfs_image == "tensorflow/serving:2.20.0-gpu"
+    # diskSizeGb 0: by cloud and GPU (docs/agent.md "Disk size"); the agent's store budget is shorter than 30 s.
+    assert (g.disk_size_gb, a.disk_size_gb, gpu.disk_size_gb) == (50, 50, 100)
+    assert load_config({**AWS, "gpu": True}, "t").disk_size_gb == 150
+    assert load_config({**AWS, "diskSizeGb": "200"}, "t").disk_size_gb == 200
+    assert g.agent_store_timeout_seconds == a.agent_store_timeout_seconds == 10
 
 
 @pytest.mark.parametrize("values", [GCP, AWS], ids=["gcp", "aws"])
@@ -134,6 +139,12 @@ def test_pulumi_strings_are_parsed() -> None:
         ({"gcpProject": "Acme"}, "modelfleet:gcpProject = 'Acme' is invalid; expected a GCP project id"),
         ({"batchTimeoutMicros": -1}, "modelfleet:batchTimeoutMicros = -1 is invalid; must be 0 or more"),
         ({"agentPollSeconds": 0}, "modelfleet:agentPollSeconds = 0 is invalid; must be between 1 and 3600"),
+        (
+            {"agentStoreTimeoutSeconds": 0},
+            "modelfleet:agentStoreTimeoutSeconds = 0 is invalid; must be between 1 and 3600",
+        ),
+        ({"diskSizeGb": 10}, r"modelfleet:diskSizeGb = 10 is invalid; use 0 \(the default size\) or 20 to 16384 GiB"),
+        ({"diskSizeGb": -1}, r"modelfleet:diskSizeGb = -1 is invalid; use 0"),
         ({"networkCidr": "10.0.0.1/16"}, "modelfleet:networkCidr = '10.0.0.1/16' is invalid; expected a CIDR"),
         ({"gcpProject": None}, "modelfleet:gcpProject is required for cloud 'gcp'"),
         ({"gcpProject": ""}, "modelfleet:gcpProject is required for cloud 'gcp'"),

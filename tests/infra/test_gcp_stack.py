@@ -607,6 +607,19 @@ def test_gpu_fleet() -> None:
     assert all("guestAccelerators" not in t.inputs for t in g2.of_type(T_TEMPLATE))  # the L4 comes with g2
 
 
+@pytest.mark.parametrize(
+    ("overrides", "gib"),
+    [({}, 50), ({"diskSizeGb": 200}, 200), ({"gpu": True, "machineType": "g2-standard-8"}, 100)],
+    ids=["default", "diskSizeGb", "gpu-default"],
+)
+def test_boot_disk_size_follows_disk_size_gb(overrides: dict[str, Any], gib: int) -> None:
+    cfg, plan = variant(**overrides)
+    assert cfg.disk_size_gb == gib
+    for role in (STABLE, CANARY):
+        (disk,) = by_role(plan, T_TEMPLATE, role).inputs["disks"]
+        assert disk["boot"] and disk["diskSizeGb"] == gib
+
+
 def test_gpu_on_a_machine_type_without_gpus_is_refused() -> None:
     values = {**read_stack_file(STACKS_DIR / "Pulumi.staging.yaml"), "gpu": True}
     cfg = load_config(values, "test")

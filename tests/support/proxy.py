@@ -91,8 +91,8 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
                 if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                     self.send_header(name, value)
             # A HEAD reply's Content-Length is the object's size, not that of its (empty) body.
-            length = resp.getheader("Content-Length") if self.command == "HEAD" else None
-            self.send_header("Content-Length", length or str(len(data)))
+            upstream_length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", upstream_length or str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

@@ -16,7 +16,7 @@ from model_export.publish import publish
 from model_export.store import open_store
 from model_export.store.base import Store
 from model_export.versions import rollback
-from modelfleet.agent.cache import FetchFailed, LocalCache
+from modelfleet.agent.cache import DiskTooSmall, LocalCache
 from modelfleet.agent.tfs import TfsClient
 from tests.support.agent import MODEL, CountingStore, leftovers, make_agent, served, versions_in
 
@@ -82,7 +82,9 @@ def test_not_enough_free_space_is_a_clear_error(
     cache = LocalCache(tmp_path / "root")
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 100, 100))
-    with pytest.raises(FetchFailed, match=r"not enough disk space under .*: needs \d+ B, 100 B free"):
+    with pytest.raises(
+        DiskTooSmall, match=r"^disk too small for digits v1: needs 256\.\d MiB \(.* headroom\), free 100 B "
+    ):
         cache.fetch(store, MODEL, load_manifest(store, MODEL)[0].get(1))
     assert cache.versions(MODEL) == [] and leftovers(cache.root) == []
 
