@@ -1,8 +1,9 @@
 """A STAND-IN for TF Serving (``tensorflow_model_server``) for the tests. It is not TF Serving and runs no model.
 
 TF Serving cannot run on our test machines (no Docker, no binary), so this serves its documented REST and gRPC APIs
-on free 127.0.0.1 ports, with what the tests need to control: which versions are in which state, the labels, the
-signature, and a Python function per model that plays the model.
+on 127.0.0.1 ports, with what the tests need to control: which versions are in which state, the labels, the
+signature, and a Python function per model that plays the model. It runs in the test's process
+(``TFServingStandIn``) or as a process of its own with TF Serving's command line (``StandInProcess``).
 
 API (other test modules rely on it; keep it stable)::
 
@@ -19,6 +20,22 @@ API (other test modules rely on it; keep it stable)::
         tfs.calls                                 # [Call(protocol, method, model, version, label, served, code)]
         tfs.reset()                               # forget every model, label, call and config
 
+    # As TF Serving loads and unloads (see "Faithful mode" below):
+    with TFServingStandIn(faithful=True, load_seconds=0.2, load_retry_interval_micros=10_000,
+                          model_config_file=path, model_config_file_poll_wait_seconds=0.05) as tfs:
+        tfs.wait_idle()                           # until the manager has nothing left to do
+        tfs.events                                # [Event(time, model, version, state)], every state change
+        tfs.load_attempts                         # {(model, version): attempts}
+        tfs.memory_bytes, tfs.peak_memory_bytes, tfs.oom
+
+    # As a process, from a config file (kill -9 and restart it like a crashed server):
+    from tests.support.tfserving_standin import StandInProcess
+
+    with StandInProcess(config_path, poll_seconds=0.05, load_seconds=0.2) as server:   # started, ports open
+        server.rest_url, server.grpc_target
+        server.kill(); server.restart()           # SIGKILL; the same command line, the same ports
+        server.wait_exit()                        # the exit status (255: failed start-up; -9: OOM or kill)
+
 ``set_model(name, versions=None, labels=None, predict=None, inputs=None, outputs=None)``: arguments left out keep
 their current value (defaults for a new model: no versions, no labels, input ``x`` float32 ``[-1, -1]``, output
 ``y`` float32 ``[-1]``, ``predict=default_predict``: ``y = version * x.sum(axis=-1)``, so a test can tell which
@@ -27,15 +44,19 @@ version answered). ``predict`` is ``fn(inputs: dict[str, np.ndarray], version: i
 are ``{name: (dtype, shape)}`` with dtype names as in ``model_export.savedmodel`` ("float32", "int64", "bool",
 "string") and ``None`` for an unknown rank; they make the metadata and are checked like a real graph would.
 
-What it does as TF Serving does (tensorflow/serving 2.x sources: http_rest_api_handler.cc, http_rest_api_util.cc,
-get_model_status_impl.cc, server_core.cc):
+What it does as TF Serving does (tensorflow/serving 2.20 sources, file names below under
+``tensorflow_serving/``: model_servers/http_rest_api_handler.cc, http_rest_api_util.cc, get_model_status_impl.cc,
+server_core.cc, server.cc, main.cc; core/aspired_versions_manager.cc, availability_preserving_policy.cc,
+basic_manager.cc, loader_harness.cc, servable_state_monitor.cc, load_servables_fast.cc; util/retrier.cc):
 
 * REST: ``GET /v1/models/NAME[/versions/N|/labels/L][/metadata]``, ``POST /v1/models/NAME[/versions/N|/labels/L]
   :predict`` (row ``instances`` and columnar ``inputs``, ``{"b64": ...}`` for bytes; outputs named ``*_bytes`` are
-  answered as b64), ``GET /monitoring/prometheus/metrics`` (request counts only). Errors are ``{ "error": "..." }``
-  with TF Serving's HTTP status for the gRPC code (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 400).
-* ``GET /v1/models/NAME`` answers 200 as soon as any version is known, LOADING and END included; 404 for a model it
-  does not know. A label in a status request is IGNORED: every version is listed (get_model_status_impl.cc).
+  answered as b64), ``GET /monitoring/prometheus/metrics`` (request counts, plus stand-in-only ``:standin_*`` lines:
+  memory held, its peak, load attempts). Errors are ``{ "error": "..." }`` with TF Serving's HTTP status for the
+  gRPC code (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 400).
+* ``GET /v1/models/NAME`` answers 200 as soon as any version is known, START, LOADING and END included; 404 for a
+  model it does not know. A label in a status request is IGNORED: every version is listed (get_model_status_impl.cc).
+  A failed load shows as ``END`` with ``status.error_code``/``error_message``.
 * An unversioned request is served by the highest AVAILABLE version. An unknown or not-AVAILABLE version is NOT_FOUND
   ``Servable not found for request: Specific(m, 7)``; an unknown label is INVALID_ARGUMENT (REST 400)
   ``Unrecognized servable version label: L``.
@@ -43,32 +64,107 @@ get_model_status_impl.cc, server_core.cc):
   ``HandleReloadConfigRequest``, messages up to 2 GiB both ways (TF Serving allows INT_MAX). Request tensors are
   decoded by TensorFlow's own ``tf.make_ndarray`` (``tensor_content`` or typed fields); dtypes must match the
   signature. Answers use the typed fields (``float_val``...) as TF Serving does by default, or ``tensor_content``
-  with ``TFServingStandIn(tensor_content_responses=True)`` (``--enable_serialization_as_tensor_content``).
+  with ``TFServingStandIn(tensor_content_responses=True)`` (``--enable_serialization_as_tensor_content``). The
+  services are registered without importing TensorFlow; the first gRPC request imports it (seconds).
 * Config (``load_config``, ``HandleReloadConfigRequest``, the poll): every model needs ``model_platform:
   "tensorflow"`` and an absolute ``base_path``; names must not repeat. The new config replaces the whole set:
-  versions and models left out are unloaded (state END). ``specific`` loads the listed versions whose directory
-  exists under ``base_path`` (``require_version_dirs=False``: all listed versions, no disk access); ``latest``
-  (default, 1) and ``all`` scan the directory. A version directory without ``saved_model.pb`` fails to load (END,
-  NOT_FOUND). Labels are checked BEFORE anything loads, against the versions AVAILABLE at that moment: a label on a
-  version this same config adds is refused (FAILED_PRECONDITION ``Request to assign label to version 2 of model m,
-  which is not currently available for inference``) and NOTHING of that config is applied. So at start-up every
-  label fails unless ``allow_version_labels_for_unavailable_models=True`` (the flag), which admits labels on
-  unavailable versions only when the label is new or keeps its version. ``load_config`` raises ``ConfigError``;
-  the poll records the message in ``config_errors`` and keeps going, as TF Serving logs it and keeps polling.
+  versions and models left out are unloaded. ``specific`` aspires the listed versions whose directory exists under
+  ``base_path`` (``require_version_dirs=False``: all listed versions, no disk access); ``latest`` (default, 1) and
+  ``all`` scan the directory. A version directory without ``saved_model.pb`` (or holding a file ``FAIL_LOAD``,
+  stand-in only: its text ``CODE: message`` is the error) fails to load (END, NOT_FOUND ``Could not find SavedModel
+  .pb or .pbtxt at supplied export directory path: DIR``). Labels are checked BEFORE anything loads
+  (server_core.cc ``ReloadConfig``: ``UpdateModelVersionLabelMap`` runs before ``AddModelsViaModelConfigList``),
+  against the versions AVAILABLE at that moment: a label on a version this same config adds is refused
+  (FAILED_PRECONDITION ``Request to assign label to version 2 of model m, which is not currently available for
+  inference``) and NOTHING of that config is applied. So at start-up every label fails unless
+  ``allow_version_labels_for_unavailable_models=True`` (the flag), which admits labels on unavailable versions only
+  when the label is new or keeps its version. ``load_config`` raises ``ConfigError``; the poll records the message
+  in ``config_errors`` and keeps going, as TF Serving logs it and keeps polling (server.cc
+  ``PollFilesystemAndReloadConfig``).
 
-Where it differs: loading is instant (no START/LOADING phase unless a test sets it), no warmup, no batching, no
-classify/regress (UNIMPLEMENTED), models are Python functions, error texts other than the ones quoted above are
-close to but not exactly TF Serving's, only local ``base_path`` directories can be scanned.
+Faithful mode (``faithful=True``; always in process mode) adds what TF Serving's manager does:
+
+* Start-up (server.cc ``BuildAndStart``, server_core.cc ``ServerCore::Create``): the first config is loaded
+  before any port opens; ``start()`` returns (the ports open) only when every model has a version that reached
+  AVAILABLE or END, whichever comes first, highest version first (servable_state_monitor.cc
+  ``HasAnyServableInStreamReachedState``). END fails the start-up: ``ConfigError`` ``UNKNOWN: 1 servable(s) did not
+  become available: {{name: m version: 1} due to error: NOT_FOUND: ...}, }`` (load_servables_fast.cc); a bad label or
+  file fails it too. The process prints ``Failed to start server. Error: ...`` and exits 255 (main.cc ``return
+  -1``). A model with no version on disk is waited for forever, as TF Serving does (the helper's wait is bounded).
+  Start-up loads run in parallel on ``num_initial_load_threads`` (server_core.h: 4 x CPUs); later ones serially.
+* The manager (aspired_versions_manager.cc): every ``manage_state_interval_seconds`` (100 ms, its
+  ``manage_state_interval_micros``) it drops finished versions nobody wants, takes the newest aspired versions
+  from the config (a request naming a version that is still loaded but no longer wanted waits until that version
+  is fully unloaded: ``ContainsAnyReaspiredVersions``), and performs ONE action over all models, unloads before
+  loads. Loads and unloads run inline in that thread (basic_manager.cc: ``num_load_threads`` 0 and
+  ``num_unload_threads`` 0 make an ``InlineExecutor``), so one load at a time and nothing else meanwhile.
+* Availability-preserving policy (server.cc hard-codes ``AvailabilityPreservingPolicy``;
+  availability_preserving_policy.cc): a version the config dropped is unloaded only when no version is wanted, when
+  a wanted version is AVAILABLE, or when another dropped version is also still serving (the lowest goes first). If
+  the wanted version fails, the old one keeps serving. It loads the highest wanted new version first.
+* A load is START (queued, basic_manager.cc ``ManageServableInternal``), then LOADING for ``load_seconds`` per
+  attempt; a failed attempt is retried ``max_num_load_retries`` times (5) ``load_retry_interval_micros`` apart
+  (60 s; util/retrier.cc, loader_harness.cc ``Load``), the version staying LOADING, then END with the last error. A
+  failed version is not retried while the config keeps it (only ``kNew`` versions are loaded:
+  aspired_version_policy.cc); drop it and add it back. As the manager's thread runs the load, a config that
+  drops a loading version is only taken once the load and ALL its retries are over (nothing else loads or unloads
+  meanwhile): a version dropped while loading becomes AVAILABLE, answers unversioned requests if it is the
+  highest, and is unloaded at the next round. Only during the start-up pool is a dropped version cancelled
+  (``CancelLoadServableRetry``: no more retries; a load that still succeeds ends END with CANCELLED ``Loading of
+  servable cancelled``, loader_harness.cc, and can fail the start-up). Unloading is UNLOADING for
+  ``unload_seconds``, then END. A version dropped while still START keeps showing START (``StopManagingServable``
+  publishes nothing).
+* A reload that adds a NEW model waits until it is AVAILABLE or END (server_core.cc ``WaitUntilModelsAvailable``,
+  with a fresh monitor) and fails with ``N model(s) did not become available`` (the poll logs it). Version
+  directories are re-scanned every ``file_system_poll_wait_seconds`` (1 s, server.h), apart from config polls.
+* Memory (stand-in only accounting): a LOADING, AVAILABLE or UNLOADING version holds the size of its files on disk
+  x ``memory_factor`` (TF Serving's own estimate is x 1.2, servables/tensorflow/util.cc, but it enforces no limit:
+  ``total_model_memory_limit_bytes`` is unlimited and has no flag). ``memory_bytes``/``peak_memory_bytes`` record
+  it in both modes; above ``memory_limit_bytes`` the stand-in dies as an OOM kill would: the process SIGKILLs
+  itself (exit -9 / 137), in-process ``oom`` is set and the ports close.
+* Process mode: ports open only after the start-up load (connections are refused until then) and stay open during
+  later reloads; no SIGTERM handler (the process dies of it, as TF Serving in its container, #1853).
+
+In-process default (``faithful=False``), kinder than TF Serving and what existing tests rely on: a config is
+applied at once and synchronously (new versions AVAILABLE or END, dropped ones END, in the same call; a failed
+version in a later config is tried again), no retries, ports open even when the first config has a version that
+fails (only a refused config makes ``start()`` raise), and version directories are scanned only when a config is
+applied. Every faithful behaviour is there in process with ``faithful=True``, its timings as options
+(``load_seconds``, ``unload_seconds``, ``max_num_load_retries``, ``load_retry_interval_micros``,
+``num_initial_load_threads``, ``file_system_poll_wait_seconds``, ``manage_state_interval_seconds``: faithful mode
+only; ``memory_limit_bytes`` and ``memory_factor``: both modes; ``port``/``rest_api_port``: fixed ports).
+``set_model``/``set_state`` write states directly in both modes (in faithful mode AVAILABLE versions set so are
+adopted by the manager: a later config can unload them; other states they set are left to the test). Existing
+tests that assert states right after ``load_config`` (tests/support/agent.py ``Fleet.settle``, the stand-in tests in
+test_client.py) need the kind mode; with ``faithful=True`` call ``wait_idle()`` first.
+
+Where it differs: no warmup, no batching, no classify/regress (UNIMPLEMENTED), models are Python functions, memory
+is taken whole when LOADING starts, error texts other than the ones quoted above are close to but not exactly TF
+Serving's, only local ``base_path`` directories can be scanned, ports bind 127.0.0.1 (not 0.0.0.0), process mode
+needs ``--model_config_file`` (no ``--model_name``/``--model_base_path``), takes fractional seconds for the polls,
+and exits 255 when the REST port is taken (TF Serving logs it and serves gRPC only). After an empty start-up config,
+a first real config that fails is not treated as a first config again at the next poll (TF Serving's
+``AddModelsViaModelConfigList`` does, and logs the failure at every poll).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import contextlib
+import importlib
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,8 +181,16 @@ Spec = tuple[str, "tuple[int, ...] | None"]
 
 STATES = ("UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 AVAILABLE = "AVAILABLE"
+HOLDING_MEMORY = ("LOADING", "AVAILABLE", "UNLOADING")
 DEFAULT_SIGNATURE = "serving_default"
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+FAIL_LOAD = "FAIL_LOAD"  # stand-in only: a version directory holding this file fails every load attempt
+EXIT_STARTUP_FAILED = 255  # main.cc: "Failed to start server. Error: ..." then `return -1`
+# server.h / main.cc flag defaults
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_INTERVAL_MICROS = 60 * 1000 * 1000
+DEFAULT_FILE_SYSTEM_POLL_WAIT_SECONDS = 1.0
+DEFAULT_MANAGE_STATE_INTERVAL_SECONDS = 0.1  # aspired_versions_manager.h manage_state_interval_micros
 # tensorflow/core/framework/types.proto
 _DT_NAMES = {
     "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "int32": "DT_INT32", "uint8": "DT_UINT8", "int16": "DT_INT16",
@@ -138,6 +242,7 @@ class _Version:
     state: str
     error_code: str = "OK"
     error_message: str = ""
+    seq: int = 0  # when it was published (the event bus order)
 
 
 @dataclass
@@ -147,6 +252,32 @@ class _Model:
     inputs: dict[str, Spec] = field(default_factory=lambda: {"x": ("float32", (-1, -1))})
     outputs: dict[str, Spec] = field(default_factory=lambda: {"y": ("float32", (-1,))})
     predict: PredictFn | Mapping[int, PredictFn] | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One state change of one version, as the servable event bus publishes it (``tfs.events``)."""
+
+    time: float  # time.monotonic()
+    model: str
+    version: int
+    state: str
+    error_code: str = "OK"
+
+
+_FLUSHED = ("new", "disabled", "error")  # AspiredVersionsManager::FlushServables
+
+
+@dataclass(eq=False)
+class _Harness:
+    """A version the manager manages (loader_harness.h ``LoaderHarness``, its states simplified):
+    new -> loading -> ready -> unloading -> disabled, or -> error."""
+
+    state: str
+    path: Path | None = None  # the version directory; None: loads without disk (require_version_dirs=False)
+    aspired: bool = True
+    cancelled: bool = False  # BasicManager::CancelLoadServableRetry
+    by_test: bool = False  # set through set_model/set_state: the manager only unloads it
 
 
 def default_predict(inputs: dict[str, NDArray], version: int) -> dict[str, NDArray]:
@@ -177,6 +308,40 @@ def _dtype_name(dtype: np.dtype[Any]) -> str:
     return "string" if dtype.kind in "SUO" else dtype.name
 
 
+def _availability_preserving_action(harnesses: Mapping[int, _Harness]) -> tuple[str, int] | None:
+    """availability_preserving_policy.cc ``GetNextAction`` for one model: ("unload" | "load", version) or None."""
+    has_aspired = any(h.aspired for h in harnesses.values())
+    has_aspired_serving = any(h.aspired and h.state == "ready" for h in harnesses.values())
+    unaspired_serving = sorted(v for v, h in harnesses.items() if not h.aspired and h.state == "ready")
+    # "If there is no aspired version, there is at least one aspired version that is ready, or there are more than
+    # one un-aspired versions that are ready, unload the lowest non-aspired version."
+    if unaspired_serving and (not has_aspired or has_aspired_serving or len(unaspired_serving) > 1):
+        return "unload", unaspired_serving[0]
+    # aspired_version_policy.cc GetHighestAspiredNewServableId: only versions never tried (kNew) are loaded.
+    new = [v for v, h in harnesses.items() if h.aspired and h.state == "new" and not h.by_test]
+    return ("load", max(new)) if new else None
+
+
+def _load_error(path: Path | None) -> tuple[str, str] | None:
+    """Why loading the version directory ``path`` fails (code, message), or None when it loads."""
+    if path is None:
+        return None
+    marker = path / FAIL_LOAD
+    if marker.is_file():
+        text = marker.read_text().strip()
+        code, sep, message = text.partition(": ")
+        if sep and code in _HTTP_STATUS and code != "OK":
+            return code, message
+        return "UNKNOWN", text or f"the stand-in was told to fail loading {path} (a file {FAIL_LOAD})"
+    if not (path / "saved_model.pb").is_file() and not (path / "saved_model.pbtxt").is_file():
+        return "NOT_FOUND", f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}"
+    return None
+
+
+def _servable(name: str, version: int) -> str:
+    return f"{{name: {name} version: {version}}}"  # servable_id.h ServableId::DebugString
+
+
 class TFServingStandIn:
     """See the module docstring. Use as a context manager; ``start()``/``stop()`` also work."""
 
@@ -184,23 +349,95 @@ class TFServingStandIn:
         self,
         *,
         grpc: bool = True,
+        rest: bool = True,
+        port: int = 0,
+        rest_api_port: int = 0,
         tensor_content_responses: bool = False,
         allow_version_labels_for_unavailable_models: bool = False,
         require_version_dirs: bool = True,
         model_config_file: str | Path | None = None,
         model_config_file_poll_wait_seconds: float = 0.0,
+        faithful: bool = False,
+        load_seconds: float | None = None,
+        unload_seconds: float | None = None,
+        max_num_load_retries: int | None = None,
+        load_retry_interval_micros: int | None = None,
+        num_initial_load_threads: int | None = None,
+        file_system_poll_wait_seconds: float | None = None,
+        manage_state_interval_seconds: float | None = None,
+        memory_limit_bytes: int | None = None,
+        memory_factor: float = 1.0,
+        process_mode: bool = False,
+        log: Callable[[str], None] | None = None,
     ) -> None:
+        """``port``/``rest_api_port``: 0 picks free ports. The options from ``faithful`` on are described in the
+        module docstring; those about loading need ``faithful=True``. ``process_mode`` (set by ``python -m``): an
+        OOM SIGKILLs the process. ``log``: where TF Serving's log lines go (none by default)."""
+        manager_options = {
+            "load_seconds": load_seconds,
+            "unload_seconds": unload_seconds,
+            "max_num_load_retries": max_num_load_retries,
+            "load_retry_interval_micros": load_retry_interval_micros,
+            "num_initial_load_threads": num_initial_load_threads,
+            "file_system_poll_wait_seconds": file_system_poll_wait_seconds,
+            "manage_state_interval_seconds": manage_state_interval_seconds,
+        }
+        if not faithful and any(v is not None for v in manager_options.values()):
+            given = sorted(k for k, v in manager_options.items() if v is not None)
+            raise ValueError(f"{', '.join(given)}: only with faithful=True (the kind mode loads at once)")
         self.grpc_enabled = grpc
+        self.rest_enabled = rest
         self.tensor_content_responses = tensor_content_responses
         self.allow_version_labels_for_unavailable_models = allow_version_labels_for_unavailable_models
         self.require_version_dirs = require_version_dirs
+        self.faithful = faithful
+        self.load_seconds = load_seconds or 0.0
+        self.unload_seconds = unload_seconds or 0.0
+        self.max_num_load_retries = (
+            DEFAULT_MAX_NUM_LOAD_RETRIES if max_num_load_retries is None else max_num_load_retries
+        )
+        self.load_retry_interval_micros = (
+            DEFAULT_LOAD_RETRY_INTERVAL_MICROS if load_retry_interval_micros is None else load_retry_interval_micros
+        )
+        self.num_initial_load_threads = (
+            4 * (os.cpu_count() or 1) if num_initial_load_threads is None else num_initial_load_threads
+        )
+        self.file_system_poll_wait_seconds = (
+            DEFAULT_FILE_SYSTEM_POLL_WAIT_SECONDS if file_system_poll_wait_seconds is None
+            else file_system_poll_wait_seconds
+        )  # fmt: skip
+        self.manage_state_interval_seconds = (
+            DEFAULT_MANAGE_STATE_INTERVAL_SECONDS if manage_state_interval_seconds is None
+            else manage_state_interval_seconds
+        )  # fmt: skip
+        self.memory_limit_bytes = memory_limit_bytes
+        self.memory_factor = memory_factor
+        self.process_mode = process_mode
+        self._log: Callable[[str], None] = log or (lambda message: None)
         self._config_file = model_config_file
         self._poll_seconds = model_config_file_poll_wait_seconds
+        self._wanted_ports = (port, rest_api_port)
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # every published state change
+        self._config_mu = threading.Lock()  # server_core.cc config_mu_: one config at a time
         self._models: dict[str, _Model] = {}
         self.calls: list[Call] = []
         self.config_errors: list[str] = []
         self.config: Any = None  # the last ModelServerConfig applied
+        self.events: list[Event] = []
+        self.load_attempts: dict[tuple[str, int], int] = {}
+        self.memory_bytes = 0
+        self.peak_memory_bytes = 0
+        self.oom = False
+        self._sizes: dict[tuple[str, int], int] = {}
+        self._seq = 0
+        # faithful mode: the manager's harnesses, the source's pending and last aspired versions per model
+        self._harnesses: dict[str, dict[int, _Harness]] = {}
+        self._pending: dict[str, dict[int, Path | None]] = {}
+        self._sources: dict[str, dict[int, Path | None]] = {}
+        self._source_started = False
+        self._pool_lock = threading.Lock()
+        self._load_pool: futures.ThreadPoolExecutor | None = None
         self._counts: dict[tuple[str, str], int] = {}
         self._http: ThreadingHTTPServer | None = None
         self._grpc: Any = None
@@ -222,39 +459,64 @@ class TFServingStandIn:
         self.stop()
 
     def start(self) -> None:
+        """Load the first config (if any), then open the ports. Faithful: only when every model of it is AVAILABLE,
+        else ``ConfigError`` and nothing keeps running, as TF Serving exits (server.cc ``BuildAndStart``)."""
+        if self.faithful:
+            self._spawn(self._manager_loop)
+            self._spawn(self._file_system_poll_loop)  # the source polls from its creation on, start-up included
         if self._config_file is not None:
-            self.load_config(self._config_file)  # TF Serving exits when its first config fails
-        standin = self
-
-        class Handler(_RestHandler):
-            tfs = standin
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._http.daemon_threads = True
-        self._spawn(self._http.serve_forever)
+            try:
+                self.load_config(self._config_file)
+            except ConfigError:
+                self.stop()
+                raise
+        if self._config_file is not None and self._poll_seconds > 0:
+            self.watch_config(self._config_file, self._poll_seconds)  # server.cc: started before the ports open
         if self.grpc_enabled:
             self._start_grpc()
-        if self._config_file is not None and self._poll_seconds > 0:
-            self.watch_config(self._config_file, self._poll_seconds)
+        if self.rest_enabled:
+            self._start_http()
 
     def stop(self) -> None:
         self._stop.set()
+        self._close_ports()
+        pool = self._load_pool
+        if pool is not None:
+            pool.shutdown(wait=False)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+
+    def _close_ports(self) -> None:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
         if self._grpc is not None:
             self._grpc.stop(grace=None)
-        for thread in self._threads:
-            thread.join(timeout=5)
+
+    def _die(self) -> None:
+        """What an OOM kill leaves of the in-process stand-in: nothing running, ports closed."""
+        self._stop.set()
+        threading.Thread(target=self._close_ports, daemon=True, name="tfserving-standin-oom").start()
 
     def _spawn(self, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, daemon=True, name="tfserving-standin")
         thread.start()
         self._threads.append(thread)
 
+    def _start_http(self) -> None:
+        standin = self
+
+        class Handler(_RestHandler):
+            tfs = standin
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", self._wanted_ports[1]), Handler)
+        self._http.daemon_threads = True
+        self._spawn(self._http.serve_forever)
+
     @property
     def rest_url(self) -> str:
-        assert self._http is not None, "the stand-in is not started"
+        assert self._http is not None, "the stand-in is not started (or serves no REST)"
         return f"http://127.0.0.1:{self._http.server_address[1]}"
 
     @property
@@ -280,7 +542,12 @@ class TFServingStandIn:
                 for state in versions.values():
                     if state not in STATES:
                         raise ValueError(f"state {state!r} is not one of {STATES}")
-                model.versions = {int(v): _Version(s) for v, s in versions.items()}
+                wanted = {int(v): s for v, s in versions.items()}
+                for version in [v for v in model.versions if v not in wanted]:
+                    del model.versions[version]
+                    self._harnesses.get(name, {}).pop(version, None)
+                for version, state in wanted.items():
+                    self._set(name, version, state, "OK", "")
             if labels is not None:
                 model.labels = dict(labels)
             if predict is not None:
@@ -296,11 +563,27 @@ class TFServingStandIn:
         if state not in STATES:
             raise ValueError(f"state {state!r} is not one of {STATES}")
         with self._lock:
-            self._models.setdefault(name, _Model()).versions[version] = _Version(state, error_code, error_message)
+            self._set(name, version, state, error_code, error_message)
+
+    def _set(self, name: str, version: int, state: str, error_code: str, error_message: str) -> None:
+        """A test's word for a version's state; in faithful mode the manager adopts it (see the module docstring)."""
+        self._publish(name, version, state, error_code, error_message)
+        if not self.faithful:
+            return
+        harnesses = self._harnesses.setdefault(name, {})
+        kind = {"START": "new", "LOADING": "loading", "AVAILABLE": "ready", "UNLOADING": "unloading"}.get(state)
+        if state == "END":
+            kind = "error" if error_code != "OK" else "disabled"
+        if kind is None:
+            harnesses.pop(version, None)
+            return
+        current = harnesses.get(version)
+        harnesses[version] = _Harness(kind, aspired=current.aspired if current else True, by_test=True)
 
     def remove_model(self, name: str) -> None:
         with self._lock:
             self._models.pop(name, None)
+            self._harnesses.pop(name, None)
 
     def versions(self, name: str) -> dict[int, str]:
         with self._lock:
@@ -312,6 +595,13 @@ class TFServingStandIn:
             model = self._models.get(name)
             return dict(model.labels) if model else {}
 
+    def status(self, name: str, version: int) -> tuple[str, str, str]:
+        """(state, error_code, error_message) of one version, as ``GET /v1/models/NAME`` shows it."""
+        with self._lock:
+            model = self._models.get(name)
+            state = model.versions.get(version) if model else None
+            return (state.state, state.error_code, state.error_message) if state else ("UNKNOWN", "OK", "")
+
     def reset(self) -> None:
         with self._lock:
             self._models.clear()
@@ -319,6 +609,36 @@ class TFServingStandIn:
             self.config_errors.clear()
             self._counts.clear()
             self.config = None
+            self.events.clear()
+            self.load_attempts.clear()
+            self._sizes.clear()
+            self._harnesses.clear()
+            self._pending.clear()
+            self._sources.clear()
+            self.memory_bytes = self.peak_memory_bytes = 0
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Faithful mode: block until the manager has nothing left to do (no config waiting, no load or unload
+        running or due; versions a test holds in LOADING do not count). Kind mode: nothing to wait for."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._busy():
+                if self._stop.is_set():
+                    raise RuntimeError("the stand-in has stopped (or died of an OOM) with work left")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"the stand-in's manager still busy after {timeout} s: {self._harnesses}")
+                self._changed.wait(min(remaining, 0.01))
+
+    def _busy(self) -> bool:
+        if self._pending:
+            return True
+        for harnesses in self._harnesses.values():
+            if any(h.state in ("loading", "unloading") and not h.by_test for h in harnesses.values()):
+                return True
+            if _availability_preserving_action(harnesses) is not None:
+                return True
+        return False
 
     # --- model config (--model_config_file) --------------------------------------------------------------------
 
@@ -348,6 +668,7 @@ class TFServingStandIn:
                 except ConfigError as e:
                     with self._lock:
                         self.config_errors.append(str(e))
+                    self._log(f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}")
                 with self._reloaded:
                     self._reloads += 1
                     self._reloaded.notify_all()
@@ -364,53 +685,147 @@ class TFServingStandIn:
 
     def apply_config(self, config: Any) -> None:
         """Apply a ``ModelServerConfig`` message (what ``load_config`` and ``HandleReloadConfigRequest`` do)."""
+        if self.faithful:
+            self._apply_faithfully(config)
+        else:
+            self._apply_at_once(config)
+
+    def _checked(self, config: Any) -> dict[str, tuple[dict[str, int], dict[int, Path | None]]] | None:
+        """server_core.cc ``ReloadConfig``'s checks, labels before anything loads. Per model: its labels and the
+        versions the file system source aspires. ``None`` for an empty config ("Taking no action for empty
+        config."). Call with the lock held."""
+        which = config.WhichOneof("config")
+        if which is None:
+            return None
+        if which != "model_config_list":
+            raise ConfigError("FAILED_PRECONDITION", "the stand-in supports model_config_list only")
+        entries = list(config.model_config_list.config)
+        names = [c.name for c in entries]
+        for entry in entries:
+            if names.count(entry.name) > 1:
+                raise ConfigError(
+                    "INVALID_ARGUMENT", f"Illegal to list model {entry.name} multiple times in config list"
+                )
+            parts = urllib.parse.urlsplit(entry.base_path)
+            if not parts.scheme and not parts.netloc and not entry.base_path.startswith("/"):
+                raise ConfigError(
+                    "INVALID_ARGUMENT",
+                    f"Expected model {entry.name} to have an absolute path or URI; got base_path()={entry.base_path}",
+                )
+        new_labels = {entry.name: self._checked_labels(entry) for entry in entries}
+        for entry in entries:
+            if not entry.model_platform:
+                raise ConfigError(
+                    "INVALID_ARGUMENT",
+                    "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                    "ModelServerConfig::model_platform.",
+                )
+            if entry.model_platform != "tensorflow":
+                raise ConfigError(
+                    "INVALID_ARGUMENT", f"Model {entry.name} requests unsupported platform {entry.model_platform}"
+                )
+        return {entry.name: (new_labels[entry.name], self._source_versions(entry)) for entry in entries}
+
+    def _apply_at_once(self, config: Any) -> None:
+        """The kind mode: every load and unload done before returning, new versions first."""
         with self._lock:
-            which = config.WhichOneof("config")
-            if which is None:
-                return  # "Taking no action for empty config."
-            if which != "model_config_list":
-                raise ConfigError("FAILED_PRECONDITION", "the stand-in supports model_config_list only")
-            entries = list(config.model_config_list.config)
-            names = [c.name for c in entries]
-            for entry in entries:
-                if names.count(entry.name) > 1:
-                    raise ConfigError(
-                        "INVALID_ARGUMENT", f"Illegal to list model {entry.name} multiple times in config list"
-                    )
-                parts = urllib.parse.urlsplit(entry.base_path)
-                if not parts.scheme and not parts.netloc and not entry.base_path.startswith("/"):
-                    raise ConfigError(
-                        "INVALID_ARGUMENT",
-                        f"Expected model {entry.name} to have an absolute path or URI; "
-                        f"got base_path()={entry.base_path}",
-                    )
-            new_labels = {entry.name: self._checked_labels(entry) for entry in entries}
-            for entry in entries:
-                if not entry.model_platform:
-                    raise ConfigError(
-                        "INVALID_ARGUMENT",
-                        "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
-                        "ModelServerConfig::model_platform.",
-                    )
-                if entry.model_platform != "tensorflow":
-                    raise ConfigError(
-                        "INVALID_ARGUMENT", f"Model {entry.name} requests unsupported platform {entry.model_platform}"
-                    )
-            loads = {entry.name: self._aspired(entry) for entry in entries}
-            # Everything checked: apply (new versions first, then unload the others, as TF Serving does).
-            for name, aspired in loads.items():
+            checked = self._checked(config)
+            if checked is None:
+                return
+            for name, (labels, wanted) in checked.items():
                 model = self._models.setdefault(name, _Model())
-                for version, state in aspired.items():
-                    model.versions[version] = state
-                for version, state in model.versions.items():
-                    if version not in aspired and state.state != "END":
-                        model.versions[version] = _Version("END")
-                model.labels = new_labels[name]
+                for version, path in wanted.items():
+                    current = model.versions.get(version)
+                    if current is not None and current.state == AVAILABLE:
+                        continue
+                    self._sizes[(name, version)] = self._size_of(path)
+                    self.load_attempts[(name, version)] = self.load_attempts.get((name, version), 0) + 1
+                    error = _load_error(path)
+                    if error is None:
+                        self._publish(name, version, AVAILABLE)
+                    else:
+                        self._publish(name, version, "END", *error)
+                for version, state in list(model.versions.items()):
+                    if version not in wanted and state.state != "END":
+                        self._publish(name, version, "END")
+                model.labels = labels
             for name, model in self._models.items():
-                if name not in loads:
-                    model.versions = {v: _Version("END") for v in model.versions}
+                if name not in checked:
+                    for version, state in list(model.versions.items()):
+                        if state.state != "END":
+                            self._publish(name, version, "END")
                     model.labels = {}
             self.config = config
+
+    def _apply_faithfully(self, config: Any) -> None:
+        """server_core.cc ``ReloadConfig``: labels, then the source's new aspired versions go to the manager. The
+        first config waits for every model (load_servables_fast.cc, parallel loads); a later one waits for its new
+        models only (``WaitUntilModelsAvailable``)."""
+        with self._config_mu:
+            with self._lock:
+                checked = self._checked(config)
+                if checked is None:
+                    return
+                first = not self._source_started
+                previous = set(self._sources)
+                since = 0 if first else self._seq  # the server's monitor at start-up, a fresh one after
+                if first:  # load_servables_fast.cc: the pool is there before the source sends anything
+                    self._set_load_threads(self.num_initial_load_threads)
+                for name, (labels, wanted) in checked.items():
+                    self._models.setdefault(name, _Model()).labels = labels
+                    self._aspire(name, wanted)
+                for name in previous - set(checked):  # the source tears down models left out
+                    if name in self._models:
+                        self._models[name].labels = {}
+                    self._aspire(name, {})
+                    del self._sources[name]
+                self.config = config
+                self._source_started = True
+            awaited = sorted(checked) if first else sorted(set(checked) - previous)
+            try:
+                if awaited:
+                    self._await_models(awaited, since, "servable(s)" if first else "model(s)")
+            finally:
+                if first:
+                    self._set_load_threads(0)
+
+    def _aspire(self, name: str, wanted: Mapping[int, Path | None]) -> None:
+        """Source::SetAspiredVersions: the newest request per model waits for the manager's next round."""
+        self._pending[name] = dict(wanted)
+        self._sources[name] = dict(wanted)
+
+    def _await_models(self, names: Iterable[str], since: int, what: str) -> None:
+        """ServableStateMonitor::WaitUntilServablesReachState for ``Latest(name)`` of each model, counting only
+        events after ``since``: done when, per model, the highest version in AVAILABLE or END is found."""
+        reached: dict[str, tuple[int, _Version]] = {}
+        with self._changed:
+            while True:
+                for name in names:
+                    found = self._reached(name, since)
+                    if found is not None:
+                        reached[name] = found
+                if all(name in reached for name in names):
+                    break
+                if self._stop.is_set():
+                    raise ConfigError("CANCELLED", "the stand-in stopped while models were loading")
+                self._changed.wait(0.05)
+        failed = [(name, version, state) for name, (version, state) in reached.items() if state.state != AVAILABLE]
+        if failed:
+            parts = ""
+            for name, version, state in failed:
+                error = f" due to error: {state.error_code}: {state.error_message}" if state.error_code != "OK" else ""
+                parts += "{" + _servable(name, version) + error + "}, "
+            raise ConfigError("UNKNOWN", f"{len(failed)} {what} did not become available: {{{parts}}}")
+
+    def _reached(self, name: str, since: int) -> tuple[int, _Version] | None:
+        model = self._models.get(name)
+        if model is None:
+            return None
+        for version in sorted(model.versions, reverse=True):
+            state = model.versions[version]
+            if state.seq > since and state.state in (AVAILABLE, "END"):
+                return version, state
+        return None
 
     def _checked_labels(self, entry: Any) -> dict[str, int]:
         model = self._models.get(entry.name)
@@ -428,13 +843,14 @@ class TFServingStandIn:
             )
         return dict(entry.version_labels)
 
-    def _aspired(self, entry: Any) -> dict[int, _Version]:
-        """The versions TF Serving would load for one config entry, with the state they reach."""
+    def _source_versions(self, entry: Any) -> dict[int, Path | None]:
+        """The versions the file system source aspires for one config entry, with their directories
+        (file_system_storage_path_source.cc: ``specific`` versions without a directory are not aspired)."""
         policy = entry.model_version_policy
         kind = policy.WhichOneof("policy_choice") or "latest"
         listed = sorted(set(policy.specific.versions)) if kind == "specific" else []
         if kind == "specific" and not self.require_version_dirs:
-            return {v: _Version(AVAILABLE) for v in listed}
+            return dict.fromkeys(listed)
         base = Path(entry.base_path)
         if urllib.parse.urlsplit(entry.base_path).scheme:
             raise ConfigError("UNIMPLEMENTED", f"the stand-in reads local base paths only, not {entry.base_path}")
@@ -447,18 +863,193 @@ class TFServingStandIn:
             chosen = on_disk
         else:
             chosen = on_disk[-max(policy.latest.num_versions, 1) :] if on_disk else []
-        out = {}
-        for version in chosen:
-            vdir = base / str(version)
-            if (vdir / "saved_model.pb").is_file() or (vdir / "saved_model.pbtxt").is_file():
-                out[version] = _Version(AVAILABLE)
+        return {version: base / str(version) for version in chosen}
+
+    def _file_system_poll_loop(self) -> None:
+        """FileSystemStoragePathSource's own poll: version directories re-scanned apart from config polls; every
+        poll re-sends each model's aspired versions to the manager. 0: only when a config is applied (TF Serving:
+        polled once)."""
+        if self.file_system_poll_wait_seconds <= 0:
+            return
+        while not self._stop.wait(self.file_system_poll_wait_seconds):
+            with self._lock:
+                config = self.config
+                if config is None or config.WhichOneof("config") != "model_config_list":
+                    continue
+                for entry in config.model_config_list.config:
+                    if entry.name in self._sources:
+                        with contextlib.suppress(ConfigError, OSError):
+                            self._aspire(entry.name, self._source_versions(entry))
+
+    # --- the manager (faithful mode) ---------------------------------------------------------------------------
+
+    def _manager_loop(self) -> None:
+        """AspiredVersionsManager's ManageState thread: flush, take the pending aspired versions, one action."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            action = self._manage_once()
+            if action is not None:
+                kind, work = action
+                self._execute(kind, work)
+            interval = max(self.manage_state_interval_seconds, 0.001)
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def _manage_once(self) -> tuple[str, Callable[[], None]] | None:
+        with self._lock:
+            # FlushServables: versions nobody wants that are new, unloaded or failed leave the manager. (A version
+            # still START when dropped keeps showing START: StopManagingServable publishes nothing.)
+            for harnesses in self._harnesses.values():
+                for version in [v for v, h in harnesses.items() if not h.aspired and h.state in _FLUSHED]:
+                    del harnesses[version]
+            # HandlePendingAspiredVersionsRequests
+            for name in list(self._pending):
+                wanted = self._pending[name]
+                harnesses = self._harnesses.setdefault(name, {})
+                if any(v in harnesses and not harnesses[v].aspired for v in wanted):
+                    continue  # ContainsAnyReaspiredVersions: wait until that version has left the manager
+                del self._pending[name]
+                for version, harness in harnesses.items():
+                    if version not in wanted:
+                        harness.aspired = False
+                        harness.cancelled = True  # BasicManager::CancelLoadServableRetry
+                for version, path in wanted.items():
+                    if version not in harnesses:
+                        harnesses[version] = _Harness("new", path)
+                        self._publish(name, version, "START")  # BasicManager::ManageServableInternal
+            # InvokePolicyAndExecuteAction: one action over all models, unloads first (CompareActions)
+            choices = []
+            for name in sorted(self._harnesses):
+                action = _availability_preserving_action(self._harnesses[name])
+                if action is not None:
+                    choices.append((action[0] != "unload", name, action[0], action[1]))
+            if not choices:
+                return None
+            _, name, kind, version = min(choices)
+            harness = self._harnesses[name][version]
+            if kind == "load":
+                harness.state = "loading"
+                return kind, lambda: self._load(name, version, harness)
+            harness.state = "unloading"
+            return kind, lambda: self._unload(name, version, harness)
+
+    def _execute(self, kind: str, work: Callable[[], None]) -> None:
+        """basic_manager.cc: loads on the load executor (a pool during start-up, else inline), unloads inline."""
+        if kind == "load":
+            with self._pool_lock:
+                pool = self._load_pool
+                if pool is not None:
+                    pool.submit(work)
+                    return
+        work()
+
+    def _set_load_threads(self, threads: int) -> None:
+        """BasicManager::SetNumLoadThreads; going back to inline loads waits for the pool's loads to finish."""
+        with self._pool_lock:
+            old = self._load_pool
+            self._load_pool = (
+                futures.ThreadPoolExecutor(threads, thread_name_prefix="tfserving-standin-load")
+                if threads > 0
+                else None
+            )
+            if old is not None:
+                old.shutdown(wait=True)
+
+    def _owns(self, name: str, version: int, harness: _Harness) -> bool:
+        return self._harnesses.get(name, {}).get(version) is harness
+
+    def _load(self, name: str, version: int, harness: _Harness) -> None:
+        """BasicManager::ExecuteLoad + LoaderHarness::Load: attempts retried as util/retrier.cc ``Retry`` does."""
+        servable = _servable(name, version)
+        with self._lock:
+            if not self._owns(name, version, harness):
+                return
+            self._sizes[(name, version)] = self._size_of(harness.path)
+            self._publish(name, version, "LOADING")
+        self._log(f"Loading servable version {servable}")
+        tries = 0
+        while True:
+            if tries > 0:
+                interval = max(self.load_retry_interval_micros, 0) / 1e6
+                if self._stop.wait(interval):
+                    return
+                self._log(f"Retrying of Loading servable: {servable} retry: {tries}")
+            with self._lock:
+                self.load_attempts[(name, version)] = self.load_attempts.get((name, version), 0) + 1
+            if self._stop.wait(self.load_seconds):
+                return
+            error = _load_error(harness.path)
+            tries += 1
+            if error is not None:
+                self._log(f"Loading servable: {servable} failed: {error[0]}: {error[1]}")
+            if error is None or tries >= self.max_num_load_retries + 1 or harness.cancelled:
+                break
+        with self._lock:
+            if not self._owns(name, version, harness):
+                return
+            if error is not None:
+                harness.state = "error"
+                self._publish(name, version, "END", *error)
+                self._log(f"Encountered an error for servable version {servable}: {error[0]}: {error[1]}")
+            elif harness.cancelled:  # loader_harness.cc: dropped while loading -> UnloadDueToCancelledLoad
+                harness.state = "disabled"
+                self._publish(name, version, "END", "CANCELLED", "Loading of servable cancelled")
             else:
-                out[version] = _Version(
-                    "END",
-                    "NOT_FOUND",
-                    f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {vdir}",
-                )
-        return out
+                harness.state = "ready"
+                self._publish(name, version, AVAILABLE)
+                self._log(f"Successfully loaded servable version {servable}")
+
+    def _unload(self, name: str, version: int, harness: _Harness) -> None:
+        """BasicManager::ExecuteUnload."""
+        with self._lock:
+            if not self._owns(name, version, harness):
+                return
+            self._publish(name, version, "UNLOADING")
+        if self._stop.wait(self.unload_seconds):
+            return
+        with self._lock:
+            if self._owns(name, version, harness):
+                harness.state = "disabled"
+                self._publish(name, version, "END")
+                self._log(f"Done unloading servable version {_servable(name, version)}")
+
+    # --- state changes and memory ------------------------------------------------------------------------------
+
+    def _publish(self, name: str, version: int, state: str, error_code: str = "OK", error_message: str = "") -> None:
+        """The servable event bus: the status every API shows, ``events``, memory. Call with the lock held."""
+        model = self._models.setdefault(name, _Model())
+        old = model.versions.get(version)
+        self._seq += 1
+        model.versions[version] = _Version(state, error_code, error_message, self._seq)
+        if old is None or (old.state, old.error_code, old.error_message) != (state, error_code, error_message):
+            self.events.append(Event(time.monotonic(), name, version, state, error_code))
+        self._account()
+        self._changed.notify_all()
+
+    def _size_of(self, path: Path | None) -> int:
+        total = 0
+        if path is not None:
+            for root, _dirs, files in os.walk(path):
+                for file in files:
+                    with contextlib.suppress(OSError):
+                        total += (Path(root) / file).stat().st_size
+        return int(total * self.memory_factor)
+
+    def _account(self) -> None:
+        total = sum(
+            self._sizes.get((name, version), 0)
+            for name, model in self._models.items()
+            for version, state in model.versions.items()
+            if state.state in HOLDING_MEMORY
+        )
+        self.memory_bytes = total
+        self.peak_memory_bytes = max(self.peak_memory_bytes, total)
+        limit = self.memory_limit_bytes
+        if limit is not None and total > limit and not self.oom:
+            self.oom = True
+            self._log(f"standin: OOM kill: the models hold {total} bytes, more than --memory_limit_bytes={limit}")
+            if self.process_mode:
+                os.kill(os.getpid(), signal.SIGKILL)  # the kernel's OOM killer sends SIGKILL: exit 137 in Docker
+            self._die()
 
     # --- the serving logic, shared by REST and gRPC ------------------------------------------------------------
 
@@ -692,23 +1283,54 @@ class TFServingStandIn:
         with self._lock:
             for (model, code), count in sorted(self._counts.items()):
                 lines.append(f':tensorflow:serving:request_count{{model_name="{model}",status="{code}"}} {count}')
+            # stand-in only: the memory its versions hold (see the module docstring), and load attempts
+            lines += ["# TYPE :standin_memory_bytes gauge", f":standin_memory_bytes {self.memory_bytes}"]
+            lines += ["# TYPE :standin_peak_memory_bytes gauge", f":standin_peak_memory_bytes {self.peak_memory_bytes}"]
+            lines.append("# TYPE :standin_load_attempts counter")
+            for (model, version), attempts in sorted(self.load_attempts.items()):
+                lines.append(f':standin_load_attempts{{model_name="{model}",version="{version}"}} {attempts}')
         return "\n".join(lines) + "\n"
 
     # --- gRPC --------------------------------------------------------------------------------------------------
 
     def _start_grpc(self) -> None:
+        """The two services, registered as the generated ``add_*Servicer_to_server`` would, but with request parsers
+        that import TensorFlow's protos at the first request: a stand-in process opens its port in a blink."""
         import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         unlimited = 2**31 - 1
-        self._grpc = grpc.server(
+        server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8),
-            options=[("grpc.max_receive_message_length", unlimited), ("grpc.max_send_message_length", unlimited)],
+            options=[
+                ("grpc.max_receive_message_length", unlimited),
+                ("grpc.max_send_message_length", unlimited),
+                ("grpc.so_reuseport", 0),  # a second stand-in on the same port must fail, not share it
+            ],
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionServicer(self), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(self), self._grpc)
-        self._grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
-        self._grpc.start()
+        servicers: dict[str, Any] = {
+            "tensorflow.serving.PredictionService": _PredictionServicer(self),
+            "tensorflow.serving.ModelService": _ModelServicer(self),
+        }
+        handlers = []
+        for service, methods in _GRPC_METHODS.items():
+            table = {
+                method: grpc.unary_unary_rpc_method_handler(
+                    getattr(servicers[service], method),
+                    request_deserializer=_lazy_parser(module, message),
+                    response_serializer=_serialize,
+                )
+                for method, (module, message) in methods.items()
+            }
+            handlers.append(grpc.method_handlers_generic_handler(service, table))
+        server.add_generic_rpc_handlers(tuple(handlers))
+        try:
+            port = server.add_insecure_port(f"127.0.0.1:{self._wanted_ports[0]}")
+        except RuntimeError:  # newer grpcio raises where older ones returned 0
+            port = 0
+        if not port:
+            raise Status("INVALID_ARGUMENT", "Failed to BuildAndStart gRPC server")  # server.cc
+        server.start()
+        self._grpc, self._grpc_port = server, port
 
     def grpc_call(
         self, method: str, spec: Any, context: Any, work: Callable[[str, int | None, str | None], Any]
@@ -944,3 +1566,304 @@ class _RestHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+# The services and request messages of tensorflow_serving/apis/*_service_pb2_grpc.py.
+_GRPC_METHODS = {
+    "tensorflow.serving.PredictionService": {
+        "Classify": ("classification_pb2", "ClassificationRequest"),
+        "Regress": ("regression_pb2", "RegressionRequest"),
+        "Predict": ("predict_pb2", "PredictRequest"),
+        "MultiInference": ("inference_pb2", "MultiInferenceRequest"),
+        "GetModelMetadata": ("get_model_metadata_pb2", "GetModelMetadataRequest"),
+    },
+    "tensorflow.serving.ModelService": {
+        "GetModelStatus": ("get_model_status_pb2", "GetModelStatusRequest"),
+        "HandleReloadConfigRequest": ("model_management_pb2", "ReloadConfigRequest"),
+    },
+}
+
+
+def _lazy_parser(module: str, message: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        return getattr(importlib.import_module(f"tensorflow_serving.apis.{module}"), message).FromString(data)
+
+    return parse
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+# --- process mode: python -m tests.support.tfserving_standin --------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class StandInExited(RuntimeError):
+    """The stand-in process exited while a test waited for it to serve."""
+
+    def __init__(self, returncode: int, output: str) -> None:
+        super().__init__(f"the TF Serving stand-in exited with status {returncode}:\n{output}")
+        self.returncode = returncode
+        self.output = output
+
+
+class StandInProcess:
+    """``tensorflow_model_server`` played by ``python -m tests.support.tfserving_standin``, for tests: started with
+    TF Serving's flags, waited for (bounded) until its ports accept connections, killed with SIGKILL and restarted
+    from the same config file on the same ports, as a crashed server restarted by Docker or systemd."""
+
+    def __init__(
+        self,
+        model_config_file: str | Path,
+        *,
+        poll_seconds: float = 0.0,
+        max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
+        load_retry_interval_micros: int = DEFAULT_LOAD_RETRY_INTERVAL_MICROS,
+        allow_version_labels_for_unavailable_models: bool = False,
+        file_system_poll_wait_seconds: float = DEFAULT_FILE_SYSTEM_POLL_WAIT_SECONDS,
+        memory_limit_bytes: int | None = None,
+        load_seconds: float = 0.0,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        rest_api_port: int | None = None,
+    ) -> None:
+        self.port = port or _free_port()
+        self.rest_api_port = rest_api_port or _free_port()
+        self.args = [
+            f"--port={self.port}",
+            f"--rest_api_port={self.rest_api_port}",
+            f"--model_config_file={model_config_file}",
+            f"--model_config_file_poll_wait_seconds={poll_seconds}",
+            f"--max_num_load_retries={max_num_load_retries}",
+            f"--load_retry_interval_micros={load_retry_interval_micros}",
+            f"--file_system_poll_wait_seconds={file_system_poll_wait_seconds}",
+            f"--load_seconds={load_seconds}",
+        ]
+        if allow_version_labels_for_unavailable_models:
+            self.args.append("--allow_version_labels_for_unavailable_models")
+        if memory_limit_bytes is not None:
+            self.args.append(f"--memory_limit_bytes={memory_limit_bytes}")
+        self.args += list(extra_args)
+        self._dir = tempfile.TemporaryDirectory(prefix="tfserving-standin-")
+        self.log_path = Path(self._dir.name) / "output.log"
+        self.log_path.touch()
+        self._log_start = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def __enter__(self) -> StandInProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_api_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    @property
+    def output(self) -> str:
+        """stdout and stderr of the latest start."""
+        return self.log_path.read_bytes()[self._log_start :].decode(errors="replace")
+
+    def start(self, *, wait: bool = True, timeout: float = 20.0) -> None:
+        """Launch it; with ``wait``, return once both ports accept connections (``StandInExited`` if it exits,
+        ``TimeoutError`` after ``timeout`` s)."""
+        if self.running:
+            raise RuntimeError("the stand-in is already running")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        self._log_start = self.log_path.stat().st_size
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.tfserving_standin", *self.args],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        assert self.proc is not None, "not started"
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise StandInExited(code, self.output)
+            if _accepts(self.port) and _accepts(self.rest_api_port):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the TF Serving stand-in did not serve within {timeout} s:\n{self.output}")
+            time.sleep(0.02)
+
+    def wait_output(self, text: str, timeout: float = 20.0) -> None:
+        """Block until ``text`` appears in the output of the latest start (a log line such as ``Loading servable
+        version {name: m version: 1}``)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} in the stand-in's output within {timeout} s:\n{self.output}")
+            time.sleep(0.01)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.wait(timeout)
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash or ``docker kill``; the exit status (-9)."""
+        assert self.proc is not None, "not started"
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait(10)
+
+    def restart(self, *, wait: bool = True, timeout: float = 20.0) -> None:
+        """kill -9 if it still runs, then start again: the same flags, so the config file is read anew."""
+        if self.running:
+            self.kill()
+        self.start(wait=wait, timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # TF Serving has no SIGTERM handler: it dies of it
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def metrics(self) -> dict[str, float]:
+        """``/monitoring/prometheus/metrics`` as {name with labels: value} (``:standin_peak_memory_bytes``...)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.rest_url + PROMETHEUS_PATH, timeout=5) as answer:
+            text = answer.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+
+def _flag_bool(text: str) -> bool:
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a bool: {text}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``tensorflow_model_server`` (main.cc) with the flags below; runs until a signal kills it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.tfserving_standin",
+        description="A stand-in for tensorflow_model_server, for tests (see tests/support/tfserving_standin.py).",
+        allow_abbrev=False,
+    )
+    flag = parser.add_argument
+    flag("--port", type=int, default=8500, help="gRPC port (TF Serving's flag)")
+    flag("--rest_api_port", type=int, default=0, help="REST port; 0: no REST (TF Serving's flag)")
+    flag("--model_config_file", default="")
+    flag("--model_config_file_poll_wait_seconds", type=float, default=0.0)
+    flag("--file_system_poll_wait_seconds", type=float, default=DEFAULT_FILE_SYSTEM_POLL_WAIT_SECONDS)
+    flag("--max_num_load_retries", type=int, default=DEFAULT_MAX_NUM_LOAD_RETRIES)
+    flag("--load_retry_interval_micros", type=int, default=DEFAULT_LOAD_RETRY_INTERVAL_MICROS)
+    flag("--allow_version_labels_for_unavailable_models", type=_flag_bool, nargs="?", const=True, default=False)
+    flag("--enable_serialization_as_tensor_content", type=_flag_bool, nargs="?", const=True, default=False)
+    flag("--memory_limit_bytes", type=int, default=None, help="stand-in only: SIGKILL itself above this")
+    flag("--memory_factor", type=float, default=1.0, help="stand-in only: memory held per byte on disk")
+    flag("--load_seconds", type=float, default=0.0, help="stand-in only: how long each load attempt takes")
+    flag("--unload_seconds", type=float, default=0.0, help="stand-in only: how long an unload takes")
+    args, unknown = parser.parse_known_args(argv)
+    for arg in unknown:
+        print(f"unknown argument: {arg}", flush=True)  # main.cc reports it and carries on
+
+    def fail(error: str) -> int:
+        print(f"Failed to start server. Error: {error}", flush=True)  # main.cc, on stdout
+        return EXIT_STARTUP_FAILED
+
+    if args.port == 0:
+        return fail(
+            "INVALID_ARGUMENT: At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."
+        )
+    if not args.model_config_file:
+        return fail("INVALID_ARGUMENT: the stand-in needs --model_config_file (no --model_name/--model_base_path)")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # no handlers: a signal kills it, as it kills TF Serving
+    tfs = TFServingStandIn(
+        faithful=True,
+        grpc=True,
+        rest=args.rest_api_port != 0,
+        port=args.port,
+        rest_api_port=args.rest_api_port,
+        tensor_content_responses=args.enable_serialization_as_tensor_content,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_micros=args.load_retry_interval_micros,
+        load_seconds=args.load_seconds,
+        unload_seconds=args.unload_seconds,
+        memory_limit_bytes=args.memory_limit_bytes,
+        memory_factor=args.memory_factor,
+        process_mode=True,
+        log=log,
+    )
+    try:
+        tfs.start()
+    except Status as e:
+        tfs.stop()
+        return fail(f"{e.code}: {e.message}")
+    except OSError as e:  # the REST port is taken: TF Serving logs it and serves gRPC only; the stand-in stops
+        tfs.stop()
+        return fail(f"UNAVAILABLE: cannot listen on the REST port {args.rest_api_port}: {e}")
+    log(f"Running gRPC ModelServer at 127.0.0.1:{args.port} ...")
+    if args.rest_api_port:
+        log(f"Exporting HTTP/REST API at:localhost:{args.rest_api_port} ...")
+    threading.Event().wait()  # until a signal kills the process
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
