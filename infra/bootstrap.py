@@ -6,7 +6,8 @@ base64-encodes it into the launch template's ``user_data``. Everything a VM need
 
 On the VM: Docker runs TF Serving (``tfserving.service``) from local disk only; the modelfleet agent, installed into
 ``/opt/modelfleet/venv`` from this repo's wheel in the store, first syncs once (``modelfleet-sync.service``, ordered
-before TF Serving) and then keeps syncing and serves the health check (``modelfleet-agent.service``).
+before TF Serving) and then keeps syncing and serves the health check (``modelfleet-agent.service``). On AWS a
+fourth unit (``modelfleet-livez.service``) reports the agent's liveness to the auto scaling group (docs/aws.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -24,11 +25,16 @@ from model_export.constants import (
     AGENT_POLL_SECONDS,
     AGENT_PORT,
     AGENT_STORE_TIMEOUT_SECONDS,
+    DEFAULT_DRAIN_WAIT_SECONDS,
+    DEFAULT_MAX_DRAINING_PERCENT,
     DEFAULT_TFS_IMAGE,
+    DEFAULT_VERSION_SWITCH,
+    LIVE_PATH,
     LOCAL_TFS_URL,
     MODEL_CONFIG_NAME,
     MODEL_CONFIG_POLL_SECONDS,
     ROLES,
+    STABLE,
     TFS_GRPC_PORT,
     TFS_METRICS_PATH,
     TFS_REST_PORT,
@@ -36,6 +42,9 @@ from model_export.constants import (
 from model_export.errors import BadInput
 from model_export.manifest import check_model_names
 from model_export.store import parse_uri
+
+if TYPE_CHECKING:  # infra.components imports this module
+    from infra.components import HealthCheck
 
 STORE_SCHEME: Mapping[str, str] = {"gcp": "gs", "aws": "s3"}
 # AWS refuses user-data over 16 KB (raw, before base64); GCE metadata allows 256 KB.
@@ -53,11 +62,30 @@ AGENT_ENV_FILE = "/etc/modelfleet/agent.env"
 UNIT_DIR = "/etc/systemd/system"
 TFS_CONTAINER = "tfserving"
 TFS_UNIT, SYNC_UNIT, AGENT_UNIT = "tfserving.service", "modelfleet-sync.service", "modelfleet-agent.service"
+LIVEZ_UNIT = "modelfleet-livez.service"  # AWS only
+LIVEZ_REPORT = f"{AGENT_HOME}/livez_report.py"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+# A version that fails to load is retried this often, this far apart. TF Serving's defaults (5 retries, 60 s apart) hold
+# its one load/unload thread for 5 minutes per bad version, and every other load and unload on the VM waits, a rollback
+# included (../shared/notes/tf-serving.md). The files are local and verified before TF Serving sees them, so a retry
+# rarely helps: two, 5 s apart.
+TFS_MAX_LOAD_RETRIES = 2
+TFS_LOAD_RETRY_INTERVAL_SECONDS = 5
+# Liveness (LIVE_PATH) failures before a VM is replaced, and how often it is probed: GCP's autohealing check
+# (infra/gcp/fleet.py) and the AWS VM's own report (LIVEZ_UNIT) use the same numbers, a minute of failures.
+LIVENESS_INTERVAL_SECONDS = 10
+LIVENESS_FAILURES = 6
+# The AWS groups' launch lifecycle hook (infra/aws/fleet.py): a new VM goes in service once LIVEZ_UNIT has seen it live.
+READY_HOOK = "modelfleet-ready"
+MAX_FLEET_SIZE = 1000  # the replica keys' limit
+MAX_DRAIN_WAIT_SECONDS = 3600
 
 # TF Serving flags this module owns; extra_tfs_flags may not set them.
 MANAGED_TFS_FLAGS = frozenset(
     {
+        "max_num_load_retries",
+        "load_retry_interval_micros",
         "port",
         "rest_api_port",
         "model_config_file",
@@ -114,6 +142,11 @@ class BootstrapArgs:
     model_config_poll_seconds: int = MODEL_CONFIG_POLL_SECONDS  # --model_config_file_poll_wait_seconds
     agent_poll_seconds: int = AGENT_POLL_SECONDS  # modelfleet agent --poll
     agent_store_timeout_seconds: int = AGENT_STORE_TIMEOUT_SECONDS  # modelfleet agent --store-timeout
+    version_switch: str = DEFAULT_VERSION_SWITCH  # modelfleet agent --switch (stack key versionSwitch)
+    max_draining_percent: int = DEFAULT_MAX_DRAINING_PERCENT  # --max-draining-percent (maxDrainingPercent)
+    fleet_size: int = 1  # --fleet-size: the fleet's minimum replica count (the drain slots' base)
+    # --drain-wait-seconds: the stack's load balancer health checks' interval x unhealthy threshold (drain_wait_seconds)
+    drain_wait_seconds: int = DEFAULT_DRAIN_WAIT_SECONDS
     aws_region: str | None = None  # required on aws (the SDKs do not read it from instance metadata)
     extra_tfs_flags: tuple[str, ...] = ()  # e.g. ("--enable_serialization_as_tensor_content=true",)
 
@@ -136,6 +169,18 @@ class BootstrapArgs:
         validate("modelConfigPollSeconds", self.model_config_poll_seconds)
         validate("agentPollSeconds", self.agent_poll_seconds)
         validate("agentStoreTimeoutSeconds", self.agent_store_timeout_seconds)
+        validate("versionSwitch", self.version_switch)
+        validate("maxDrainingPercent", self.max_draining_percent)
+        if isinstance(self.fleet_size, bool) or not isinstance(self.fleet_size, int):
+            raise _field_error("fleet_size", self.fleet_size, "expected an integer")
+        if not 1 <= self.fleet_size <= MAX_FLEET_SIZE:
+            raise _field_error("fleet_size", self.fleet_size, f"must be between 1 and {MAX_FLEET_SIZE}")
+        if isinstance(self.drain_wait_seconds, bool) or not isinstance(self.drain_wait_seconds, int):
+            raise _field_error("drain_wait_seconds", self.drain_wait_seconds, "expected an integer")
+        if not 0 <= self.drain_wait_seconds <= MAX_DRAIN_WAIT_SECONDS:
+            raise _field_error(
+                "drain_wait_seconds", self.drain_wait_seconds, f"must be between 0 and {MAX_DRAIN_WAIT_SECONDS}"
+            )
         if self.cloud == "aws":
             if self.aws_region is None:
                 raise _field_error("aws_region", self.aws_region, "set the stack's region on aws, e.g. 'us-east-1'")
@@ -167,8 +212,23 @@ class BootstrapArgs:
         return self.batching if self.batching is not None and self.batching.enabled else None
 
 
-def fleet_bootstrap_args(cfg: StackConfig, role: str, store_uri: str, wheel: AgentWheel) -> BootstrapArgs:
-    """What a fleet of ``role`` in the stack ``cfg`` boots with (both clouds)."""
+def drain_wait_seconds(*checks: HealthCheck) -> int:
+    """How long a load balancer takes to stop sending to a VM that starts failing ``checks`` (the ones that route
+    traffic to it): the longest interval x unhealthy threshold. A draining agent waits this long after its 503."""
+    return max(hc.interval_seconds * hc.unhealthy_threshold for hc in checks)
+
+
+def fleet_bootstrap_args(
+    cfg: StackConfig,
+    role: str,
+    store_uri: str,
+    wheel: AgentWheel,
+    drain_wait_seconds: int = DEFAULT_DRAIN_WAIT_SECONDS,
+) -> BootstrapArgs:
+    """What a fleet of ``role`` in the stack ``cfg`` boots with (both clouds). ``drain_wait_seconds`` comes from the
+    stack's load balancer checks (``drain_wait_seconds(...)``); the fleet size for the drain slots is the role's
+    minimum replica count (never more than what runs: see ``modelfleet.agent.lease``)."""
+    size = cfg.stable if role == STABLE else cfg.canary
     return BootstrapArgs(
         cloud=cast(Cloud, cfg.cloud),  # load_config admits only gcp and aws
         aws_region=cfg.region if cfg.cloud == "aws" else None,
@@ -182,6 +242,10 @@ def fleet_bootstrap_args(cfg: StackConfig, role: str, store_uri: str, wheel: Age
         model_config_poll_seconds=cfg.model_config_poll_seconds,
         agent_poll_seconds=cfg.agent_poll_seconds,
         agent_store_timeout_seconds=cfg.agent_store_timeout_seconds,
+        version_switch=cfg.version_switch,
+        max_draining_percent=cfg.max_draining_percent,
+        fleet_size=max(1, size.min_replicas),
+        drain_wait_seconds=drain_wait_seconds,
     )
 
 
@@ -250,6 +314,8 @@ def tfs_flags(args: BootstrapArgs) -> list[str]:
         f"--model_config_file_poll_wait_seconds={args.model_config_poll_seconds}",
         f"--monitoring_config_file={MONITORING_CONFIG_PATH}",
         "--enable_grpc_healthcheck_service=true",
+        f"--max_num_load_retries={TFS_MAX_LOAD_RETRIES}",
+        f"--load_retry_interval_micros={TFS_LOAD_RETRY_INTERVAL_SECONDS * 1_000_000}",
     ]
     if args.enabled_batching is not None:
         flags += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_CONFIG_PATH}"]
@@ -284,6 +350,17 @@ def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
         ["--store-timeout", str(args.agent_store_timeout_seconds)],
         ["--tfs-url", LOCAL_TFS_URL],
         ["--listen", f"0.0.0.0:{AGENT_PORT}"],  # the load balancer health-checks the agent
+        ["--switch", args.version_switch, "--drain-wait-seconds", str(args.drain_wait_seconds)],
+        ["--fleet-size", str(args.fleet_size), "--max-draining-percent", str(args.max_draining_percent)],
+    ]
+
+
+def _livez_lines() -> list[list[str]]:
+    """The liveness report's command: URL, lifecycle hook, seconds between probes, failures before Unhealthy."""
+    return [
+        [f"{AGENT_HOME}/venv/bin/python", LIVEZ_REPORT],
+        [f"http://127.0.0.1:{AGENT_PORT}{LIVE_PATH}", READY_HOOK],
+        [str(LIVENESS_INTERVAL_SECONDS), str(LIVENESS_FAILURES)],
     ]
 
 
@@ -308,10 +385,13 @@ def _fill(name: str, **values: str) -> str:
 
 
 def units(args: BootstrapArgs) -> dict[str, str]:
-    """The three systemd units by file name."""
+    """The systemd units by file name: three, plus the liveness report on AWS."""
     agent_service = template("agent-service.conf")
     command = _exec_line(_agent_lines(args))
     gpu_check = "ExecStartPre=/usr/bin/nvidia-smi --list-gpus\n" if args.gpu else ""
+    aws: dict[str, str] = {}
+    if args.cloud == "aws":
+        aws[LIVEZ_UNIT] = _fill(LIVEZ_UNIT, agent_service=agent_service, report_command=_exec_line(_livez_lines()))
     return {
         TFS_UNIT: _fill(
             TFS_UNIT,
@@ -322,6 +402,7 @@ def units(args: BootstrapArgs) -> dict[str, str]:
         ),
         SYNC_UNIT: _fill(SYNC_UNIT, agent_service=agent_service, agent_command=command),
         AGENT_UNIT: _fill(AGENT_UNIT, agent_service=agent_service, agent_command=command),
+        **aws,
     }
 
 
@@ -356,7 +437,10 @@ def cloud_config(args: BootstrapArgs) -> dict[str, Any]:
     ]
     if args.enabled_batching is not None:
         files.append(_file(BATCHING_CONFIG_PATH, batching_config(args.enabled_batching)))
+    if args.cloud == "aws":
+        files.append(_file(LIVEZ_REPORT, template("livez_report.py"), "0755"))
     files += [_file(f"{UNIT_DIR}/{name}", text) for name, text in units(args).items()]
+    started = [TFS_UNIT, AGENT_UNIT] + ([LIVEZ_UNIT] if args.cloud == "aws" else [])
     # GPU images ship Docker (docker-ce) with the NVIDIA toolkit; Ubuntu's docker.io would conflict with it.
     packages = ["python3-venv"] if args.gpu else ["docker.io", "python3-venv"]
     return {
@@ -369,9 +453,9 @@ def cloud_config(args: BootstrapArgs) -> dict[str, Any]:
         "write_files": files,
         "runcmd": [
             ["systemctl", "daemon-reload"],
-            ["systemctl", "enable", SYNC_UNIT, TFS_UNIT, AGENT_UNIT],
+            ["systemctl", "enable", SYNC_UNIT, *started],
             # --no-block: cloud-init must not wait for the first sync (a large model can take minutes).
-            ["systemctl", "start", "--no-block", TFS_UNIT, AGENT_UNIT],
+            ["systemctl", "start", "--no-block", *started],
         ],
     }
 

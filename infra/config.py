@@ -18,9 +18,12 @@ from typing import Any, Literal, get_args
 from model_export.constants import (
     AGENT_POLL_SECONDS,
     AGENT_STORE_TIMEOUT_SECONDS,
+    DEFAULT_MAX_DRAINING_PERCENT,
+    DEFAULT_VERSION_SWITCH,
     MODEL_CONFIG_POLL_SECONDS,
     TFS_IMAGE_REPOSITORY,
     TFS_VERSION,
+    VERSION_SWITCHES,
 )
 from model_export.errors import BadInput
 from model_export.manifest import check_model_names
@@ -350,10 +353,28 @@ KEYS: tuple[Key, ...] = (
         check=_between(1, 3600),
     ),
     Key(
+        "versionSwitch",
+        "string",
+        DEFAULT_VERSION_SWITCH,
+        "How a VM moves a model to a new version: `overlap` (load it beside the old one; RAM briefly holds both), "
+        "`drain` (leave the load balancer, unload the old one, load the new one, come back), `auto` (drain only when "
+        "both would not fit in memory).",
+        check=_one_of(*VERSION_SWITCHES, valid=f"use one of: {', '.join(VERSION_SWITCHES)}"),
+    ),
+    Key(
+        "maxDrainingPercent",
+        "integer",
+        DEFAULT_MAX_DRAINING_PERCENT,
+        "Most VMs of a fleet that drain at once to switch versions, in percent of the fleet's minimum size (at least "
+        "one VM), coordinated through leases in the store.",
+        check=_between(1, 100),
+    ),
+    Key(
         "healthCheckInitialDelaySeconds",
         "integer",
         300,
-        "Grace before autohealing / ELB health checks count (image pull + model download + warmup).",
+        "How long a new VM may take to get ready (image pull + model download + warmup): the grace before liveness "
+        "failures replace it (GCP autohealing, the AWS VM's own report), and on AWS its launch hook's timeout.",
         check=_between(0, 3600),
     ),
     Key(
@@ -506,6 +527,8 @@ class StackConfig:
     agent_poll_seconds: int
     agent_store_timeout_seconds: int
     model_config_poll_seconds: int
+    version_switch: str
+    max_draining_percent: int
     health_check_initial_delay_seconds: int
     allowed_source_cidrs: tuple[str, ...]
     enable_https: bool
@@ -626,6 +649,8 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         agent_poll_seconds=v["agentPollSeconds"],
         agent_store_timeout_seconds=v["agentStoreTimeoutSeconds"],
         model_config_poll_seconds=v["modelConfigPollSeconds"],
+        version_switch=v["versionSwitch"],
+        max_draining_percent=v["maxDrainingPercent"],
         health_check_initial_delay_seconds=v["healthCheckInitialDelaySeconds"],
         allowed_source_cidrs=tuple(str(ipaddress.ip_network(c)) for c in v["allowedSourceCidrs"]),
         enable_https=v["enableHttps"],

@@ -7,7 +7,8 @@ TFS_GRPC_PORT = 8500
 TFS_REST_PORT = 8501
 # The modelfleet agent's HTTP port: load balancers health-check it.
 AGENT_PORT = 8080
-HEALTH_PATH = "/healthz"
+HEALTH_PATH = "/healthz"  # readiness: the load balancers route on it (503 while nothing is served, or draining)
+LIVE_PATH = "/livez"  # liveness: what replaces VMs acts on it (GCP autohealing, the AWS VM's own health report)
 METRICS_PATH = "/metrics"
 # TF Serving's Prometheus endpoint (served on the REST port when monitoring is enabled).
 TFS_METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -31,3 +32,14 @@ MODEL_CONFIG_POLL_SECONDS = 5
 # Seconds one store request may take in the agent, the SDK's retries included (``MODELFLEET_STORE_TIMEOUT``, 30 s by
 # default elsewhere): a black-holed store fails one poll within this, and the agent backs off and keeps serving.
 AGENT_STORE_TIMEOUT_SECONDS = 10
+
+# How a VM switches a model to a new version (``modelfleet agent --switch``, stack key ``versionSwitch``): ``overlap``
+# loads the new version beside the old one (TF Serving's own order: twice the memory for a moment), ``drain`` takes the
+# VM out of the load balancer, unloads the old version, then loads the new one, ``auto`` drains only when both would not
+# fit the memory budget. At most ``maxDrainingPercent`` of a fleet's VMs (at least one) drain at once.
+VERSION_SWITCHES = ("overlap", "drain", "auto")
+DEFAULT_VERSION_SWITCH = "auto"
+DEFAULT_MAX_DRAINING_PERCENT = 25
+# How long a load balancer takes to stop sending to a VM whose health check fails (its interval x unhealthy threshold):
+# what a draining agent waits after it answers 503. The stacks pass their own value; this is AWS's (10 s x 3).
+DEFAULT_DRAIN_WAIT_SECONDS = 30

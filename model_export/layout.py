@@ -6,6 +6,9 @@
     <model>/<N>/<file>                 the files of version N, immutable once committed (:func:`version_prefix`)
     <model>/_pending/<N>.json          reservation of N while a publish uploads (:func:`pending_key`)
     _agent/<sha256>/<wheel name>       the agent wheel fleet VMs install (:func:`agent_wheel_key`)
+    _fleet/<fleet>/drain/<slot>.json   a drain-slot lease of fleet <fleet> (``stable``, ``canary``): which VM may take
+                                       itself out of the load balancer to switch versions (:func:`drain_slot_key`,
+                                       ``modelfleet.agent.lease``); the only keys fleet VMs write
 
 Model names start alphanumeric (``manifest.MODEL_RE``), so a top-level prefix that starts with ``_`` never collides
 with a model. A prefix added later (for example the fleet status of issue 11) is defined here, below the others, as
@@ -19,6 +22,8 @@ MANIFEST_NAME = "manifest.json"
 PENDING_DIR = "_pending"  # inside a model's prefix: version reservations
 # Top-level prefixes that are not models (each starts with "_"). Add new ones here.
 AGENT_PREFIX = "_agent"  # agent wheels
+FLEET_PREFIX = "_fleet"  # per-fleet coordination objects the VMs themselves write (drain-slot leases)
+DRAIN_DIR = "drain"  # inside a fleet's prefix: one lease object per drain slot
 _RESERVATION_SUFFIX = ".json"
 
 
@@ -71,3 +76,28 @@ def agent_wheel_key(sha256: str, wheel_name: str, prefix: str = "") -> str:
     """``[<prefix>/]_agent/<sha256>/<wheel name>``: the file name stays a valid wheel name (pip needs it); the hash in
     the path makes every build its own object, so an upload never overwrites what running VMs were told to fetch."""
     return "/".join(part for part in (prefix, AGENT_PREFIX, sha256, wheel_name) if part)
+
+
+def fleet_prefix(fleet: str) -> str:
+    """Everything a fleet's VMs write lists under this prefix (``_fleet/<fleet>/``); the stacks grant the fleet
+    identities write access to ``_fleet/`` and nothing else."""
+    return f"{FLEET_PREFIX}/{fleet}/"
+
+
+def drain_prefix(fleet: str) -> str:
+    return f"{fleet_prefix(fleet)}{DRAIN_DIR}/"
+
+
+def drain_slot_key(fleet: str, slot: int) -> str:
+    """``_fleet/<fleet>/drain/<slot>.json``: the lease object of drain slot ``slot`` (0, 1, ...)."""
+    if slot < 0:
+        raise ValueError(f"a drain slot is 0 or more, got {slot}")
+    return f"{drain_prefix(fleet)}{slot}{_RESERVATION_SUFFIX}"
+
+
+def drain_slot_of(fleet: str, key: str) -> int | None:
+    """N when ``key`` is the lease ``_fleet/<fleet>/drain/<N>.json``, else ``None``."""
+    name = key.removeprefix(drain_prefix(fleet))
+    if not key.startswith(drain_prefix(fleet)) or not name.endswith(_RESERVATION_SUFFIX):
+        return None
+    return version_number(name.removesuffix(_RESERVATION_SUFFIX))

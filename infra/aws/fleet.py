@@ -4,10 +4,15 @@
   no public IP, encrypted gp3 root volume, the fleet's instance profile, its cloud-config (``user_data``, base64).
   `update_default_version` so the template's default is always what the group runs.
 - Auto scaling group: private subnets, the template's `latest_version` (a number, so a new version triggers the
-  instance refresh; `$Latest` would not), ELB health with the configured grace, a rolling refresh that launches
-  before it terminates (min 100 % / max 200 % healthy), so VMs that never get healthy never displace healthy ones.
+  instance refresh; `$Latest` would not), EC2 health with the configured grace, a rolling refresh that launches
+  before it terminates (min 100 % / max 200 % healthy).
   `desired_capacity` is left to the scaling policy (Pulumi would reset it on every update), except 0 for a fleet
   that does not run (``FleetCapacity.running`` false: min = max = desired = 0).
+- Liveness, not readiness, replaces VMs: the load balancer's check (readiness, 503 while a VM drains to switch
+  versions) only routes traffic. The VM reports itself Unhealthy (``SetInstanceHealth``) when the agent's liveness
+  fails for a minute (``infra.bootstrap.LIVEZ_UNIT``), and a launch lifecycle hook (``READY_HOOK``) keeps each new VM
+  out of service until it has been live (ready) once, so refreshes, scale-outs and replacements still wait for ready
+  VMs and VMs that never get ready never displace ready ones (docs/aws.md "Health: readiness and liveness").
 - Target tracking on CPU or on requests per VM (per minute, as ALB publishes it).
 """
 
@@ -22,6 +27,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import naming
+from infra.bootstrap import READY_HOOK
 from infra.components import AutoscalingTarget, FleetCapacity
 from model_export.constants import ROLES
 
@@ -37,6 +43,15 @@ GROUP_METRICS = (
     _M.GROUP_TERMINATING_INSTANCES,
     _M.GROUP_TOTAL_INSTANCES,
 )
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+HOOK_TIMEOUT_RANGE = (30, 7200)  # what AWS accepts for a lifecycle hook's heartbeat timeout
+
+
+def ready_hook_timeout(health_check_initial_delay_seconds: int) -> int:
+    """How long a new VM may take to get ready before the group abandons it: the stack's boot grace, within AWS's
+    range for a lifecycle hook."""
+    lo, hi = HOOK_TIMEOUT_RANGE
+    return min(max(health_check_initial_delay_seconds, lo), hi)
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ def _target_tracking(
 
 class ServingFleet(pulumi.ComponentResource):
     group_name: pulumi.Output[str]
+    group_arn: pulumi.Output[str]
     launch_template_id: pulumi.Output[str]
     launch_template_version: pulumi.Output[int]
 
@@ -150,13 +166,16 @@ class ServingFleet(pulumi.ComponentResource):
         role_tags = {**args.tags, naming.ROLE_LABEL: args.role}
         template = self._launch_template(name, args, role_tags)
         group = self._group(name, args, role_tags, template)
+        self._ready_hook(name, args, group)
         self._scaling_policy(name, args, group)
 
         self.group_name = group.name
+        self.group_arn = group.arn
         self.launch_template_id = template.id
         self.launch_template_version = template.latest_version
         outputs: dict[str, Any] = {
             "group_name": self.group_name,
+            "group_arn": self.group_arn,
             "launch_template_id": self.launch_template_id,
             "launch_template_version": self.launch_template_version,
         }
@@ -225,7 +244,9 @@ class ServingFleet(pulumi.ComponentResource):
                 id=template.id, version=template.latest_version.apply(str)
             ),
             target_group_arns=args.target_group_arns,
-            health_check_type="ELB",
+            # Not ELB: the target groups' check is readiness, failing on purpose while a VM drains; liveness is
+            # reported by the VM itself (SetInstanceHealth), and readiness at launch gates through the lifecycle hook.
+            health_check_type="EC2",
             health_check_grace_period=grace,
             default_instance_warmup=grace,
             instance_maintenance_policy=aws.autoscaling.GroupInstanceMaintenancePolicyArgs(
@@ -251,6 +272,22 @@ class ServingFleet(pulumi.ComponentResource):
                 for key, value in sorted({**role_tags, "Name": f"{name}-vm"}.items())
             ],
             opts=child,
+        )
+
+    def _ready_hook(
+        self, name: str, args: ServingFleetArgs, group: aws.autoscaling.Group
+    ) -> aws.autoscaling.LifecycleHook:
+        # A new VM stays Pending:Wait (out of service, not in the target groups) until its liveness report has seen
+        # it live, i.e. ready once; past the timeout it is abandoned (terminated) and the group launches another.
+        # Created after the group: the instances of the group's very first launch do not wait (nothing to protect).
+        return aws.autoscaling.LifecycleHook(
+            f"{name}-ready",
+            name=READY_HOOK,
+            autoscaling_group_name=group.name,
+            lifecycle_transition=LAUNCHING,
+            heartbeat_timeout=ready_hook_timeout(args.health_check_initial_delay_seconds),
+            default_result="ABANDON",
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
     def _scaling_policy(

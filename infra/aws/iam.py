@@ -1,19 +1,22 @@
-"""Who may touch the model store: the fleet's instance role (read only) and the publisher policy (write).
+"""Who may touch the model store: the fleet's instance role (read, plus its drain-slot leases) and the publisher
+policy (write); and what the fleet's VMs may tell their auto scaling groups (their own health).
 
-The policy documents are plain functions of plain strings, so tests can read them without Pulumi. Both are scoped
-to the store prefix; neither grants ``s3:DeleteObjectVersion`` (history ends only through the lifecycle rule).
-See docs/aws.md ("Store access").
+The policy documents are plain functions of plain strings, so tests can read them without Pulumi. The store's are
+scoped to the store prefix (the fleet's writes to ``<prefix>/_fleet/`` only); none grants ``s3:DeleteObjectVersion``
+(history ends only through the lifecycle rule). See docs/aws.md ("Store access", "Health: readiness and liveness").
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+
+from model_export.layout import FLEET_PREFIX
 
 TYPE = "modelfleet:aws:StoreAccess"
 SESSION_MANAGER_POLICY = "AmazonSSMManagedInstanceCore"
@@ -72,6 +75,41 @@ def fleet_read_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: st
     if kms_key_arn:
         statements.append(_kms(kms_key_arn, region, ["kms:Decrypt"]))
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def fleet_lease_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: str | None = None) -> dict[str, Any]:
+    """The fleet may create and overwrite its drain-slot leases (``<prefix>/_fleet/*``; conditional puts need nothing
+    more than ``s3:PutObject``), nothing else: releases overwrite, so no delete."""
+    where = f"{prefix}/{FLEET_PREFIX}" if prefix else FLEET_PREFIX
+    statements: list[dict[str, Any]] = [
+        {"Sid": "WriteFleetLeases", "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/{where}/*"}
+    ]
+    if kms_key_arn:
+        statements.append(_kms(kms_key_arn, region, ["kms:GenerateDataKey"]))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def fleet_health_policy(group_arns: Sequence[str]) -> dict[str, Any]:
+    """A fleet VM reports its own liveness to its group (``SetInstanceHealth``) and completes the group's launch
+    lifecycle hook (``CompleteLifecycleAction``): on the stack's groups only. ``DescribeAutoScalingInstances`` (which
+    group is mine?) supports no resource-level permission, hence ``*``; it only reads."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReportHealthToOwnGroups",
+                "Effect": "Allow",
+                "Action": ["autoscaling:SetInstanceHealth", "autoscaling:CompleteLifecycleAction"],
+                "Resource": sorted(group_arns),
+            },
+            {
+                "Sid": "FindOwnGroup",
+                "Effect": "Allow",
+                "Action": "autoscaling:DescribeAutoScalingInstances",
+                "Resource": "*",
+            },
+        ],
+    }
 
 
 def publisher_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: str | None = None) -> dict[str, Any]:
@@ -135,6 +173,7 @@ class StoreAccess(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: StoreAccessArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
+        self._name = name
         child = pulumi.ResourceOptions(parent=self)
         bucket_arn = pulumi.Output.from_input(args.bucket_arn)
         prefix, region, key = args.prefix, args.region, args.kms_key_arn
@@ -151,6 +190,12 @@ class StoreAccess(pulumi.ComponentResource):
             f"{name}-fleet-read-store",
             role=fleet_role.name,
             policy=bucket_arn.apply(lambda arn: json.dumps(fleet_read_policy(arn, prefix, region, key))),
+            opts=child,
+        )
+        write_leases = aws.iam.RolePolicy(
+            f"{name}-fleet-write-leases",
+            role=fleet_role.name,
+            policy=bucket_arn.apply(lambda arn: json.dumps(fleet_lease_policy(arn, prefix, region, key))),
             opts=child,
         )
         if args.session_manager:
@@ -196,8 +241,10 @@ class StoreAccess(pulumi.ComponentResource):
 
         self.fleet_role_arn = fleet_role.arn
         self.fleet_role_name = fleet_role.name
-        # Carries the read policy as a dependency: no VM launches with a profile that cannot read the store yet.
-        self.instance_profile_arn = pulumi.Output.all(profile.arn, read_store.id).apply(lambda v: str(v[0]))
+        # Carries the store policies as dependencies: no VM launches with a profile that cannot read the store yet.
+        self.instance_profile_arn = pulumi.Output.all(profile.arn, read_store.id, write_leases.id).apply(
+            lambda v: str(v[0])
+        )
         self.publisher_policy_arn = publisher.arn
         outputs: dict[str, Any] = {
             "fleet_role_arn": self.fleet_role_arn,
@@ -208,3 +255,12 @@ class StoreAccess(pulumi.ComponentResource):
         if self.publisher_role_arn is not None:
             outputs["publisher_role_arn"] = self.publisher_role_arn
         self.register_outputs(outputs)
+
+    def allow_health_reports(self, group_arns: Sequence[pulumi.Input[str]]) -> aws.iam.RolePolicy:
+        """Let the fleet's VMs report their liveness to these groups (created once the groups exist: their ARNs)."""
+        return aws.iam.RolePolicy(
+            f"{self._name}-fleet-report-health",
+            role=self.fleet_role_name,
+            policy=pulumi.Output.all(*group_arns).apply(lambda arns: json.dumps(fleet_health_policy(arns))),
+            opts=pulumi.ResourceOptions(parent=self),
+        )

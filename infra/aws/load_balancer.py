@@ -23,6 +23,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import config, naming
+from infra.bootstrap import drain_wait_seconds
 from infra.components import HealthCheck, traffic_weights
 from model_export.constants import AGENT_PORT, HEALTH_PATH, ROLES, TFS_GRPC_PORT, TFS_REST_PORT
 
@@ -143,6 +144,9 @@ class LoadBalancer(pulumi.ComponentResource):
         self.grpc_endpoint = alb.dns_name.apply(lambda dns: f"{dns}:{HTTPS_PORT}") if grpc else None
         self.security_group_id = alb_sg.id
         self.instance_security_group_id = instance_sg.id
+        # How long a draining VM waits for the ALB to stop sending: the REST groups' check sees the agent's 503. The
+        # gRPC groups' check asks TF Serving's gRPC health service, which a drain does not change (docs/aws.md).
+        self.drain_wait_seconds = drain_wait_seconds(args.health_check)
         self.targets = {
             role: FleetTargets(
                 [rest[role].arn, *([grpc[role].arn] if grpc else [])],

@@ -20,8 +20,8 @@ from infra.aws.iam import StoreAccess, StoreAccessArgs
 from infra.aws.load_balancer import LoadBalancer, LoadBalancerArgs
 from infra.aws.network import ExistingNetwork, Network, NetworkArgs
 from infra.aws.store import ModelStore, ModelStoreArgs, bucket_prefix_for
-from infra.bootstrap import AgentWheel
-from infra.components import autoscaling_target, fleet_capacity, fleet_user_data
+from infra.bootstrap import AgentWheel, fleet_bootstrap_args, render_user_data
+from infra.components import autoscaling_target, fleet_capacity
 from infra.config import DEFAULT_DISK_GB, PROJECT, StackConfig
 from model_export.constants import ROLES
 
@@ -55,9 +55,10 @@ def _named(opts: pulumi.ResourceOptions | None, part: str) -> pulumi.ResourceOpt
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=[pulumi.Alias(name=LEGACY_NAMES[part])]))
 
 
-def _user_data(cfg: StackConfig, role: str, wheel_sha256: str, resolved: list[Any]) -> str:
+def _user_data(cfg: StackConfig, role: str, wheel_sha256: str, drain_wait: int, resolved: list[Any]) -> str:
     store_uri, wheel_uri = resolved
-    return fleet_user_data(cfg, role, str(store_uri), AgentWheel(str(wheel_uri), wheel_sha256))
+    wheel = AgentWheel(str(wheel_uri), wheel_sha256)
+    return render_user_data(fleet_bootstrap_args(cfg, role, str(store_uri), wheel, drain_wait))
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     for role in ROLES:
         targets = lb.targets[role]
         user_data = pulumi.Output.all(store.store_uri, wheel_uri).apply(
-            functools.partial(_user_data, cfg, role, wheel.sha256)
+            functools.partial(_user_data, cfg, role, wheel.sha256, lb.drain_wait_seconds)
         )
         fleets[role] = ServingFleet(
             naming.component_name(cfg.stack, role),
@@ -106,6 +107,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             ),
             _named(opts, role),
         )
+    access.allow_health_reports([fleet.group_arn for fleet in fleets.values()])
     return _outputs(cfg, store, access, network, lb, fleets)
 
 

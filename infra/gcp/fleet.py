@@ -4,8 +4,11 @@
   agent wheel hash) makes a new template (``name_prefix``: created before the old one is deleted), and the MIG's
   PROACTIVE update policy rolls the fleet onto it: ``max_surge`` 3 (a regional MIG needs 0 or at least its number
   of zones), ``max_unavailable`` 0, so serving capacity never drops during a roll.
-- Autohealing probes the agent's health endpoint, which is 200 only when TF Serving has the fleet's version
-  AVAILABLE, after ``health_check_initial_delay_seconds`` (image pull + model download + warmup).
+- Autohealing probes the agent's liveness endpoint (``LIVE_PATH``), not its readiness (``HEALTH_PATH``, the load
+  balancer's): a VM that drains to switch versions answers 503 on readiness and must not be recreated for it.
+  Liveness is 503 until the VM is ready the first time (so a roll waits for ready VMs, as before), then only when the
+  agent loop or TF Serving is dead; counted after ``health_check_initial_delay_seconds`` (image pull + model download
+  + warmup).
 - The autoscaler owns the group's size (the MIG sets no ``target_size``). A fleet that does not run
   (``FleetCapacity.running`` false: the canary while it gets no traffic) has min = max = 0: GCP accepts that.
 - With ``target_pool`` the group also keeps its VMs in a target pool (health-checked on the agent's endpoint), the
@@ -23,23 +26,31 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra import naming
+from infra.bootstrap import LIVENESS_FAILURES, LIVENESS_INTERVAL_SECONDS
 from infra.components import AutoscalingTarget, FleetCapacity, HealthCheck
 from infra.config import DEFAULT_DISK_GB
 from infra.gcp.health import agent_health_check
-from model_export.constants import AGENT_PORT, HEALTH_PATH, TFS_GRPC_PORT, TFS_REST_PORT
+from model_export.constants import AGENT_PORT, HEALTH_PATH, LIVE_PATH, TFS_GRPC_PORT, TFS_REST_PORT
 
 UBUNTU_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
 # Ubuntu 24.04 with the NVIDIA driver (Google's Deep Learning VM base image); see docs/gcp.md "GPU".
 GPU_IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2404-nvidia-580"
-# Reading GCS is all a serving VM does with Google APIs; IAM narrows it further to one bucket (docs/gcp.md).
-SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
+# GCS is all a serving VM calls: it reads the bucket and writes its fleet's drain-slot leases. IAM narrows that to
+# reading one bucket and writing under its `_fleet/` prefix (store.py; docs/gcp.md "Identities and scopes").
+SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 REST_PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"
 MAX_SURGE = 3  # regional MIGs: 0 or at least the number of zones the group spans (3 by default)
 # By gpu: the boot disk when `diskSizeGb` is 0 (infra.config, where the rule is; docs/agent.md "Disk size").
 ROOT_VOLUME_GIB = {gpu: DEFAULT_DISK_GB["gcp", gpu] for gpu in (False, True)}
-# Autohealing is more patient than the load balancer: a VM is recreated only after a minute of failures.
-AUTOHEALING_CHECK = HealthCheck(interval_seconds=10, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=6)
+# Autohealing (on liveness) is more patient than the load balancer: a VM is recreated only after a minute of failures,
+# the same numbers the AWS VMs report themselves with (infra.bootstrap).
+AUTOHEALING_CHECK = HealthCheck(
+    interval_seconds=LIVENESS_INTERVAL_SECONDS,
+    timeout_seconds=5,
+    healthy_threshold=2,
+    unhealthy_threshold=LIVENESS_FAILURES,
+)
 POOL_CHECK = HealthCheck(interval_seconds=5, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=2)
 # "requests": the load balancer backend's max_rate_per_instance is the target requests per second, so a utilisation
 # target of 1.0 keeps each VM at that rate.
@@ -107,12 +118,13 @@ class ServingFleet(pulumi.ComponentResource):
         )
 
     def _autohealing_check(self, name: str, args: ServingFleetArgs) -> gcp.compute.HealthCheck:
-        # Its own, more patient check than the load balancer's, which stops sending traffic after ten seconds.
+        # Its own check, on liveness and more patient than the load balancer's (readiness: out after ten seconds).
         return agent_health_check(
             f"{name}-autoheal",
-            f"modelfleet {args.role} autohealing: the agent's {HEALTH_PATH}",
+            f"modelfleet {args.role} autohealing: the agent's {LIVE_PATH} (liveness; draining is not a failure)",
             args.autohealing,
             pulumi.ResourceOptions(parent=self),
+            path=LIVE_PATH,
         )
 
     def _template(self, name: str, args: ServingFleetArgs) -> gcp.compute.InstanceTemplate:

@@ -53,7 +53,7 @@ class ServiceAccounts(pulumi.ComponentResource):
             project=args.project,
             account_id=account_id(args.id_prefix, "fleet"),
             display_name=f"modelfleet {args.stack} serving VMs",
-            description="TF Serving fleet VMs: read-only access to the model bucket, nothing else.",
+            description="TF Serving fleet VMs: read the model bucket, write drain leases under _fleet/, nothing else.",
             opts=child,
         )
         self.publisher = gcp.serviceaccount.Account(

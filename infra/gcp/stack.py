@@ -13,12 +13,12 @@ import pulumi_gcp as gcp
 
 from infra import agent_package, naming
 from infra.agent_package import AgentWheelFile, agent_wheel_uri
-from infra.bootstrap import AgentWheel
-from infra.components import autoscaling_target, fleet_capacity, fleet_user_data, store_uri
+from infra.bootstrap import AgentWheel, drain_wait_seconds, fleet_bootstrap_args, render_user_data
+from infra.components import autoscaling_target, fleet_capacity, store_uri
 from infra.config import PROJECT, ConfigError, StackConfig
-from infra.gcp.fleet import ServingFleet, ServingFleetArgs
+from infra.gcp.fleet import POOL_CHECK, ServingFleet, ServingFleetArgs
 from infra.gcp.iam import ServiceAccounts, ServiceAccountsArgs
-from infra.gcp.load_balancer import GrpcArgs, LoadBalancer, LoadBalancerArgs
+from infra.gcp.load_balancer import SERVING_CHECK, GrpcArgs, LoadBalancer, LoadBalancerArgs
 from infra.gcp.network import Network, NetworkArgs
 from infra.gcp.store import ModelStore, ModelStoreArgs
 from model_export.constants import CANARY, ROLES, STABLE
@@ -75,8 +75,12 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     store = _store(cfg, bucket, accounts, wheel, opts)
     network = _network(cfg, opts)
 
+    # A draining VM waits until every load balancer that routes to it has seen its 503: the ALB's check, and with gRPC
+    # the target pool's.
+    drain_wait = drain_wait_seconds(SERVING_CHECK, *([POOL_CHECK] if cfg.enable_grpc else []))
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
+        boot = fleet_bootstrap_args(cfg, role, uri, AgentWheel(wheel_uri, wheel.sha256), drain_wait)
         fleets[role] = ServingFleet(
             naming.component_name(cfg.stack, role),
             ServingFleetArgs(
@@ -85,7 +89,7 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 machine_type=cfg.machine_type,
                 service_account_email=accounts.fleet_email,
                 subnetwork=network.subnetwork,
-                user_data=fleet_user_data(cfg, role, uri, AgentWheel(wheel_uri, wheel.sha256)),
+                user_data=render_user_data(boot),
                 capacity=fleet_capacity(cfg, role),
                 autoscaling=autoscaling_target(cfg),
                 health_check_initial_delay_seconds=cfg.health_check_initial_delay_seconds,
@@ -116,6 +120,7 @@ def _store(
             deletion_protection=cfg.deletion_protection,
             reader_members=[accounts.fleet_member],
             publisher_members=[accounts.publisher_member],
+            lease_writer_members=[accounts.fleet_member],
             agent_wheel=wheel,
             store_prefix=cfg.store_prefix,
         ),
@@ -158,6 +163,7 @@ def _load_balancer(
             https_domains=cfg.https_domains if cfg.enable_https else (),
             grpc=GrpcArgs(region=cfg.region, target_pool=pool) if pool is not None else None,
             deletion_protection=cfg.deletion_protection,
+            health_check=SERVING_CHECK,  # what the fleets' drain wait was computed from
         ),
         opts,
     )

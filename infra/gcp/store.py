@@ -7,6 +7,9 @@ Roles are granted on the bucket only (never on the project):
   writes new files, replaces ``manifest.json`` under a generation precondition (a replace needs
   ``storage.objects.delete``), prune deletes). ``Store.check()`` probes the bucket with a one-object listing, so
   no bucket-level permission (``storage.buckets.get``) is needed by either.
+- lease writers (the fleets' service account again): ``roles/storage.objectUser`` under an IAM condition on the
+  object name, ``<store prefix>/_fleet/`` only (``model_export.layout.FLEET_PREFIX``): the drain-slot leases the VMs
+  create and overwrite under generation preconditions (``modelfleet.agent.lease``). Nothing else is writable to them.
 """
 
 from __future__ import annotations
@@ -18,9 +21,21 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.agent_package import AgentWheelFile
+from model_export.layout import FLEET_PREFIX
 
 READER_ROLES = ("roles/storage.objectViewer",)
 PUBLISHER_ROLES = ("roles/storage.objectUser",)
+LEASE_WRITER_ROLE = "roles/storage.objectUser"  # create + overwrite (a replace needs objects.delete), in _fleet/ only
+
+
+def fleet_objects_prefix(store_prefix: str) -> str:
+    """Where the fleets' VMs may write: ``<store prefix>/_fleet/`` (or ``_fleet/`` at the bucket's root)."""
+    return "/".join(part for part in (store_prefix, FLEET_PREFIX) if part) + "/"
+
+
+def lease_condition(bucket_name: str, store_prefix: str) -> str:
+    """The IAM condition (CEL) that limits a grant to the objects under ``fleet_objects_prefix``."""
+    return f'resource.name.startsWith("projects/_/buckets/{bucket_name}/objects/{fleet_objects_prefix(store_prefix)}")'
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,9 @@ class ModelStoreArgs:
     deletion_protection: bool = False
     reader_members: Sequence[pulumi.Input[str]] = ()  # "serviceAccount:..." members that may only read
     publisher_members: Sequence[pulumi.Input[str]] = ()  # members that publish, label and prune
+    lease_writer_members: Sequence[
+        pulumi.Input[str]
+    ] = ()  # members that write under <prefix>/_fleet/ only (the fleets)
     agent_wheel: AgentWheelFile | None = None
     store_prefix: str = ""  # the wheel goes to <store_prefix>/_agent/<sha256>/<wheel name>
 
@@ -83,6 +101,22 @@ class ModelStore(pulumi.ComponentResource):
                             opts=child,
                         )
                     )
+
+        for i, member in enumerate(args.lease_writer_members):
+            self.grants.append(
+                gcp.storage.BucketIAMMember(
+                    f"{name}-lease-writer{i}",
+                    bucket=self.bucket.name,
+                    role=LEASE_WRITER_ROLE,
+                    member=member,
+                    condition=gcp.storage.BucketIAMMemberConditionArgs(
+                        title="modelfleet fleet leases only",
+                        description="Drain-slot leases of the serving fleets (modelfleet.agent.lease)",
+                        expression=lease_condition(args.bucket_name, args.store_prefix),
+                    ),
+                    opts=child,
+                )
+            )
 
         self.agent_wheel_object = None
         if args.agent_wheel is not None:

@@ -13,11 +13,22 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-from model_export.constants import AGENT_POLL_SECONDS, AGENT_PORT, AGENT_STORE_TIMEOUT_SECONDS, LOCAL_TFS_URL, ROLES
+from model_export.constants import (
+    AGENT_POLL_SECONDS,
+    AGENT_PORT,
+    AGENT_STORE_TIMEOUT_SECONDS,
+    DEFAULT_DRAIN_WAIT_SECONDS,
+    DEFAULT_MAX_DRAINING_PERCENT,
+    DEFAULT_VERSION_SWITCH,
+    LOCAL_TFS_URL,
+    ROLES,
+    VERSION_SWITCHES,
+)
 from model_export.errors import BadInput
 from model_export.store.base import REQUEST_BUDGET_ENV, request_budget
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.main import DEFAULT_KEEP_LOCAL, DEFAULT_LISTEN
+from modelfleet.agent.switch_options import MAX_DRAIN_WAIT_SECONDS, SwitchOptions
 from modelfleet.cli.common import command, int_at_least, positive_seconds
 
 
@@ -70,6 +81,36 @@ def store_budget(seconds: float) -> Iterator[None]:
             os.environ[REQUEST_BUDGET_ENV] = before
 
 
+def percent(text: str) -> int:
+    """An argparse ``type`` for ``--max-draining-percent``: an integer from 1 to 100."""
+    value = int_at_least(1)(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 1 to 100")
+    return value
+
+
+def drain_wait(text: str) -> float:
+    """An argparse ``type`` for ``--drain-wait-seconds``: seconds from 0 to ``MAX_DRAIN_WAIT_SECONDS``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= MAX_DRAIN_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to {MAX_DRAIN_WAIT_SECONDS:g} seconds")
+    return value
+
+
+def switch_options(args: argparse.Namespace) -> SwitchOptions:
+    """The version-switch flags as one validated ``SwitchOptions`` (``BadInput`` names the flag)."""
+    return SwitchOptions(
+        mode=args.switch,
+        memory_budget_bytes=args.memory_budget_bytes,
+        drain_wait_seconds=args.drain_wait_seconds,
+        fleet_size=args.fleet_size,
+        max_draining_percent=args.max_draining_percent,
+    )
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     """Follow the manifests of some models and keep the local TF Serving serving this fleet's version.
 
@@ -98,7 +139,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if options.serving_root is not None and not options.serving_root.is_absolute():
         raise BadInput(f"--serving-root {str(options.serving_root)!r} must be an absolute path")
     budget = store_timeout(args.store_timeout)
+    switch = switch_options(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("modelfleet.agent").info("%s", switch.describe())
     with store_budget(budget), Agent(options) as agent:
         if args.once:
             return 0 if agent.run_once() else 1
@@ -146,6 +189,41 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help=f"longest a store request may take, retries included (default: ${REQUEST_BUDGET_ENV}, else "
         f"{AGENT_STORE_TIMEOUT_SECONDS})",
+    )
+    p.add_argument(
+        "--switch",
+        choices=VERSION_SWITCHES,
+        default=DEFAULT_VERSION_SWITCH,
+        help="how a model moves to a new version: overlap (load beside the old one), drain (leave the load balancer, "
+        "unload, load), auto (drain only when both would not fit --memory-budget-bytes); default: %(default)s",
+    )
+    p.add_argument(
+        "--memory-budget-bytes",
+        type=int_at_least(1),
+        metavar="N",
+        help="--switch auto: the memory both versions together may take (default: the agent's own)",
+    )
+    p.add_argument(
+        "--drain-wait-seconds",
+        type=drain_wait,
+        default=float(DEFAULT_DRAIN_WAIT_SECONDS),
+        metavar="SECONDS",
+        help="how long the load balancer needs to stop sending once health says 503 (its check's interval x unhealthy "
+        "threshold); default: %(default)g",
+    )
+    p.add_argument(
+        "--fleet-size",
+        type=int_at_least(1),
+        default=1,
+        metavar="N",
+        help="VMs in this fleet (the stack passes its minimum) for the drain slots; default: %(default)s",
+    )
+    p.add_argument(
+        "--max-draining-percent",
+        type=percent,
+        default=DEFAULT_MAX_DRAINING_PERCENT,
+        metavar="P",
+        help="at most P %% of the fleet (at least one VM) drain at once; default: %(default)s",
     )
     p.add_argument(
         "--serving-root",

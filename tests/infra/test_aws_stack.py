@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import infra.aws.stack as aws_stack
-from infra import agent_package, naming
+from infra import agent_package, bootstrap, naming
 from infra.agent_package import AgentWheelFile
 from infra.config import StackConfig, load_config, read_stack_file
 from infra.offline import Plan, PlannedResource, evaluate
@@ -34,6 +34,8 @@ T_SG = "aws:ec2/securityGroup:SecurityGroup"
 T_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 T_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 T_POLICY = "aws:autoscaling/policy:Policy"
+T_HOOK = "aws:autoscaling/lifecycleHook:LifecycleHook"
+T_ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 PROVIDER = "pulumi:providers:aws"
 
 
@@ -120,10 +122,15 @@ def test_agent_wheel_is_uploaded_content_addressed_under_the_prefix(planned: tup
 # --- who may touch the store ------------------------------------------------------------------------------------
 
 
+def role_policy(plan: Plan, suffix: str) -> PlannedResource:
+    """The fleet role's inline policy named ``<iam component>-fleet-<suffix>``."""
+    return one(plan, T_ROLE_POLICY, f"{naming.component_name(plan.stack, naming.IAM)}-fleet-{suffix}")
+
+
 def test_fleet_role_may_only_list_the_prefix_and_read_objects_under_it(planned: tuple[StackConfig, Plan]) -> None:
     cfg, plan = planned
     bucket_arn = f"arn:aws:s3:::{plan.outputs['bucketName']}"
-    policy = one(plan, "aws:iam/rolePolicy:RolePolicy")
+    policy = role_policy(plan, "read-store")
     role = one(plan, "aws:iam/role:Role", policy.name.removesuffix("-read-store"))
     assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
 
@@ -140,6 +147,28 @@ def test_fleet_role_may_only_list_the_prefix_and_read_objects_under_it(planned: 
     assert lst["Resource"] == bucket_arn
     assert lst["Condition"] == {"StringLike": {"s3:prefix": [f"{cfg.store_prefix}/*"]}}
     assert plan.outputs["fleetIdentity"].startswith("arn:aws:iam::")
+    role_policies = {r.name.rsplit("-fleet-", 1)[1] for r in plan.of_type(T_ROLE_POLICY)}
+    assert role_policies == {"read-store", "write-leases", "report-health"}  # all on the one fleet role
+    assert {r.inputs["role"] for r in plan.of_type(T_ROLE_POLICY)} == {role.state["name"]}
+
+
+def test_fleet_role_writes_only_its_drain_leases(planned: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = planned
+    bucket_arn = f"arn:aws:s3:::{plan.outputs['bucketName']}"
+    [put] = statements(role_policy(plan, "write-leases").inputs["policy"])
+    assert put["Effect"] == "Allow" and put["Action"] == "s3:PutObject"  # conditional puts need no more; no delete
+    assert put["Resource"] == f"{bucket_arn}/{cfg.store_prefix}/_fleet/*"
+
+
+def test_fleet_vms_may_report_health_to_the_stacks_groups_only(planned: tuple[StackConfig, Plan]) -> None:
+    _, plan = planned
+    report, find = statements(role_policy(plan, "report-health").inputs["policy"])
+    assert report["Action"] == ["autoscaling:SetInstanceHealth", "autoscaling:CompleteLifecycleAction"]
+    arns = sorted(g.state["arn"] for g in by_role(plan, T_ASG).values())
+    assert report["Resource"] == arns and len(arns) == len(ROLES)
+    assert all(":autoScalingGroup:" in arn for arn in arns)
+    # The one read that supports no resource-level permission: which group is this instance in?
+    assert (find["Action"], find["Resource"]) == ("autoscaling:DescribeAutoScalingInstances", "*")
 
 
 def test_publisher_policy_writes_only_under_the_prefix_and_cannot_erase_history(
@@ -222,7 +251,7 @@ def test_user_data_passes_cloud_init_schema_and_carries_the_role(
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_groups_run_the_templates_latest_version_with_elb_health_and_refresh(
+def test_groups_run_the_templates_latest_version_with_ec2_health_and_refresh(
     planned: tuple[StackConfig, Plan],
 ) -> None:
     cfg, plan = planned
@@ -232,7 +261,8 @@ def test_groups_run_the_templates_latest_version_with_elb_health_and_refresh(
         lt = i["launchTemplate"]
         assert lt["version"] == "1"  # the mock's latestVersion; never $Latest / $Default
         assert lt["id"].rsplit("-", 1)[0] == templates[role].name
-        assert i["healthCheckType"] == "ELB"
+        # Not ELB: the target groups' check is readiness, 503 on purpose while a VM drains (docs/aws.md).
+        assert i["healthCheckType"] == "EC2"
         assert i["healthCheckGracePeriod"] == cfg.health_check_initial_delay_seconds
         refresh = i["instanceRefresh"]
         assert refresh["strategy"] == "Rolling"
@@ -246,6 +276,34 @@ def test_groups_run_the_templates_latest_version_with_elb_health_and_refresh(
             assert "desiredCapacity" not in i
         else:
             assert (i["minSize"], i["maxSize"], i["desiredCapacity"]) == (0, 0, 0)
+
+
+def test_new_vms_go_in_service_only_once_ready(planned: tuple[StackConfig, Plan]) -> None:
+    """With EC2 health, the launch lifecycle hook is what keeps refreshes, scale-outs and replacements waiting for a
+    ready VM (the VM completes it once its liveness endpoint first answers 200)."""
+    cfg, plan = planned
+    groups = by_role(plan, T_ASG)
+    hooks = by_role(plan, T_HOOK)
+    assert set(hooks) == set(ROLES)
+    for role, hook in hooks.items():
+        i = hook.inputs
+        assert i["name"] == bootstrap.READY_HOOK
+        assert i["autoscalingGroupName"] == groups[role].state["name"]
+        assert i["lifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+        assert i["defaultResult"] == "ABANDON"  # never ready within the boot grace: replaced
+        assert i["heartbeatTimeout"] == max(30, cfg.health_check_initial_delay_seconds)
+
+
+def test_the_vms_drain_wait_is_the_rest_checks_interval_times_unhealthy_threshold(
+    planned: tuple[StackConfig, Plan],
+) -> None:
+    _, plan = planned
+    rest = [t for t in plan.of_type(T_TG) if t.inputs["healthCheck"].get("path") == HEALTH_PATH]
+    waits = {t.inputs["healthCheck"]["interval"] * t.inputs["healthCheck"]["unhealthyThreshold"] for t in rest}
+    assert waits == {30}
+    for template in plan.of_type(T_LT):
+        user_data = base64.b64decode(template.inputs["userData"]).decode()
+        assert "--drain-wait-seconds 30" in user_data
 
 
 def test_groups_attach_their_own_target_groups(planned: tuple[StackConfig, Plan]) -> None:
@@ -432,9 +490,13 @@ def test_kms_key_encrypts_the_bucket_and_only_the_fleet_may_decrypt_through_s3()
     [rule] = sse.inputs["rules"]
     assert rule["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": KMS}
     assert rule["bucketKeyEnabled"] is True
-    [kms] = [s for s in statements(one(plan, "aws:iam/rolePolicy:RolePolicy").inputs["policy"]) if s["Resource"] == KMS]
+    [kms] = [s for s in statements(role_policy(plan, "read-store").inputs["policy"]) if s["Resource"] == KMS]
     assert kms["Action"] == ["kms:Decrypt"]
     assert kms["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
+    # Writing a lease under SSE-KMS needs a data key, through S3 only.
+    [lease_kms] = [s for s in statements(role_policy(plan, "write-leases").inputs["policy"]) if s["Resource"] == KMS]
+    assert lease_kms["Action"] == ["kms:GenerateDataKey"]
+    assert lease_kms["Condition"] == kms["Condition"]
 
 
 def test_existing_network_is_used_as_given() -> None:

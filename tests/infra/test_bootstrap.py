@@ -18,7 +18,16 @@ from tensorflow_serving.config import model_server_config_pb2
 from infra import bootstrap
 from infra.bootstrap import AgentWheel, BootstrapArgs, render_user_data
 from infra.config import Batching, check_region
-from model_export.constants import AGENT_PORT, CANARY, STABLE, TFS_GRPC_PORT, TFS_METRICS_PATH, TFS_REST_PORT
+from model_export.constants import (
+    AGENT_PORT,
+    CANARY,
+    DEFAULT_DRAIN_WAIT_SECONDS,
+    LIVE_PATH,
+    STABLE,
+    TFS_GRPC_PORT,
+    TFS_METRICS_PATH,
+    TFS_REST_PORT,
+)
 from model_export.errors import BadInput
 
 SHA = "3f" * 32
@@ -65,6 +74,10 @@ CASES: dict[str, dict[str, Any]] = {
         "models": THREE,
         "batching": batching(max_batch_size=16, num_batch_threads=2, max_enqueued_batches=8),
         "model_config_poll_seconds": 10,
+        "version_switch": "drain",
+        "fleet_size": 8,
+        "max_draining_percent": 50,
+        "drain_wait_seconds": 10,
     },
     "aws-gpu-nobatch-canary-3": {
         **AWS,
@@ -74,6 +87,8 @@ CASES: dict[str, dict[str, Any]] = {
         "models": THREE,
         "agent_poll_seconds": 5,
         "agent_store_timeout_seconds": 20,
+        "version_switch": "overlap",
+        "fleet_size": 3,
     },
     "aws-cpu-batching-stable-3-extra-flags": {
         **AWS,
@@ -196,7 +211,8 @@ def _verify_units(files: dict[str, str], tmp_path: Path) -> subprocess.Completed
     unit_dir.mkdir(parents=True)
     shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (unit_dir / "docker.service").write_text("[Service]\nExecStart=/usr/bin/docker\n")
-    for stub in ("usr/bin/docker", "usr/bin/nvidia-smi", "opt/modelfleet/install-agent.sh", bootstrap.AGENT_BIN[1:]):
+    stubs = ("usr/bin/docker", "usr/bin/nvidia-smi", "opt/modelfleet/install-agent.sh", bootstrap.AGENT_BIN[1:])
+    for stub in (*stubs, f"{bootstrap.AGENT_HOME[1:]}/venv/bin/python"):
         (root / stub).parent.mkdir(parents=True, exist_ok=True)
         (root / stub).write_text("#!/bin/sh\n")
         (root / stub).chmod(0o755)
@@ -205,7 +221,7 @@ def _verify_units(files: dict[str, str], tmp_path: Path) -> subprocess.Completed
         if path.startswith("/etc/systemd/system/"):
             (root / path[1:]).write_text(text)
             names.append(str(root / path[1:]))
-    assert len(names) == 3
+    assert len(names) == (4 if bootstrap.LIVEZ_REPORT in files else 3)
     return run(["systemd-analyze", "verify", f"--root={root}", *names])
 
 
@@ -365,6 +381,8 @@ def test_docker_run_pins_the_image_and_mounts_the_model_root_read_only(rendered:
         f"--model_config_file_poll_wait_seconds={args.model_config_poll_seconds}",
         f"--monitoring_config_file={bootstrap.MONITORING_CONFIG_PATH}",
         "--enable_grpc_healthcheck_service=true",
+        "--max_num_load_retries=2",
+        "--load_retry_interval_micros=5000000",
         *args.extra_tfs_flags,
     }
     if args.enabled_batching is not None:
@@ -405,6 +423,10 @@ def test_agent_command_carries_store_models_and_role(rendered: Rendered) -> None
         "--store-timeout": str(args.agent_store_timeout_seconds),
         "--tfs-url": f"http://127.0.0.1:{TFS_REST_PORT}",
         "--listen": f"0.0.0.0:{AGENT_PORT}",
+        "--switch": args.version_switch,
+        "--drain-wait-seconds": str(args.drain_wait_seconds),
+        "--fleet-size": str(args.fleet_size),
+        "--max-draining-percent": str(args.max_draining_percent),
     }
     # The first sync is the same command, once.
     assert rendered.exec_start(bootstrap.SYNC_UNIT) == [*argv, "--once"]
@@ -428,12 +450,71 @@ def test_start_ordering_sync_before_tf_serving_and_agent(rendered: Rendered) -> 
         assert values(unit, "Service", "StateDirectory") == ["modelfleet/models"]
     for unit in (sync, tfs, agent):
         assert values(unit, "Install", "WantedBy") == ["multi-user.target"]
-    units = [bootstrap.SYNC_UNIT, bootstrap.TFS_UNIT, bootstrap.AGENT_UNIT]
+    started = [bootstrap.TFS_UNIT, bootstrap.AGENT_UNIT]
+    if rendered.args.cloud == "aws":
+        started.append(bootstrap.LIVEZ_UNIT)
     assert rendered.doc["runcmd"] == [
         ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", *units],
-        ["systemctl", "start", "--no-block", bootstrap.TFS_UNIT, bootstrap.AGENT_UNIT],
+        ["systemctl", "enable", bootstrap.SYNC_UNIT, *started],
+        ["systemctl", "start", "--no-block", *started],
     ]
+
+
+def test_aws_vms_report_their_liveness_to_their_group_and_gcp_vms_do_not(rendered: Rendered) -> None:
+    path = f"/etc/systemd/system/{bootstrap.LIVEZ_UNIT}"
+    if rendered.args.cloud == "gcp":  # GCP's autohealing probes LIVE_PATH from outside
+        assert path not in rendered.files and bootstrap.LIVEZ_REPORT not in rendered.files
+        return
+    assert rendered.files[bootstrap.LIVEZ_REPORT] == (bootstrap.TEMPLATES / "livez_report.py").read_text()
+    (entry,) = [f for f in rendered.doc["write_files"] if f["path"] == bootstrap.LIVEZ_REPORT]
+    assert entry["permissions"] == "0755"
+    unit = rendered.unit(bootstrap.LIVEZ_UNIT)
+    assert bootstrap.AGENT_UNIT in words(unit, "Unit", "After")
+    assert values(unit, "Service", "Restart") == ["always"]
+    assert values(unit, "Service", "User") == ["modelfleet"]
+    assert values(unit, "Service", "EnvironmentFile") == [bootstrap.AGENT_ENV_FILE]  # AWS_DEFAULT_REGION
+    assert values(unit, "Service", "ExecStartPre") == ["+/opt/modelfleet/install-agent.sh"]  # its venv and boto3
+    assert values(unit, "Install", "WantedBy") == ["multi-user.target"]
+    argv = rendered.exec_start(bootstrap.LIVEZ_UNIT)
+    assert argv[:2] == [f"{bootstrap.AGENT_HOME}/venv/bin/python", bootstrap.LIVEZ_REPORT]
+    # URL, lifecycle hook, seconds between probes, failures in a row before Unhealthy (GCP autohealing's numbers)
+    assert argv[2:] == [f"http://127.0.0.1:{AGENT_PORT}{LIVE_PATH}", bootstrap.READY_HOOK, "10", "6"]
+
+
+def test_tf_serving_gives_up_on_a_version_that_cannot_load_within_seconds(rendered: Rendered) -> None:
+    """TF Serving's defaults (5 retries, 60 s apart) hold its one load thread for five minutes per bad version, and
+    every other load and unload waits, a rollback included."""
+    flags = dict(f.split("=", 1) for f in rendered.exec_start(bootstrap.TFS_UNIT) if f.startswith("--") and "=" in f)
+    retries, interval = int(flags["--max_num_load_retries"]), int(flags["--load_retry_interval_micros"])
+    assert (retries, interval) == (bootstrap.TFS_MAX_LOAD_RETRIES, bootstrap.TFS_LOAD_RETRY_INTERVAL_SECONDS * 10**6)
+    assert retries * interval / 10**6 <= 10
+    for flag in ("--max_num_load_retries=5", "--load_retry_interval_micros=60000000"):
+        with pytest.raises(BadInput, match="is set by the bootstrap itself"):
+            make_args(extra_tfs_flags=(flag,))
+
+
+def test_stack_config_becomes_the_fleets_switch_flags() -> None:
+    from infra.config import load_config
+
+    values = {"cloud": "gcp", "region": "europe-west1", "gcpProject": "acme-ml-prod", "models": ["digits"]}
+    cfg = load_config(
+        {**values, "versionSwitch": "drain", "maxDrainingPercent": 50, "stableMinReplicas": 4, "canaryMinReplicas": 0},
+        "prod",
+    )
+    stable = bootstrap.fleet_bootstrap_args(cfg, STABLE, "gs://mf-store/prod", wheel("gs"), drain_wait_seconds=10)
+    canary = bootstrap.fleet_bootstrap_args(cfg, CANARY, "gs://mf-store/prod", wheel("gs"))
+    assert (stable.version_switch, stable.max_draining_percent, stable.fleet_size) == ("drain", 50, 4)
+    assert stable.drain_wait_seconds == 10
+    assert canary.fleet_size == 1  # a minimum of 0 still leaves the one slot every fleet has
+    assert canary.drain_wait_seconds == DEFAULT_DRAIN_WAIT_SECONDS == 30
+
+
+def test_drain_wait_is_the_slowest_routing_checks_interval_times_unhealthy_threshold() -> None:
+    from infra.components import HealthCheck
+
+    assert bootstrap.drain_wait_seconds(HealthCheck()) == 30
+    fast = HealthCheck(interval_seconds=5, unhealthy_threshold=2)
+    assert bootstrap.drain_wait_seconds(fast, HealthCheck(interval_seconds=5, unhealthy_threshold=3)) == 15
 
 
 def test_packages_and_the_agent_user(rendered: Rendered) -> None:
@@ -510,6 +591,10 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"extra_tfs_flags": ("--flag=$(reboot)",)}, r"^bootstrap extra_tfs_flags = '--flag=\$\(reboot\)'"),
     ({"extra_tfs_flags": ("verbose",)}, r"^bootstrap extra_tfs_flags = 'verbose'"),
     ({"batching": "on"}, r"^bootstrap batching = 'on'.*Batching"),
+    ({"fleet_size": 0}, r"^bootstrap fleet_size = 0 is invalid; must be between 1 and 1000$"),
+    ({"fleet_size": "3"}, r"^bootstrap fleet_size = '3' is invalid; expected an integer$"),
+    ({"drain_wait_seconds": -1}, r"^bootstrap drain_wait_seconds = -1 is invalid; must be between 0 and 3600$"),
+    ({"drain_wait_seconds": 2.5}, r"^bootstrap drain_wait_seconds = 2.5 is invalid; expected an integer$"),
     # the list of models: model_export.manifest.check_model_names, the one rule for it
     ({"models": ()}, r"^bootstrap models = \(\) is invalid; list at least one model name$"),
     ({"models": "digits,iris"}, r"^bootstrap models = 'digits,iris' is invalid; expected a list of model names"),
@@ -526,6 +611,8 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         r"^modelfleet:agentStoreTimeoutSeconds = 0 is invalid; must be between 1 and 3600$",
     ),
     ({**AWS, "aws_region": "Europe"}, r"^modelfleet:region = 'Europe' is invalid; expected a aws region"),
+    ({"version_switch": "swap"}, r"^modelfleet:versionSwitch = 'swap' is invalid; use one of: overlap, drain, auto$"),
+    ({"max_draining_percent": 0}, r"^modelfleet:maxDrainingPercent = 0 is invalid; must be between 1 and 100$"),
     ({"batching": batching(max_batch_size=0)}, r"^modelfleet:maxBatchSize = 0 is invalid; must be 1 or more$"),
     ({"batching": batching(num_batch_threads=-1)}, r"^modelfleet:numBatchThreads = -1 is invalid"),
     ({"batching": batching(max_enqueued_batches=2.5)}, r"^modelfleet:maxEnqueuedBatches = 2.5 is invalid; expected"),

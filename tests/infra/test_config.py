@@ -81,6 +81,21 @@ def test_validate_runs_the_keys_own_rule() -> None:
     assert all(BY_NAME[name].check is not None for name in ("canaryWeightPercent", "models", "networkCidr"))
 
 
+def test_version_switch_keys() -> None:
+    """`versionSwitch` and `maxDrainingPercent` (issue 10): defaults, parsing from Pulumi's strings, their checks."""
+    g = load_config(GCP, "t")
+    assert (g.version_switch, g.max_draining_percent) == ("auto", 25)
+    cfg = load_config({**AWS, "versionSwitch": "drain", "maxDrainingPercent": "100"}, "t")
+    assert (cfg.version_switch, cfg.max_draining_percent) == ("drain", 100)
+    for key, value, message in [
+        ("versionSwitch", "swap", "modelfleet:versionSwitch = 'swap' is invalid; use one of: overlap, drain, auto"),
+        ("maxDrainingPercent", "0", "modelfleet:maxDrainingPercent = 0 is invalid; must be between 1 and 100"),
+        ("maxDrainingPercent", "101", "modelfleet:maxDrainingPercent = 101 is invalid; must be between 1 and 100"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            load_config({**GCP, key: value}, "t")
+
+
 @pytest.mark.parametrize("region", ["eu-west-1", "us-gov-west-1", "ap-southeast-2", "us-isob-east-1"])
 def test_aws_regions(region: str) -> None:
     check_region("aws", region)

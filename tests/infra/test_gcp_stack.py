@@ -24,7 +24,7 @@ from infra.config import ConfigError, StackConfig, load_config, read_stack_file
 from infra.gcp.stack import build
 from infra.offline import Plan, PlannedResource, evaluate
 from infra.stack import STACKS_DIR, plan_stack
-from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, LIVE_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
 from model_export.store import parse_uri
 from tests.support.plan import named, one, parent_type
 
@@ -57,7 +57,7 @@ T_RULE = "gcp:compute/forwardingRule:ForwardingRule"
 
 GOOGLE_LB_RANGES = {"35.191.0.0/16", "130.211.0.0/22"}
 GOOGLE_NLB_HC_RANGES = {"35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"}
-READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 STACKS = ("staging", "prod")
 
 
@@ -128,7 +128,7 @@ def test_every_resource_exists(stack: tuple[StackConfig, Plan]) -> None:
         T_BUCKET: 1,
         T_OBJECT: 1,
         T_ACCOUNT: 2,
-        T_BUCKET_IAM: 2,
+        T_BUCKET_IAM: 3,  # fleet reads, publisher writes, fleet writes its leases
         T_NETWORK: 1,
         T_SUBNET: 1,
         T_ROUTER: 1,
@@ -215,13 +215,19 @@ def test_bucket_is_hardened(stack: tuple[StackConfig, Plan]) -> None:
 
 
 def test_fleet_reads_and_publisher_writes_only_this_bucket(stack: tuple[StackConfig, Plan]) -> None:
-    _, plan = stack
+    cfg, plan = stack
     bucket = one(plan, T_BUCKET).inputs["name"]
-    grants = {(g.inputs["member"], g.inputs["role"]) for g in plan.of_type(T_BUCKET_IAM)}
+    grants = {
+        (g.inputs["member"], g.inputs["role"], (g.inputs.get("condition") or {}).get("expression"))
+        for g in plan.of_type(T_BUCKET_IAM)
+    }
     fleet, publisher = plan.outputs["fleetIdentity"], plan.outputs["publisherIdentity"]
+    leases = f"projects/_/buckets/{bucket}/objects/{cfg.store_prefix}/_fleet/"
     assert grants == {
-        (f"serviceAccount:{fleet}", "roles/storage.objectViewer"),
-        (f"serviceAccount:{publisher}", "roles/storage.objectUser"),
+        (f"serviceAccount:{fleet}", "roles/storage.objectViewer", None),
+        (f"serviceAccount:{publisher}", "roles/storage.objectUser", None),
+        # The fleet writes its drain-slot leases, and only those: the grant holds for names under _fleet/ alone.
+        (f"serviceAccount:{fleet}", "roles/storage.objectUser", f'resource.name.startsWith("{leases}")'),
     }
     assert {g.inputs["bucket"] for g in plan.of_type(T_BUCKET_IAM)} == {bucket}
     # Nothing is granted anywhere else: no project, folder or organisation IAM resources.
@@ -296,7 +302,8 @@ def test_instance_templates_are_hardened(stack: tuple[StackConfig, Plan]) -> Non
         (nic,) = t["networkInterfaces"]
         assert "accessConfigs" not in nic and "ipv6AccessConfigs" not in nic  # no external address
         assert nic["subnetwork"] == self_link(one(plan, T_SUBNET))
-        assert t["serviceAccount"] == {"email": fleet_email(plan), "scopes": [READ_ONLY_SCOPE]}
+        # Storage read/write: IAM confines the writes to the fleet's lease objects (see the grants' test).
+        assert t["serviceAccount"] == {"email": fleet_email(plan), "scopes": [READ_WRITE_SCOPE]}
         (disk,) = t["disks"]
         assert disk["boot"] and disk["sourceImage"].endswith(
             "ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
@@ -337,12 +344,31 @@ def test_fleets_roll_autoheal_and_name_their_ports(stack: tuple[StackConfig, Pla
         assert healing["initialDelaySec"] == cfg.health_check_initial_delay_seconds
         check = [h for h in plan.of_type(T_HC) if self_link(h) == healing["healthCheck"]]
         assert len(check) == 1 and check[0].parent_name == f"mf-{cfg.stack}-{role}"
-        assert check[0].inputs["httpHealthCheck"] == {"port": AGENT_PORT, "requestPath": HEALTH_PATH}
+        # Autohealing acts on liveness: a VM draining to switch versions (readiness 503) is not recreated.
+        assert check[0].inputs["httpHealthCheck"] == {"port": AGENT_PORT, "requestPath": LIVE_PATH}
+        assert check[0].inputs["checkIntervalSec"] * check[0].inputs["unhealthyThreshold"] == 60
         update = mig["updatePolicy"]
         assert update["type"] == "PROACTIVE" and update["minimalAction"] == "REPLACE"
         assert update["maxSurgeFixed"] >= 3 and update["maxUnavailableFixed"] == 0
         assert "targetSize" not in mig  # the autoscaler owns the size
         assert mig["distributionPolicyTargetShape"] == "EVEN"
+
+
+def test_the_vms_drain_wait_covers_every_check_that_routes_traffic_to_them(stack: tuple[StackConfig, Plan]) -> None:
+    cfg, plan = stack
+    routing = [named(plan, f"mf-{cfg.stack}-lb-hc")]  # the ALB's readiness check
+    if cfg.enable_grpc:
+        routing += plan.of_type(T_LEGACY_HC)  # the gRPC target pool's
+    wait = int(max(c.inputs["checkIntervalSec"] * c.inputs["unhealthyThreshold"] for c in routing))
+    assert wait == 10
+    for role in (STABLE, CANARY):
+        agent_unit = user_data_files(by_role(plan, T_TEMPLATE, role))[f"{bootstrap.UNIT_DIR}/{bootstrap.AGENT_UNIT}"]
+        assert f"--drain-wait-seconds {wait}" in agent_unit
+        size = cfg.stable if role == STABLE else cfg.canary
+        assert f"--fleet-size {max(1, size.min_replicas)} --max-draining-percent {cfg.max_draining_percent}" in (
+            agent_unit
+        )
+        assert f"--switch {cfg.version_switch}" in agent_unit
 
 
 def test_autoscalers_follow_the_config(stack: tuple[StackConfig, Plan]) -> None:
