@@ -1,23 +1,37 @@
-"""Pickup latency of `modelfleet agent`: from a publish (manifest committed) to TF Serving's config naming the version.
+"""Pickup latency of `modelfleet agent`: from a publish (manifest committed) to TF Serving being told to load the
+version, and to TF Serving answering the `stable` label with it.
 
 A real small SavedModel plus a 100 MiB asset file is published 20 times as `stable` to a local moto S3 server that
 this benchmark starts (tests/support/servers.py's launcher); an agent in this process polls every 1 s, downloads,
-verifies, renames and writes models.config. TF Serving is not running, so each config is the steady one (no two-step
-label move; that step waits on TF Serving's own load time, which is not the agent's to measure).
+verifies, renames and writes models.config. TF Serving runs, as on a VM: the TF Serving stand-in as a process
+(tests/support/tfserving_standin.py, started like the bootstrap starts TF Serving: the empty placeholder config, the
+bootstrap's --allow_version_labels_for_unavailable_models), re-reading the config every --tfs-poll s. It must run:
+with TF Serving not running, the agent's config names only versions TF Serving has loaded on the VM before (docs/
+agent.md, transition rule 4), so a new version would never appear in it. Each publish waits for the label to answer
+with the version before the next one, so every publish starts from a settled VM.
 
 Reported: p50 and p95 (nearest rank) of
-- pickup: publish() returned (manifest committed) -> models.config names the version;
-- end to end: publish() called -> models.config names the version (adds the upload);
+- pickup: publish() returned (manifest committed) -> models.config names the version (the agent's target; TF
+  Serving is asked to load it, beside the version its labels still name);
+- labeled: publish() returned -> models.config labels the version (TF Serving reported it AVAILABLE, the agent moved
+  the label at its next tick, at most 1 s during a transition);
+- serving: publish() returned -> a `/labels/stable` predict is answered by the version (labeled + TF Serving's next
+  config poll);
+- end to end: publish() called -> serving (adds the upload);
 - fetch: the agent's download + sha256 verify + fsync + rename of the version (part of pickup).
-Pickup = waiting for the next poll (uniform 0..1 s) + one conditional GET + fetch + config write.
+Pickup = waiting for the next poll (uniform 0..1 s) + one conditional GET + fetch + one status request + config
+write: the agent's part. Labeled and serving add TF Serving's config polls and load; the stand-in loads at once, a
+real TF Serving adds its load time (and warmup) to both.
 
-Run: `.venv/bin/python -m bench.pickup_latency [--publishes 20] [--size-mib 100]`. Bounded: stops early after
---budget seconds (default 170) and says so.
+Run: `.venv/bin/python -m bench.pickup_latency [--publishes 20] [--size-mib 100] [--poll 1] [--tfs-poll 1]`.
+Bounded: stops early after --budget seconds (default 170) and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import logging
 import math
 import os
@@ -27,8 +41,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+from infra.bootstrap import TFS_LOAD_RETRY_INTERVAL_SECONDS, TFS_MAX_LOAD_RETRIES, initial_model_config
 from model_export.constants import STABLE
 from model_export.manifest import VersionEntry
 from model_export.publish import publish
@@ -37,7 +55,8 @@ from model_export.store.base import Store
 from model_export.versions import prune
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.tfs import TfsClient
-from tests.support.servers import free_port, running
+from tests.support.servers import running
+from tests.support.tfserving_standin import StandInProcess
 
 MODEL = "bench"
 
@@ -71,14 +90,48 @@ def summary(name: str, values: list[float]) -> str:
     )
 
 
-def config_names(path: Path, version: int) -> bool:
+def config_step(path: Path) -> tuple[set[int], dict[str, int]]:
+    """The versions and labels models.config gives MODEL (the agent's rendering: one ``versions: N`` line per
+    version, ``key``/``value`` lines per label)."""
     try:
-        return f"versions: {version}\n" in path.read_text()
+        lines = [line.strip() for line in path.read_text().splitlines()]
     except FileNotFoundError:
+        return set(), {}
+    versions = {int(line.split(":")[1]) for line in lines if line.startswith("versions:")}
+    keys = [json.loads(line.split(":", 1)[1]) for line in lines if line.startswith("key:")]
+    values = [int(line.split(":")[1]) for line in lines if line.startswith("value:")]
+    return versions, dict(zip(keys, values, strict=True))
+
+
+def config_names(path: Path, version: int) -> bool:
+    return version in config_step(path)[0]
+
+
+def config_labels(path: Path, version: int) -> bool:
+    return config_step(path)[1].get(STABLE) == version
+
+
+def label_answers(rest_url: str, label: str, version: int) -> bool:
+    """Whether ``version`` answers a predict through ``label`` (the stand-in's model answers version x sum(x))."""
+    body = json.dumps({"instances": [[1.0, 2.0]]}).encode()
+    request = urllib.request.Request(f"{rest_url}/v1/models/{MODEL}/labels/{label}:predict", body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return round(float(json.loads(answer.read())["predictions"][0]) / 3.0) == version
+    except (OSError, ValueError, KeyError, http.client.HTTPException):
         return False
 
 
-def run(publishes: int, size_mib: int, budget: float, poll: float) -> None:
+def wait_for(what: str, check: Callable[[], bool], since: float, every: float = 0.002) -> float:
+    """Poll ``check`` until true; the time it became so (``SystemExit`` after 60 s)."""
+    while not check():
+        if time.monotonic() - since > 60:
+            raise SystemExit(f"{what}: not within 60 s")
+        time.sleep(every)
+    return time.monotonic()
+
+
+def run(publishes: int, size_mib: int, budget: float, poll: float, tfs_poll: float) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mf-pickup-") as tmp, running("s3") as server:
         os.environ.update(
@@ -94,6 +147,9 @@ def run(publishes: int, size_mib: int, budget: float, poll: float) -> None:
         total = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
         store = open_store("s3://bench/models")
         root = Path(tmp) / "root"
+        root.mkdir()
+        config = root / "models.config"
+        config.write_text(initial_model_config())  # as the bootstrap's first boot leaves it
         options = AgentOptions(
             store=store.uri,
             models=(MODEL,),
@@ -104,11 +160,23 @@ def run(publishes: int, size_mib: int, budget: float, poll: float) -> None:
             keep_local=2,
         )
         pickup: list[float] = []
+        labeled: list[float] = []
+        serving: list[float] = []
         end_to_end: list[float] = []
         fetch: list[float] = []
         rng = random.Random(0)
-        print(f"moto S3 at {server.endpoint}; model {total / 2**20:.1f} MiB; agent poll {poll} s")
-        with Agent(options, store=store, tfs=TfsClient(f"http://127.0.0.1:{free_port()}", timeout=0.2)) as agent:
+        tfs = StandInProcess(
+            config,
+            poll_seconds=tfs_poll,
+            max_num_load_retries=TFS_MAX_LOAD_RETRIES,
+            load_retry_interval_micros=TFS_LOAD_RETRY_INTERVAL_SECONDS * 1_000_000,
+            allow_version_labels_for_unavailable_models=True,  # as infra/bootstrap.py runs TF Serving
+        )
+        print(
+            f"moto S3 at {server.endpoint}; model {total / 2**20:.1f} MiB; agent poll {poll} s; "
+            f"TF Serving stand-in at {tfs.rest_url}, config poll {tfs_poll} s"
+        )
+        with tfs, Agent(options, store=store, tfs=TfsClient(tfs.rest_url, timeout=2.0)) as agent:
             inner_fetch = agent.cache.fetch
 
             def timed_fetch(store: Store, model: str, entry: VersionEntry) -> int:
@@ -130,20 +198,29 @@ def run(publishes: int, size_mib: int, budget: float, poll: float) -> None:
                     t0 = time.monotonic()
                     version = publish(model, store, MODEL, label=STABLE).version
                     t1 = time.monotonic()
-                    while not config_names(agent.config_path, version):
-                        if time.monotonic() - t1 > 60:
-                            raise SystemExit(f"version {version} not picked up within 60 s")
-                        time.sleep(0.002)
-                    t2 = time.monotonic()
+                    t2 = wait_for(f"v{version} in models.config", partial(config_names, config, version), t1)
+                    t3 = wait_for(f"v{version} labeled", partial(config_labels, config, version), t1)
+                    answers = partial(label_answers, tfs.rest_url, STABLE, version)
+                    t4 = wait_for(f"v{version} answering /labels/{STABLE}", answers, t1, every=0.01)
                     pickup.append(t2 - t1)
-                    end_to_end.append(t2 - t0)
-                    print(f"  v{version}: publish {t1 - t0:5.2f} s, pickup {t2 - t1:5.3f} s")
+                    labeled.append(t3 - t1)
+                    serving.append(t4 - t1)
+                    end_to_end.append(t4 - t0)
+                    print(
+                        f"  v{version}: publish {t1 - t0:5.2f} s, pickup {t2 - t1:5.3f} s, labeled {t3 - t1:5.3f} s, "
+                        f"serving {t4 - t1:5.3f} s"
+                    )
                     prune(store, MODEL, keep=2)  # bounds moto's memory
             finally:
                 stop.set()
                 loop.join()
-        print(f"{len(pickup)} publishes of {total / 2**20:.1f} MiB, agent poll {poll} s:")
+            refused = [line for line in tfs.output.splitlines() if "failed to ReloadConfig" in line]
+        if refused:  # the agent wrote a config TF Serving would not take: a broken transition rule, not a figure
+            raise SystemExit("TF Serving refused configs:\n" + "\n".join(refused))
+        print(f"{len(pickup)} publishes of {total / 2**20:.1f} MiB, agent poll {poll} s, TF Serving poll {tfs_poll} s:")
         print(summary("pickup", pickup))
+        print(summary("labeled", labeled))
+        print(summary("serving", serving))
         print(summary("end to end", end_to_end))
         print(summary("fetch", fetch))
         print(f"total runtime {time.monotonic() - started:.1f} s")
@@ -153,11 +230,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--publishes", type=int, default=20)
     ap.add_argument("--size-mib", type=int, default=100)
-    ap.add_argument("--poll", type=float, default=1.0)
+    ap.add_argument("--poll", type=float, default=1.0, help="the agent's --poll")
+    ap.add_argument("--tfs-poll", type=float, default=1.0, help="TF Serving's --model_config_file_poll_wait_seconds")
     ap.add_argument("--budget", type=float, default=170.0, help="stop publishing after this many seconds")
     args = ap.parse_args()
     logging.getLogger("modelfleet.agent").setLevel(logging.ERROR)  # "no manifest yet" before the first publish
-    run(args.publishes, args.size_mib, args.budget, args.poll)
+    run(args.publishes, args.size_mib, args.budget, args.poll, args.tfs_poll)
 
 
 if __name__ == "__main__":

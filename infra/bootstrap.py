@@ -94,6 +94,7 @@ MANAGED_TFS_FLAGS = frozenset(
         "enable_batching",
         "batching_parameters_file",
         "enable_grpc_healthcheck_service",
+        "allow_version_labels_for_unavailable_models",
         "model_name",
         "model_base_path",
     }
@@ -316,6 +317,15 @@ def tfs_flags(args: BootstrapArgs) -> list[str]:
         "--enable_grpc_healthcheck_service=true",
         f"--max_num_load_retries={TFS_MAX_LOAD_RETRIES}",
         f"--load_retry_interval_micros={TFS_LOAD_RETRY_INTERVAL_SECONDS * 1_000_000}",
+        # TF Serving checks a config's labels before it loads anything (server_core.cc UpdateModelVersionLabelMap),
+        # so at start-up, where nothing is AVAILABLE yet, any label makes it exit 255. The agent's steady config
+        # carries labels (on versions TF Serving has loaded here), so a restart (crash, OOM kill, docker restart) that
+        # reads it before the agent has seen TF Serving down and rewritten it failed once, until systemd's RestartSec.
+        # This flag admits a label on a version that is not AVAILABLE only when the label is new or keeps its
+        # version (../shared/notes/tf-serving.md; tests/support/tfserving_standin.py plays it): at start-up every
+        # label is new, so that start-up succeeds; once running, a label that MOVES is still checked, and the agent
+        # never writes one that is not on an AVAILABLE version (docs/agent.md, transition rules 2 and 4).
+        "--allow_version_labels_for_unavailable_models=true",
     ]
     if args.enabled_batching is not None:
         flags += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_CONFIG_PATH}"]

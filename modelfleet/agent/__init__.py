@@ -24,8 +24,14 @@ whole config (or exits, for its first one) when a label names a version that is 
 3. No version above the target is ever newly loaded: moving up, {old, new} makes the new one answer unversioned
    requests once it is AVAILABLE; rolling back, the lower target is loaded beside the (already loaded) higher one,
    which keeps answering until the target is AVAILABLE and is dropped in the next config.
-4. TF Serving not listening (stopped, or starting: it opens its ports only once its models are loaded): the file will
-   be its first config, so it holds the target alone, without labels (``--once`` at boot writes exactly that).
+4. TF Serving not listening (stopped, or starting: it opens its ports only once its models are loaded): the file may
+   be its first config, where a version that fails to load makes it exit, and so does any label (unless
+   ``--allow_version_labels_for_unavailable_models``: the bootstrap sets it, the agent does not rely on it). So it
+   names only a version TF Serving has loaded on this VM before (the last good one, else the target if proven),
+   without labels; with neither, the model is left out (``model_config_list {}`` when no model has one: TF Serving
+   starts with it). A version never loaded here is added by a reload once TF Serving runs, where a failure is
+   recorded and the last good version keeps serving, degraded. ``--once`` at boot writes exactly that: an empty list
+   on a new VM, the last good version after a reboot.
 5. A target only moves to a version whose files are all on local disk, verified, under their final name.
 """
 

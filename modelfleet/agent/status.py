@@ -19,10 +19,17 @@ class ModelView:
     # Versions the written config's labels name: during a transition, the version still serving while the target
     # loads (labels move only once the target is AVAILABLE).
     labeled: frozenset[int] = frozenset()
+    # The desired version failed to load and another one is the target: "digits v5 failed to load (…); serving v4".
+    degraded: str | None = None
+    desired_failed: bool = False  # the desired version is one TF Serving failed to load (degraded, or nothing served)
+    # The VM is draining to switch this model (``--switch drain``/``auto``): health is 503 with this text until TF
+    # Serving reports the target AVAILABLE.
+    draining: str | None = None
 
     @classmethod
-    def of(cls, st: ModelState, labeled: Iterable[int] = ()) -> ModelView:
-        return cls(st.name, st.desired, st.target, st.problem, frozenset(labeled))
+    def of(cls, st: ModelState, labeled: Iterable[int] = (), draining: str | None = None) -> ModelView:
+        failed = st.desired is not None and st.desired in st.failed
+        return cls(st.name, st.desired, st.target, st.problem, frozenset(labeled), st.degraded, failed, draining)
 
 
 class AgentStatus:
@@ -37,16 +44,25 @@ class AgentStatus:
         self.refused: Counter[str] = Counter()
         self.local_disk_errors: Counter[str] = Counter()
         self.disk_too_small: dict[str, bool] = {}  # per model, as of its last store poll
+        self.failed_loads: Counter[str] = Counter()  # versions TF Serving failed to load, per model
         self.bytes_fetched = 0
 
     def models(self) -> list[ModelView]:
         with self._lock:
             return list(self._models.values())
 
-    def publish(self, states: Mapping[str, ModelState], labeled: Mapping[str, Iterable[int]] | None = None) -> None:
+    def publish(
+        self,
+        states: Mapping[str, ModelState],
+        labeled: Mapping[str, Iterable[int]] | None = None,
+        draining: Mapping[str, str] | None = None,
+    ) -> None:
         labeled = labeled or {}
+        draining = draining or {}
         with self._lock:
-            self._models = {name: ModelView.of(st, labeled.get(name, ())) for name, st in states.items()}
+            self._models = {
+                name: ModelView.of(st, labeled.get(name, ()), draining.get(name)) for name, st in states.items()
+            }
 
     def record(self, reports: Iterable[ModelReport], *, at: float, bytes_fetched: int) -> None:
         """Count one sync's outcome. A sync succeeds when every manifest was read and every fetch that ran worked
@@ -67,6 +83,15 @@ class AgentStatus:
             self.bytes_fetched = bytes_fetched
             if ok:
                 self.last_success = at
+
+    def count_failed_load(self, model: str) -> None:
+        with self._lock:
+            self.failed_loads[model] += 1
+
+    def load_failures(self) -> dict[str, int]:
+        """Versions TF Serving failed to load, per model, since the agent started."""
+        with self._lock:
+            return dict(self.failed_loads)
 
     def counters(self) -> tuple[float | None, dict[str, int], dict[str, int], int]:
         with self._lock:

@@ -6,6 +6,26 @@ from model_export.errors import ServingError
 from modelfleet.tfs_rest import model_status
 
 AVAILABLE = "AVAILABLE"
+END = "END"
+# loader_harness.cc: a version dropped from the config while the start-up pool loads it ends END with this code; the
+# version is not at fault.
+CANCELLED = "CANCELLED"
+
+
+class VersionStates(dict[int, str]):
+    """``{version: state}`` as :meth:`TfsClient.model_status` returns it, plus ``errors``: ``{version: "CODE:
+    message"}`` for the versions whose status is not OK (a load that failed: ``END`` with TF Serving's error)."""
+
+    def __init__(self, states: dict[int, str], errors: dict[int, str] | None = None) -> None:
+        super().__init__(states)
+        self.errors: dict[int, str] = dict(errors or {})
+
+
+def load_errors(states: dict[int, str]) -> dict[int, str]:
+    """The versions TF Serving reports ``END`` with an error (not a cancelled load): ``{version: "CODE: message"}``.
+    Empty for a plain ``dict`` (a client that reports states only)."""
+    errors = states.errors if isinstance(states, VersionStates) else {}
+    return {v: error for v, error in errors.items() if states.get(v) == END and not error.startswith(f"{CANCELLED}:")}
 
 
 class TfsUnreachable(Exception):
@@ -14,7 +34,8 @@ class TfsUnreachable(Exception):
 
 class TfsNotRunning(TfsUnreachable):
     """Nothing serves the REST port (connection refused, or accepted and closed as Docker's proxy does for a
-    container whose server is not listening yet): TF Serving is stopped or still loading its first config."""
+    container whose server is not listening yet): TF Serving is stopped, or starting (loading its first config; it
+    opens its ports only after that). Either way the next config it reads may be its first, at start-up."""
 
 
 class TfsClient:
@@ -24,15 +45,17 @@ class TfsClient:
 
     def model_status(self, model: str) -> dict[int, str]:
         """``{version: state}`` (LOADING, AVAILABLE, UNLOADING, END, ...); empty when TF Serving has no such model.
+        The dict is a :class:`VersionStates`: its ``errors`` say why a version is ``END`` (see :func:`load_errors`).
 
         ``GET /v1/models/NAME`` answers 200 as soon as any version is known, whatever its state: the state field is
         what counts.
         """
         try:
-            return {s.version: s.state for s in model_status(self.url, model, timeout=self.timeout)}
+            found = model_status(self.url, model, timeout=self.timeout)
         except ServingError as e:
             if e.http_status == 404:
-                return {}
+                return VersionStates({})
             if e.not_listening:
                 raise TfsNotRunning(f"TF Serving at {self.url} is not serving (stopped or starting): {e}") from e
             raise TfsUnreachable(f"TF Serving at {self.url} is unreachable: {e}") from e
+        return VersionStates({s.version: s.state for s in found}, {s.version: s.error for s in found if s.error})

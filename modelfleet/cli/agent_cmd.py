@@ -125,6 +125,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
       modelfleet agent --store s3://acme-models/prod --models digits,iris --root /srv/models --role canary --once
     """
     listen = parse_listen(args.listen)
+    switch = switch_options(args)
     options = AgentOptions(
         store=args.store,
         models=parse_models(args.models),
@@ -135,11 +136,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         listen=None if args.once else listen,
         keep_local=args.keep_local,
         serving_root=args.serving_root,
+        switch=switch,
     )
     if options.serving_root is not None and not options.serving_root.is_absolute():
         raise BadInput(f"--serving-root {str(options.serving_root)!r} must be an absolute path")
     budget = store_timeout(args.store_timeout)
-    switch = switch_options(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("modelfleet.agent").info("%s", switch.describe())
     with store_budget(budget), Agent(options) as agent:
@@ -201,7 +202,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--memory-budget-bytes",
         type=int_at_least(1),
         metavar="N",
-        help="--switch auto: the memory both versions together may take (default: the agent's own)",
+        help="--switch auto: the memory both versions together may take (default: the VM's MemTotal minus 1 GiB)",
     )
     p.add_argument(
         "--drain-wait-seconds",

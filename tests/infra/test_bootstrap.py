@@ -383,6 +383,7 @@ def test_docker_run_pins_the_image_and_mounts_the_model_root_read_only(rendered:
         "--enable_grpc_healthcheck_service=true",
         "--max_num_load_retries=2",
         "--load_retry_interval_micros=5000000",
+        "--allow_version_labels_for_unavailable_models=true",
         *args.extra_tfs_flags,
     }
     if args.enabled_batching is not None:
@@ -491,6 +492,61 @@ def test_tf_serving_gives_up_on_a_version_that_cannot_load_within_seconds(render
     for flag in ("--max_num_load_retries=5", "--load_retry_interval_micros=60000000"):
         with pytest.raises(BadInput, match="is set by the bootstrap itself"):
             make_args(extra_tfs_flags=(flag,))
+
+
+def test_tf_serving_restarted_on_the_agents_labeled_config_starts(tmp_path: Path) -> None:
+    """The agent's steady config labels the version that serves. TF Serving restarted (a crash, an OOM kill) reads it
+    as its first config, where nothing is AVAILABLE yet: without --allow_version_labels_for_unavailable_models it
+    exits 255 (until the agent has seen it down and rewritten the file); with the bootstrap's flags it starts and
+    answers the label. The flag admits only new or unchanged labels: once running, a label moved to a version that is
+    not AVAILABLE is still refused (the agent never writes one; tests/modelfleet/agent/test_plan.py)."""
+    from modelfleet.agent.tfs_config import ModelEntry, render
+    from tests.support.agent import wait_until
+    from tests.support.tfserving_standin import EXIT_STARTUP_FAILED, StandInExited, StandInProcess
+
+    (flag,) = [f for f in bootstrap.tfs_flags(make_args()) if f.startswith("--allow_version_labels_")]
+    assert flag == "--allow_version_labels_for_unavailable_models=true"
+    with pytest.raises(BadInput, match="is set by the bootstrap itself"):
+        make_args(extra_tfs_flags=("--allow_version_labels_for_unavailable_models=false",))
+
+    base = tmp_path / "digits"
+    for version in (1, 2):
+        (base / str(version)).mkdir(parents=True)
+        (base / str(version) / "saved_model.pb").write_bytes(b"x" * 100)
+    config = tmp_path / "models.config"
+    config.write_text(render([ModelEntry("digits", str(base), (1,), {STABLE: 1})]))  # the steady config
+
+    with pytest.raises(StandInExited) as exited:
+        StandInProcess(config).start()
+    assert exited.value.returncode == EXIT_STARTUP_FAILED
+    assert "Request to assign label to version 1 of model digits" in exited.value.output
+
+    with StandInProcess(config, poll_seconds=0.05, extra_args=[flag]) as server:
+        status, body = _get(f"{server.rest_url}/v1/models/digits")
+        assert status == 200 and '"AVAILABLE"' in body
+        assert _predict(f"{server.rest_url}/v1/models/digits/labels/{STABLE}:predict") == 1 * 3.0  # v1: y = 1 * sum(x)
+
+        # Running: the label moved to version 2 (loaded by this same config) is refused as a whole, as without the
+        # flag, and the label stays on version 1.
+        config.write_text(render([ModelEntry("digits", str(base), (1, 2), {STABLE: 2})]))
+        wait_until("the refusal", lambda: "Request to assign label to version 2 of model digits" in server.output)
+        assert _predict(f"{server.rest_url}/v1/models/digits/labels/{STABLE}:predict") == 1 * 3.0
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return answer.status, answer.read().decode()
+
+
+def _predict(url: str) -> float:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps({"instances": [[1.0, 2.0]]}).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return float(json.loads(answer.read())["predictions"][0])
 
 
 def test_stack_config_becomes_the_fleets_switch_flags() -> None:

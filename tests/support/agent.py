@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -18,7 +22,7 @@ from model_export.transfer import sha256_file
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.tfs import TfsClient
 from tests.support.servers import free_port
-from tests.support.tfserving_standin import TFServingStandIn
+from tests.support.tfserving_standin import EXIT_STARTUP_FAILED, FAIL_LOAD, StandInProcess, TFServingStandIn
 
 MODEL = "digits"
 
@@ -197,3 +201,101 @@ def metrics(text: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+# --- TF Serving as a process under a supervisor, and what a VM's TF Serving looks like while it starts -------------
+
+
+class Supervisor:
+    """Restarts a ``StandInProcess`` whenever it exits, ``restart_seconds`` later, as systemd's ``Restart=always``
+    with ``RestartSec`` does for the fleet's TF Serving unit; records every exit status (255: a failed start-up, -9:
+    killed). ``start()`` launches it without waiting for its ports (a start-up that fails is just another exit)."""
+
+    def __init__(self, server: StandInProcess, restart_seconds: float = 0.3) -> None:
+        self.server = server
+        self.restart_seconds = restart_seconds
+        self.exits: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+
+    def __enter__(self) -> Supervisor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.server.start(wait=False)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.server.stop()
+
+    @property
+    def startup_failures(self) -> int:
+        return self.exits.count(EXIT_STARTUP_FAILED)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            code = self.server.returncode
+            if code is None:
+                continue
+            self.exits.append(code)
+            if self._stop.wait(self.restart_seconds):
+                return
+            self.server.start(wait=False)
+
+
+@contextmanager
+def accept_and_close(port: int) -> Iterator[None]:
+    """A listener on ``port`` that accepts every connection and closes it at once, as Docker's proxy does for a
+    container whose TF Serving is still loading its start-up config (its own ports open only after that)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(16)
+    sock.settimeout(0.05)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=loop, name="accept-and-close", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+def failing_copy(savedmodel: Path, dest: Path, error: str = "INTERNAL: bad graph") -> Path:
+    """A copy of ``savedmodel`` holding the stand-in's ``FAIL_LOAD`` file: published, downloaded by the agent and
+    handed to the stand-in, it fails every load attempt with ``error`` (``CODE: message``), as a version TF Serving
+    cannot load does."""
+    shutil.copytree(savedmodel, dest)
+    (dest / FAIL_LOAD).write_text(error)
+    return dest
+
+
+def served_version(rest_url: str, model: str = MODEL) -> int | None:
+    """The version that answers an unversioned predict (the stand-in's default model answers version x sum(x)), or
+    ``None`` when TF Serving does not answer it."""
+    body = json.dumps({"instances": [[1.0, 2.0]]}).encode()
+    request = urllib.request.Request(f"{rest_url}/v1/models/{model}:predict", body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return round(float(json.loads(answer.read())["predictions"][0]) / 3.0)
+    except (OSError, ValueError, KeyError, http.client.HTTPException):
+        return None

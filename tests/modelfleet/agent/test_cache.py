@@ -18,7 +18,8 @@ from model_export.store.base import Store
 from model_export.versions import rollback
 from modelfleet.agent.cache import DiskTooSmall, LocalCache
 from modelfleet.agent.tfs import TfsClient
-from tests.support.agent import MODEL, CountingStore, leftovers, make_agent, served, versions_in
+from tests.support.agent import MODEL, CountingStore, Fleet, leftovers, make_agent, served
+from tests.support.tfserving_standin import TFServingStandIn
 
 
 class DiskFullStore(CountingStore):
@@ -55,11 +56,18 @@ def file_store(tmp_path: Path) -> str:
 
 
 def test_disk_full_leaves_nothing_half_renamed(file_store: str, savedmodels: dict[str, Path], tmp_path: Path) -> None:
+    # TF Serving runs (the stand-in applies each config the agent writes): the config is then what TF Serving is told,
+    # and a disk that fills up mid-download must not change it.
     store = DiskFullStore(open_store(file_store))
     publish(savedmodels["v1"], store.inner, MODEL, label=STABLE)
     store.full = False
-    with make_agent(store, tmp_path / "root", STABLE) as agent:
-        assert agent.run_once()
+    with (
+        TFServingStandIn(grpc=False) as tfs,
+        make_agent(store, tmp_path / "root", STABLE, tfs=TfsClient(tfs.rest_url)) as agent,
+    ):
+        fleet = Fleet(agent, tfs)
+        assert fleet.settle()
+        assert served(agent.config_path) == {MODEL: ([1], {STABLE: 1})}
         config = agent.config_path.read_bytes()
         publish(savedmodels["v2"], store.inner, MODEL, label=STABLE)
         store.full = True
@@ -67,11 +75,13 @@ def test_disk_full_leaves_nothing_half_renamed(file_store: str, savedmodels: dic
         assert reports[0].transient and "No space left on device" in (reports[0].error or "")
         assert agent.cache.versions(MODEL) == [1]
         assert leftovers(agent.root) == []
-        assert agent.config_path.read_bytes() == config
+        assert agent.states[MODEL].target == 1
+        assert agent.config_path.read_bytes() == config  # TF Serving is told nothing new
         assert agent.status.counters()[2] == {}  # the version is not blamed: it is retried
         store.full = False
-        assert agent.run_once()
-        assert versions_in(agent.config_path) == {MODEL: [2]}
+        assert fleet.settle()
+        assert served(agent.config_path) == {MODEL: ([2], {STABLE: 2})}
+        assert tfs.labels(MODEL) == {STABLE: 2}
 
 
 def test_not_enough_free_space_is_a_clear_error(
@@ -92,17 +102,24 @@ def test_not_enough_free_space_is_a_clear_error(
 def test_keeps_the_last_k_versions_and_rolls_back_from_the_cache(
     file_store: str, savedmodels: dict[str, Path], tmp_path: Path
 ) -> None:
+    # With TF Serving running, each version goes through its label move ({old, new} then {new}): the cache must keep
+    # what the config names throughout, and settle on the last K used.
     store = CountingStore(open_store(file_store))
-    with make_agent(store, tmp_path / "root", STABLE, keep_local=2) as agent:
+    with (
+        TFServingStandIn(grpc=False) as tfs,
+        make_agent(store, tmp_path / "root", STABLE, keep_local=2, tfs=TfsClient(tfs.rest_url)) as agent,
+    ):
+        fleet = Fleet(agent, tfs)
         for n in range(1, 5):
             publish(savedmodels["v1" if n % 2 else "v2"], store, MODEL, label=STABLE)
-            assert agent.run_once()
-            assert versions_in(agent.config_path) == {MODEL: [n]}
+            assert fleet.settle()
+            assert served(agent.config_path) == {MODEL: ([n], {STABLE: n})}
         assert agent.cache.versions(MODEL) == [3, 4]
         store.reset()
         rollback(store, MODEL)
-        assert agent.run_once()
-        assert versions_in(agent.config_path) == {MODEL: [3]}
+        assert fleet.settle()
+        assert served(agent.config_path) == {MODEL: ([3], {STABLE: 3})}
+        assert tfs.labels(MODEL) == {STABLE: 3}
         assert store.calls["download_file"] == 0
         assert agent.cache.versions(MODEL) == [3, 4]
 

@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 
 from model_export.constants import HEALTH_PATH, STABLE
+from model_export.manifest import load_manifest
 from model_export.publish import publish
+from model_export.store import open_store
+from modelfleet.agent.main import STATE_NAME
 from modelfleet.cli import main
 from tests.support import REPO_ROOT
-from tests.support.agent import MODEL, http_get, served, wait_until
+from tests.support.agent import MODEL, assert_verified, http_get, served, wait_until
 from tests.support.servers import free_port
+from tests.support.tfserving_standin import TFServingStandIn
 
 
 @pytest.fixture
@@ -46,23 +50,49 @@ def agent_argv(store: str, root: Path, *extra: str) -> list[str]:
     ]
 
 
+def saved_state(root: Path, model: str = MODEL) -> dict[str, object]:
+    return dict(json.loads((root / STATE_NAME).read_text())["models"][model])
+
+
 def test_once_syncs_and_exits_0(published: str, tmp_path: Path) -> None:
+    """``--once`` is the bootstrap's first sync (modelfleet-sync.service), ordered before TF Serving: ready (exit 0)
+    once the desired version is on disk, verified, and the agent's target, whether TF Serving runs yet or not."""
     root = tmp_path / "root"
     assert main([*agent_argv(published, root), "--once"]) == 0
-    # TF Serving is not running (as at boot): the file will be its first config, where a label on a version it has
-    # not loaded yet would make it exit. So: the version, no label yet.
+    assert_verified(root / MODEL / "1", load_manifest(open_store(published), MODEL)[0].get(1))
+    state = saved_state(root)
+    assert (state["target"], state["desired"], state["proven"]) == (1, 1, [])
+    # TF Serving is not running (as at boot): the file will be its first config, where a version it has never loaded
+    # could fail and make it exit. On a new VM nothing is proven yet: an empty model list, which TF Serving starts
+    # with; the long-running agent then adds version 1 by a reload.
+    assert served(root / "models.config") == {}
+
+    # Once TF Serving has loaded version 1 on this VM (the state file remembers it) ...
+    with TFServingStandIn(grpc=False) as tfs:
+        tfs.set_model(MODEL, versions={1: "AVAILABLE"})
+        assert main([*with_flag(agent_argv(published, root), "--tfs-url", tfs.rest_url), "--once"]) == 0
+        assert served(root / "models.config") == {MODEL: ([1], {STABLE: 1})}
+    assert saved_state(root)["proven"] == [1]
+    # ... the first sync after a reboot, TF Serving not running yet, writes that version, without a label (at
+    # start-up no version is AVAILABLE yet: TF Serving without --allow_version_labels_for_unavailable_models exits).
+    assert main([*agent_argv(published, root), "--once"]) == 0
     assert served(root / "models.config") == {MODEL: ([1], {})}
 
 
 def test_once_exits_1_when_a_model_cannot_be_served(
     published: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    argv = agent_argv(published, tmp_path / "root")
-    argv[argv.index(MODEL)] = f"{MODEL},nothere"
-    assert main([*argv, "--once"]) == 1
-    assert "nothere: no manifest at" in caplog.text
-    # The model that exists is still served.
-    assert served(tmp_path / "root" / "models.config") == {MODEL: ([1], {})}
+    root = tmp_path / "root"
+    with TFServingStandIn(grpc=False) as tfs:
+        argv = with_flag(agent_argv(published, root), "--tfs-url", tfs.rest_url)
+        argv[argv.index(MODEL)] = f"{MODEL},nothere"
+        assert main([*argv, "--once"]) == 1
+        assert "nothere: no manifest at" in caplog.text
+        # The model that exists is still served: TF Serving (running) is told to load it, labeled once AVAILABLE.
+        assert saved_state(root)["target"] == 1
+        assert served(root / "models.config") == {MODEL: ([1], {})}
+        tfs.load_config(root / "models.config")
+        assert tfs.versions(MODEL) == {1: "AVAILABLE"}
 
 
 def with_flag(argv: list[str], flag: str, value: str) -> list[str]:

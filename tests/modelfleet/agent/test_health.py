@@ -147,7 +147,8 @@ def test_health_stays_200_while_a_label_move_loads_and_if_the_new_version_fails(
     store: str, savedmodels: dict[str, Path], tmp_path: Path
 ) -> None:
     """Every VM of a fleet moves at once: 503 during a move would empty the load balancer (and trigger autohealing)
-    although TF Serving keeps answering with the labeled version until the new one is AVAILABLE."""
+    although TF Serving keeps answering with the labeled version until the new one is AVAILABLE. A new version that
+    fails to load is the same on every VM: the agent goes back to the last good version, degraded, still 200."""
     publish(savedmodels["v1"], store, MODEL, label=STABLE)
     listen = ("127.0.0.1", free_port())
     with TFServingStandIn(grpc=False) as tfs:
@@ -168,16 +169,35 @@ def test_health_stays_200_while_a_label_move_loads_and_if_the_new_version_fails(
             )
             wait_until("health reflects the transition", lambda: http_get(base + HEALTH_PATH) == (200, expected))
 
+            # v2 fails to load. Health is read throughout, every answer 200, until the agent has recorded the failure
+            # and gone back to v1, the last good version (what TF Serving answers with), saying it is degraded.
             tfs.set_state(MODEL, 2, "END", error_code="UNKNOWN", error_message="bad graph")
-            code, body = http_get(base + HEALTH_PATH)
-            assert code == 200, body
-            assert "version 1 AVAILABLE and serving; version 2 is END" in body
-            assert served(agent.config_path) == {MODEL: ([1, 2], {STABLE: 1})}  # labels never moved to v2
+            degraded = (
+                "ok\ndigits: version 1 AVAILABLE\ndegraded: digits v2 failed to load (UNKNOWN: bad graph); serving v1\n"
+            )
+            answers: list[tuple[int, str]] = []
+
+            def settled_degraded() -> bool:
+                answers.append(http_get(base + HEALTH_PATH))
+                return answers[-1] == (200, degraded)
+
+            wait_until("health says degraded, v1 serving", settled_degraded)
+            assert all(code == 200 for code, _ in answers), answers
+            st = agent.states[MODEL]
+            assert (st.desired, st.target, st.last_good) == (2, 1, 1) and 2 in st.failed
+            # The labels never moved to v2, and v2 is not listed again.
+            wait_until("the config back to v1 alone", lambda: served(agent.config_path) == {MODEL: ([1], {STABLE: 1})})
+            for _ in range(5):  # it stays so over the agent's next ticks (it polls every 50 ms)
+                time.sleep(0.1)
+                assert http_get(base + HEALTH_PATH) == (200, degraded)
+                assert served(agent.config_path) == {MODEL: ([1], {STABLE: 1})}
+            tfs.load_config(agent.config_path)  # TF Serving accepts it and keeps v1 serving
+            assert tfs.labels(MODEL) == {STABLE: 1} and tfs.versions(MODEL)[1] == "AVAILABLE"
 
             tfs.set_state(MODEL, 1, "END")  # nothing serves any more: now the VM is unhealthy
             code, body = http_get(base + HEALTH_PATH)
-            assert code == 503
-            assert body == "unhealthy\ndigits: version 2 is END, not AVAILABLE\n"
+            assert code == 503, body
+            assert body.startswith("unhealthy\ndigits: version 1 is END, not AVAILABLE\n"), body
 
 
 def test_health_read_between_sync_and_config_write_still_sees_the_labels(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from model_export.constants import CANARY, STABLE
@@ -10,9 +11,20 @@ from model_export.manifest import load_manifest
 from model_export.publish import publish
 from model_export.store import open_store
 from model_export.versions import clear_label, promote, rollback, set_label
+from modelfleet.agent import Agent
 from modelfleet.agent.tfs import TfsClient
-from tests.support.agent import MODEL, CountingStore, Fleet, assert_verified, leftovers, make_agent, served, versions_in
+from tests.support.agent import MODEL, CountingStore, Fleet, assert_verified, leftovers, make_agent, served
 from tests.support.tfserving_standin import TFServingStandIn
+
+
+def targets(agent: Agent) -> dict[str, int | None]:
+    """Each model's target: the complete, verified local version the agent drives TF Serving to. With TF Serving not
+    running (these tests), the config names only versions TF Serving has loaded on the VM before (none here), so the
+    target is where a sync shows. The state file (what a restarted agent resumes) must say the same."""
+    in_memory = {name: st.target for name, st in agent.states.items()}
+    saved = json.loads(agent.state_path.read_text())["models"]
+    assert {name: saved.get(name, {}).get("target") for name in agent.states} == in_memory
+    return in_memory
 
 
 def test_publish_canary_promote_rollback_and_a_corrupted_version(
@@ -103,7 +115,8 @@ def test_one_conditional_get_per_model_per_poll_when_nothing_changed(
             assert agent.run_once()
         assert store.calls == {"read_if_changed": 6}
         assert store.unchanged == 6  # the store itself answered "not modified"
-        assert versions_in(agent.config_path) == {"a": [1], "b": [1]}
+        assert targets(agent) == {"a": 1, "b": 1}
+        assert agent.cache.versions("a") == [1] and agent.cache.versions("b") == [1]
 
 
 def test_missing_file_refuses_the_version(store_uri: str, savedmodels: dict[str, Path], tmp_path: Path) -> None:
@@ -115,7 +128,8 @@ def test_missing_file_refuses_the_version(store_uri: str, savedmodels: dict[str,
         store.delete([f"{MODEL}/2/variables/variables.index"])
         assert v2.version == 2
         assert not agent.run_once()
-        assert versions_in(agent.config_path) == {MODEL: [1]}
+        assert targets(agent) == {MODEL: 1}  # refused: the target stays on version 1
+        assert agent.states[MODEL].desired == 2
         assert agent.cache.versions(MODEL) == [1] and leftovers(agent.root) == []
         assert agent.status.counters()[2] == {MODEL: 1}
 
@@ -127,13 +141,15 @@ def test_malformed_manifest_keeps_the_last_good_one(
     publish(savedmodels["v1"], store, MODEL, label=STABLE)
     with make_agent(store, tmp_path / "root", STABLE) as agent:
         assert agent.run_once()
-        config = agent.config_path.read_bytes()
+        config, state = agent.config_path.read_bytes(), agent.state_path.read_bytes()
         good = store.read(manifest_key(MODEL)).data
         for bad in (b"{not json", good.replace(b'"schema_version": 2', b'"schema_version": 99')):
             store.write(manifest_key(MODEL), bad)
             reports = agent.tick()
             assert reports[0].error is not None and not reports[0].transient
+            # Nothing moves: not the config, not the target or desired version the state file keeps.
             assert agent.config_path.read_bytes() == config
+            assert agent.state_path.read_bytes() == state
             assert agent.status.models()[0].target == 1
             # The same bad bytes are not fetched again: the next poll is one conditional GET answered "unchanged".
             store.reset()
@@ -144,7 +160,7 @@ def test_malformed_manifest_keeps_the_last_good_one(
         store.write(manifest_key(MODEL), good)
         publish(savedmodels["v2"], store, MODEL, label=STABLE)
         assert agent.run_once()
-        assert versions_in(agent.config_path) == {MODEL: [2]}
+        assert targets(agent) == {MODEL: 2}
 
 
 def test_a_cleared_label_keeps_the_last_version_served(
