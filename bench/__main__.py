@@ -6,7 +6,13 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("bench.publish", "bench.predict_request", "bench.pickup_latency")
+BENCHMARKS = (
+    "bench.publish",
+    "bench.predict_request",
+    "bench.pickup_latency",
+    "bench.fleet_switch",
+    "bench.fleet_poll",
+)
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ base64-encodes it into the launch template's ``user_data``. Everything a VM need
 (image, flags, agent wheel hash) changes the template and rolls the fleet.
 
 On the VM: Docker runs TF Serving (``tfserving.service``) from local disk only; the modelfleet agent, installed into
-``/opt/modelfleet/venv`` from this repo's wheel in the store, first syncs once (``modelfleet-sync.service``, ordered
-before TF Serving) and then keeps syncing and serves the health check (``modelfleet-agent.service``). On AWS a
+``/opt/modelfleet/venv`` from this repo's wheel in the store, first writes the start-up config from local state with
+no store request (``modelfleet-sync.service``, ordered before TF Serving) and then syncs and serves the health check
+(``modelfleet-agent.service``). On AWS a
 fourth unit (``modelfleet-livez.service``) reports the agent's liveness to the auto scaling group (docs/aws.md).
 """
 
@@ -464,7 +465,7 @@ def cloud_config(args: BootstrapArgs) -> dict[str, Any]:
         "runcmd": [
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", SYNC_UNIT, *started],
-            # --no-block: cloud-init must not wait for the first sync (a large model can take minutes).
+            # --no-block: cloud-init must not wait for the boot step (it installs the agent on the first boot).
             ["systemctl", "start", "--no-block", *started],
         ],
     }

@@ -1,16 +1,22 @@
 """The agent: poll the store, fetch and verify, write TF Serving's config, serve health and metrics.
 
-Each tick syncs every model (one conditional GET each when nothing changed), then reconciles: asks TF Serving which
-versions are AVAILABLE or failed, records what it proved (``proven``, ``last_good``) and what it could not load
-(``failed``), writes the next config step (see :mod:`modelfleet.agent.plan`), and prunes the local cache. A config
-TF Serving may read at start-up (it is not running, or still starting) names only versions it has already loaded on
-this VM, so it always starts; a version never loaded here is added by a reload, where a failure is not fatal.
-When the store fails, its polls back off exponentially (capped, jittered) while reconciling goes on at the poll
-interval, so a transition in progress still completes and health keeps reporting what TF Serving serves.
+Two loops share the per-model state (``ModelState``) under one lock. The store poll (a thread of :meth:`Agent.run`)
+syncs every model (one conditional GET each when nothing changed) and fetches new versions; it releases the lock
+around every store request, so a slow or black-holed store never holds up the other loop. The reconcile loop asks TF
+Serving which versions are AVAILABLE or failed, records what it proved (``proven``, ``last_good``) and what it could
+not load (``failed``), writes the next config step (see :mod:`modelfleet.agent.plan`) from the last known state, and
+prunes the local cache; it runs every tick whatever the store does. A config TF Serving may read at start-up (it is
+not running, or still starting) names only versions it has already loaded on this VM, so it always starts; a version
+never loaded here is added by a reload, where a failure is not fatal. That start-up config is written from the state
+file before any store request (:meth:`Agent.write_startup_config`, and first in :meth:`Agent.run_once`), so a dead
+store costs TF Serving's start nothing. When the store fails, its polls back off exponentially (capped, jittered)
+while reconciling goes on, so a transition in progress still completes and health keeps reporting what TF Serving
+serves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -19,7 +25,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -209,6 +215,11 @@ class Agent:
                 refuse_retry_seconds=options.refuse_retry_seconds,
                 failed_retry_seconds=options.failed_retry_seconds,
             )
+            # ModelState is changed only with this lock held; the store poll releases it around store requests.
+            self._lock = threading.Lock()
+            self._store_busy = False  # a store request (maybe a download into the cache) is under way: no prune
+            self._wake = threading.Event()  # a store poll finished: reconcile now
+            self.follower.unlocked = self._store_request
             self.states = {m: ModelState(m) for m in options.models}
             self.entries: dict[str, ModelEntry] = {}
             self._tfs_up = False  # TF Serving answered at the last reconcile
@@ -276,20 +287,44 @@ class Agent:
             out[name] = {*entry.labels.values(), *([good] if good is not None and good in entry.versions else [])}
         return out
 
+    @contextlib.contextmanager
+    def _store_request(self) -> Iterator[None]:
+        """Around one store request of the store poll (which holds the lock): release the lock meanwhile."""
+        self._store_busy = True
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+            self._store_busy = False
+
     def tick(self, *, poll_store: bool = True) -> list[ModelReport]:
         """Sync every model from the store (when ``poll_store``), then write the next config and prune the cache."""
-        reports = [self.follower.sync(st) for st in self.states.values()] if poll_store else []
+        with self._lock:
+            reports = self._poll_store() if poll_store else []
+            return [*reports, *self._reconcile_tick()]
+
+    def _poll_store(self) -> list[ModelReport]:
+        """One store poll of every model (the caller holds the lock; it is released around each store request)."""
+        reports = [self.follower.sync(st) for st in self.states.values()]
+        for r in reports:
+            if r.error:
+                log.warning("%s", r.error)
         # The labels stay those of the config TF Serving has until the next one is written: health read in between
         # must still see the labeled version serving (without them a mid-move check answered 503).
         self.status.publish(self.states, self._labeled(), self._draining())
+        self.status.record(reports, at=time.time(), bytes_fetched=self.cache.bytes_fetched)
+        return reports
+
+    def _reconcile_tick(self) -> list[ModelReport]:
+        """Reconcile from the last known state (the caller holds the lock); the failures, if it could not."""
+        reports: list[ModelReport] = []
         try:
             self.reconcile()
         except (OSError, ValueError) as e:
             why = f"cannot update {self.root}: {e}"
-            reports = [*reports, *(ModelReport(m, error=why, transient=True) for m in self.states)]
-        for r in reports:
-            if r.error:
-                log.warning("%s", r.error)
+            reports = [ModelReport(m, error=why, transient=True) for m in self.states]
+            log.warning("%s", why)
         self.status.publish(self.states, self._labeled(), self._draining())
         if reports:
             self.status.record(reports, at=time.time(), bytes_fetched=self.cache.bytes_fetched)
@@ -326,6 +361,8 @@ class Agent:
             log.info("wrote %s: %s", self.config_path, summary or "no model")
         self.entries = entries
         self._save_state()
+        if self._store_busy:
+            return changed  # the store poll may be downloading into the cache: prune at the next tick
         for name, st in self.states.items():
             entry = entries.get(name)
             referenced = {*(entry.versions if entry else ()), *(v for v in (st.target, st.last_good) if v is not None)}
@@ -629,9 +666,21 @@ class Agent:
 
     # -- loops -----------------------------------------------------------------------------------------------------
 
+    def write_startup_config(self) -> bool:
+        """Write TF Serving's config from the agent's state alone, without any store request: at boot, before TF
+        Serving starts, the versions it has loaded on this VM before (rule 4), so a dead store costs its start
+        nothing. ``False`` when the config could not be written."""
+        self._may_drain = False
+        try:
+            return not self.tick(poll_store=False)
+        finally:
+            self._may_drain = True
+
     def run_once(self) -> bool:
-        """One sync; ``True`` when every model is served as desired (the reasons otherwise are logged). It never
-        starts or resumes a drain: a model that needs one keeps its old version until the long-running agent drains."""
+        """The start-up config from the state (no store request), then one sync; ``True`` when every model is served
+        as desired (the reasons otherwise are logged). It never starts or resumes a drain: a model that needs one
+        keeps its old version until the long-running agent drains."""
+        self.write_startup_config()
         self._may_drain = False
         try:
             reasons = self.shortfalls(self.tick())
@@ -642,28 +691,56 @@ class Agent:
         return not reasons
 
     def run(self, stop: threading.Event) -> None:
-        """Tick every ``poll_seconds`` until ``stop``; store polls back off while the store fails."""
+        """Reconcile every tick until ``stop``, while a thread polls the store every ``poll_seconds`` (backing off
+        while the store fails): a slow store poll never delays reconciling with TF Serving."""
+        poller = threading.Thread(target=self._poll_loop, args=(stop,), name="modelfleet-store-poll", daemon=True)
+        poller.start()
+        try:
+            self._reconcile_loop(stop)
+        finally:
+            stop.set()
+            poller.join()  # a store request in flight ends within the store budget (a download: when it is done)
+
+    def _reconcile_loop(self, stop: threading.Event) -> None:
         poll = self.options.poll_seconds
-        failures = 0
-        next_store_poll = 0.0
         while not stop.is_set():
-            due = time.monotonic() >= next_store_poll
             try:
-                reports = self.tick(poll_store=due)
+                with self._lock:
+                    self._reconcile_tick()
+                    settled = self.settled()
             except Exception as e:  # the loop must outlive any one bad tick
-                log.exception("sync failed unexpectedly")
+                log.exception("reconcile failed unexpectedly")
                 reports = [ModelReport(m, error=f"unexpected: {e!r}", transient=True) for m in self.states]
                 self.status.record(reports, at=time.time(), bytes_fetched=self.cache.bytes_fetched)
-            if due:
-                if any(r.transient for r in reports):
-                    failures += 1
-                    delay = backoff_delay(failures, poll, self.options.max_backoff_seconds)
-                    log.warning("store or disk failing (%d in a row); next store poll in %.1f s", failures, delay)
-                else:
-                    failures, delay = 0, poll
-                next_store_poll = time.monotonic() + delay
+                settled = False
             self.liveness.beat()
-            stop.wait(poll if self.settled() else min(poll, TRANSITION_TICK_SECONDS))
+            deadline = time.monotonic() + (poll if settled else min(poll, TRANSITION_TICK_SECONDS))
+            # wake early when a store poll finished (a new target) or on stop
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if self._wake.wait(min(left, 0.25)):
+                    break
+            self._wake.clear()
+
+    def _poll_loop(self, stop: threading.Event) -> None:
+        """Poll the store every ``poll_seconds``; after failed polls, back off exponentially (jittered, capped)."""
+        poll = self.options.poll_seconds
+        failures = 0
+        while not stop.is_set():
+            try:
+                with self._lock:
+                    reports = self._poll_store()
+            except Exception as e:  # the loop must outlive any one bad poll
+                log.exception("store poll failed unexpectedly")
+                reports = [ModelReport(m, error=f"unexpected: {e!r}", transient=True) for m in self.states]
+                self.status.record(reports, at=time.time(), bytes_fetched=self.cache.bytes_fetched)
+            self._wake.set()
+            if any(r.transient for r in reports):
+                failures += 1
+                delay = backoff_delay(failures, poll, self.options.max_backoff_seconds)
+                log.warning("store or disk failing (%d in a row); next store poll in %.1f s", failures, delay)
+            else:
+                failures, delay = 0, poll
+            stop.wait(delay)
 
     def settled(self) -> bool:
         """Every model's config is in its steady state (the target alone, labeled); otherwise a transition waits on

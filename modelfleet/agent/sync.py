@@ -14,6 +14,7 @@ failed version is tried again only when the desired version moves away and back,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -58,7 +59,8 @@ class LoadFailure:
 
 @dataclass
 class ModelState:
-    """What the agent knows about one model. Only the sync loop changes it."""
+    """What the agent knows about one model. The agent changes it only while holding its state lock (the store poll
+    releases it around store requests: ``Follower.unlocked``)."""
 
     name: str
     token: str | None = None  # of the last manifest read, good or bad: an unchanged bad one is not fetched again
@@ -107,12 +109,16 @@ class Follower:
         self.failed_retry_seconds = failed_retry_seconds
         self.clock = clock
         self.wall = wall
+        # Entered around every store request (a manifest read, a download): the agent releases its state lock there,
+        # so a slow or black-holed store never holds up reconciling with TF Serving. Read ``st`` again after it.
+        self.unlocked: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext
 
     def _read_manifest(self, st: ModelState, report: ModelReport) -> bool:
         """Refresh ``st.manifest``; ``False`` when the store could not be read at all."""
         key = manifest_key(st.name)
         try:
-            blob = self.store.read_if_changed(key, st.token)
+            with self.unlocked():
+                blob = self.store.read_if_changed(key, st.token)
         except ObjectNotFound:
             report.error = f"{st.name}: no manifest at {self.store.uri}/{key} (nothing published under that name)"
             return True
@@ -168,7 +174,8 @@ class Follower:
             st.problem = self._keeping(st, refusal.reason)
             return
         try:
-            fetched = self.cache.fetch(self.store, st.name, manifest.get(desired))
+            with self.unlocked():
+                fetched = self.cache.fetch(self.store, st.name, manifest.get(desired))
         except VersionRefused as e:
             st.refused[desired] = Refusal(str(e), self.clock())
             report.refused = str(e)
@@ -245,7 +252,8 @@ class Follower:
             if refusal is not None and self.clock() - refusal.at < self.refuse_retry_seconds:
                 continue
             try:
-                fetched = self.cache.fetch(self.store, st.name, manifest.get(version))
+                with self.unlocked():
+                    fetched = self.cache.fetch(self.store, st.name, manifest.get(version))
             except VersionRefused as e:
                 st.refused[version] = Refusal(str(e), self.clock())
                 report.refused = str(e)

@@ -118,7 +118,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     ROOT/models.config (run TF Serving with --model_config_file=ROOT/models.config and
     --model_config_file_poll_wait_seconds). Serves health (200 only when TF Serving reports the fleet's version
     AVAILABLE for every model) and Prometheus metrics on --listen. --once syncs once: exit 0 when every model is
-    ready, 1 otherwise.
+    ready, 1 otherwise. --startup-config writes the config from the agent's state alone (the versions TF Serving has
+    loaded on this VM before), with no store request, and exits: the boot step before TF Serving starts.
 
     Example:
       modelfleet agent --store gs://acme-models/prod --models digits --root /var/lib/modelfleet/models --role stable
@@ -133,7 +134,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         role=args.role,
         poll_seconds=args.poll,
         tfs_url=args.tfs_url,
-        listen=None if args.once else listen,
+        listen=None if args.once or args.startup_config else listen,
         keep_local=args.keep_local,
         serving_root=args.serving_root,
         switch=switch,
@@ -144,6 +145,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("modelfleet.agent").info("%s", switch.describe())
     with store_budget(budget), Agent(options) as agent:
+        if args.startup_config:
+            return 0 if agent.write_startup_config() else 1
         if args.once:
             return 0 if agent.run_once() else 1
         stop = threading.Event()
@@ -172,7 +175,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--poll", type=positive_seconds, default=AGENT_POLL_SECONDS, metavar="SECONDS", help="default: %(default)s"
     )
-    p.add_argument("--once", action="store_true", help="sync once and exit: 0 ready, 1 failed")
+    once = p.add_mutually_exclusive_group()
+    once.add_argument("--once", action="store_true", help="sync once and exit: 0 ready, 1 failed")
+    once.add_argument(
+        "--startup-config",
+        action="store_true",
+        help="write TF Serving's start-up config from the agent's state (versions proven on this VM) and exit, "
+        "without any store request (at boot, before TF Serving)",
+    )
     p.add_argument("--tfs-url", default=LOCAL_TFS_URL, metavar="URL", help="TF Serving REST (%(default)s)")
     p.add_argument(
         "--listen", default="{}:{}".format(*DEFAULT_LISTEN), metavar="HOST:PORT", help="health/metrics (%(default)s)"

@@ -429,8 +429,8 @@ def test_agent_command_carries_store_models_and_role(rendered: Rendered) -> None
         "--fleet-size": str(args.fleet_size),
         "--max-draining-percent": str(args.max_draining_percent),
     }
-    # The first sync is the same command, once.
-    assert rendered.exec_start(bootstrap.SYNC_UNIT) == [*argv, "--once"]
+    # The boot step is the same command, writing the start-up config from local state (no store request).
+    assert rendered.exec_start(bootstrap.SYNC_UNIT) == [*argv, "--startup-config"]
     assert bootstrap.MODEL_CONFIG_PATH.startswith(bootstrap.MODEL_ROOT + "/")
 
 
