@@ -34,6 +34,7 @@ from model_export.errors import (
     PreconditionFailed,
     ReservationLost,
     SignatureChanged,
+    TransferError,
 )
 from model_export.manifest import (
     Manifest,
@@ -104,6 +105,9 @@ class _Reservation:
     body: bytes
     token: str
     lost: str | None = None
+    # The manifest's last_version when the number was settled. It only ever grows, so a commit that finds it lower
+    # finds a manifest that was deleted or a store that was reset under the publish.
+    seen_last_version: int = 0
 
 
 def _reserve(store: Store, model: str, record: dict[str, Any]) -> _Reservation:
@@ -124,8 +128,9 @@ def _reserve(store: Store, model: str, record: dict[str, Any]) -> _Reservation:
         # A reservation is deleted right after its version is committed (or abandoned by prune), so the create above
         # can succeed for a number used since our manifest read. Only a manifest read after the create settles it:
         # last_version covers every number ever published or abandoned.
-        if version > load_manifest(store, model)[0].last_version:
-            return _Reservation(key, version, body, token)
+        last_version = load_manifest(store, model)[0].last_version
+        if version > last_version:
+            return _Reservation(key, version, body, token, seen_last_version=last_version)
         store.delete([key])
 
 
@@ -223,7 +228,8 @@ def publish(
     if label is not None:
         check_label(label)
     meta = {k: str(v) for k, v in (source or {}).items() if v}
-    idempotency_key = idempotency_key or meta.get("job_id")
+    if idempotency_key is None:
+        idempotency_key = meta.get("job_id")
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
     if workers < 1:
@@ -246,13 +252,20 @@ def publish(
     try:
         with _heartbeat(st, res, HEARTBEAT_SECONDS):
             entries = upload_tree(st, info.path, info.files, prefix, workers=workers, progress=progress)
-        _still_ours(st, model, res)
         verify_uploaded(st, prefix, entries)
+        # Last, right before the commit: the files were listed, and the reservation is still ours.
+        _still_ours(st, model, res)
         entry = VersionEntry(version, now(), entries, info.signature, meta, idempotency_key=idempotency_key)
 
         def add(m: Manifest) -> None:
             # The fence: prune records a version it judged dead in the manifest before it deletes anything, and this
             # check runs inside the same compare-and-swap, so exactly one of the two wins.
+            if m.last_version < res.seen_last_version:
+                raise ModelfleetError(
+                    f"publish of {model!r} version {version} stopped: the manifest went back from last_version "
+                    f"{res.seen_last_version} to {m.last_version} (deleted, or the store was reset) while this "
+                    "publish ran; nothing was committed — check the store before publishing again"
+                )
             if version in m.abandoned:
                 raise ReservationLost(
                     f"publish of {model!r} version {version} stopped: prune abandoned the version at "
@@ -271,6 +284,16 @@ def publish(
                 m.move_label(label, version, "publish", by)
 
         final, _ = update_manifest(st, model, add, action="publish")
+        # Checked where it happened: the files are still there under the committed entry. A store reset or a
+        # deletion in the instant between the last check and the commit would otherwise be reported as success.
+        try:
+            verify_uploaded(st, prefix, entries)
+        except TransferError as e:
+            _withdraw(st, model, version, label)
+            raise ModelfleetError(
+                f"publish of {model!r} version {version} failed: its files vanished from the store as it was "
+                f"committed ({e}); the version was withdrawn and its number given up — check the store"
+            ) from e
     except _AlreadyPublished as e:
         _discard(st, model, version, [f"{prefix}/{rel}" for rel in info.files] + [res.key])
         return _result(model, st, load_manifest(st, model)[0], e.entry, started, reused=True)
@@ -280,6 +303,26 @@ def publish(
         raise
     st.delete([res.key])
     return _result(model, st, final, entry, started, reused=False)
+
+
+def _withdraw(st: Store, model: str, version: int, label: str | None) -> None:
+    """Take a just-committed version out of the manifest again: put back the label this publish moved (the stable
+    before it, or none) and give up the number, so no agent is told to fetch files that are gone."""
+
+    def undo(m: Manifest) -> None:
+        if version not in m.versions:
+            return
+        del m.versions[version]
+        for name, target in list(m.labels.items()):
+            if target == version:
+                previous = next(
+                    (h.from_version for h in reversed(m.history) if h.label == name and h.to_version == version), None
+                )
+                m.move_label(name, previous if previous in m.versions else None, "withdraw", actor())
+        m.abandon(version, actor())
+
+    with contextlib.suppress(Exception):
+        update_manifest(st, model, undo, action="withdraw")
 
 
 def _discard(st: Store, model: str, version: int, keys: list[str]) -> None:

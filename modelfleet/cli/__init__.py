@@ -12,8 +12,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from model_export.errors import ModelfleetError
+from model_export.errors import ModelfleetError, one_line
 from modelfleet import __version__
 
 # command -> (module that registers it, one-line summary: the first line of the command's docstring).
@@ -52,9 +53,17 @@ DESCRIPTION = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the bad value and what is valid), exit 2: the usage block it prints by
+    default is a screen of options in front of the one line that matters. ``--help`` still shows it all."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser for ``command`` (its module's commands in full), or, for ``None``, the list of every command."""
-    parser = argparse.ArgumentParser(prog="modelfleet", description=DESCRIPTION)
+    parser = _Parser(prog="modelfleet", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"modelfleet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     if command in COMMANDS:

@@ -28,7 +28,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     source = dict(kv.split("=", 1) for kv in args.meta)
     if args.git_sha:
         source["git_sha"] = args.git_sha
-    if args.job_id:
+    if args.job_id is not None:
+        if not args.job_id.strip():
+            raise BadInput(f"--job-id {args.job_id!r} is empty; pass the training job's id or leave the option out")
         source["job_id"] = args.job_id
     result = publish(
         args.dir,
@@ -219,10 +221,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--label", help="also point this label (e.g. canary) at the new version")
     p.add_argument("--allow-signature-change", action="store_true", help="publish even if the inputs changed")
     p.add_argument("--git-sha", default=os.environ.get("MODELFLEET_GIT_SHA"), help="source commit (default: cwd's)")
-    p.add_argument("--job-id", default=os.environ.get("MODELFLEET_JOB_ID"), help="training job id")
+    p.add_argument("--job-id", default=os.environ.get("MODELFLEET_JOB_ID") or None, help="training job id")
     p.add_argument(
         "--idempotency-key",
-        default=os.environ.get("MODELFLEET_IDEMPOTENCY_KEY"),
+        default=os.environ.get("MODELFLEET_IDEMPOTENCY_KEY") or None,
         metavar="KEY",
         help="a retry with the same key returns the version already published (default: --job-id)",
     )

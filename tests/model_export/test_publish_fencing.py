@@ -12,13 +12,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from model_export.errors import ModelfleetError
 from model_export.manifest import load_manifest
 from model_export.publish import publish
-from model_export.store import open_store
+from model_export.store import ObjectInfo, Store, open_store
+from model_export.store.base import DelegatingStore
 from model_export.transfer import download_tree
 from model_export.versions import prune
 from tests.support.paused_publish import FILES_BEFORE_PAUSE, PHASES
@@ -106,3 +109,76 @@ def test_prune_with_a_live_heartbeat_leaves_the_publish_alone(store_uri: str, sa
     manifest, _ = load_manifest(st, "m")
     assert manifest.abandoned == {}
     assert [o.key for o in st.list("m/_pending/")] == ["m/_pending/2.json"]
+
+
+class _Wiping(DelegatingStore):
+    """A store reset (or a person deleting objects) at one chosen instant of a publish."""
+
+    def __init__(self, inner: Store, when: Callable[[str, str], bool], keep: Callable[[str], bool]) -> None:
+        super().__init__(inner)
+        self.when, self.keep, self.wiped = when, keep, False
+
+    def _maybe_wipe(self, call: str, key: str) -> None:
+        if not self.wiped and self.when(call, key):
+            self.wiped = True
+            self.inner.delete([o.key for o in self.inner.list("") if not self.keep(o.key)])
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self._maybe_wipe("list", prefix)
+        return self.inner.list(prefix)
+
+    def write(self, key: str, data: bytes, *, if_token: str | None = None, if_absent: bool = False) -> str:
+        self._maybe_wipe("write", key)
+        return self.inner.write(key, data, if_token=if_token, if_absent=if_absent)
+
+
+def _no_file_entries(st: Store) -> list[int]:
+    manifest, _ = load_manifest(st, "m")
+    return sorted(manifest.versions)
+
+
+def test_a_store_reset_after_the_upload_is_listed_commits_nothing(tmp_path: Path, savedmodels: dict[str, Path]) -> None:
+    """Found by an attack: the publisher paused at its verify listing, the S3 server was restarted empty, and the
+    publish then committed a version with all its files missing, exit 0."""
+    root = tmp_path / "store"
+    root.mkdir()
+    st = _Wiping(open_store(f"file://{root}"), lambda call, key: call == "list" and key == "m/1/", lambda k: False)
+    with pytest.raises(ModelfleetError) as e:
+        publish(savedmodels["v1"], st, "m", label="stable")
+    assert st.wiped and "\n" not in str(e.value)
+    assert _no_file_entries(st.inner) == []
+
+
+def test_files_that_vanish_as_the_commit_lands_withdraw_the_version(
+    tmp_path: Path, savedmodels: dict[str, Path]
+) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    st = open_store(f"file://{root}")
+    publish(savedmodels["v1"], st, "m", label="stable")
+    wiping = _Wiping(
+        st,
+        lambda call, key: call == "write" and key == "m/manifest.json",
+        lambda k: not k.startswith("m/2/"),  # only the new version's files go
+    )
+    with pytest.raises(ModelfleetError, match="vanished") as e:
+        publish(savedmodels["v2"], wiping, "m", label="stable")
+    assert "\n" not in str(e.value)
+    manifest, _ = load_manifest(st, "m")
+    assert sorted(manifest.versions) == [1] and manifest.labels == {"stable": 1}
+    assert 2 in manifest.abandoned and manifest.last_version == 2
+
+
+def test_a_manifest_deleted_during_a_publish_is_not_recreated_from_scratch(
+    tmp_path: Path, savedmodels: dict[str, Path]
+) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    st = open_store(f"file://{root}")
+    publish(savedmodels["v1"], st, "m")
+    publish(savedmodels["v1"], st, "m")
+    wiping = _Wiping(st, lambda call, key: call == "list" and key == "m/3/", lambda k: k != "m/manifest.json")
+    with pytest.raises(ModelfleetError, match="went back") as e:
+        publish(savedmodels["v1"], wiping, "m")
+    assert "\n" not in str(e.value)
+    assert not (root / "m" / "manifest.json").exists(), "a fresh manifest would restart numbering at 1"

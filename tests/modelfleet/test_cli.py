@@ -213,3 +213,25 @@ def test_prune_refuses_a_pending_grace_no_clock_can_use(
     assert (code, out) == (2, "")
     assert err == f"modelfleet: error: pending grace must be 0 to 3.1536e+08 seconds (10 years), got {float(grace)}\n"
     assert sorted(o.key for o in open_store(store).list("")) == before
+
+
+def test_usage_errors_are_one_line_naming_the_value(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_cli(
+        capsys, "publish", str(tmp_path), "--store", f"file://{tmp_path}", "--model", "m", "--workers", "0"
+    )
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "'0' must be 1 or more" in err and "--help" in err
+
+
+@pytest.mark.parametrize("option", ["--idempotency-key", "--job-id"])
+def test_an_empty_idempotency_key_or_job_id_is_refused_not_ignored(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, savedmodels: dict[str, Path], option: str
+) -> None:
+    """A CI job passing --idempotency-key "$KEY" with KEY unset would otherwise lose its retry protection."""
+    store = tmp_path / "store"
+    store.mkdir()
+    code, _, err = run_cli(
+        capsys, "publish", str(savedmodels["v1"]), "--store", f"file://{store}", "--model", "m", option, ""
+    )
+    assert code == 2 and err.count("\n") == 1 and "''" in err
+    assert list(store.iterdir()) == []
