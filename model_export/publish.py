@@ -252,7 +252,11 @@ def publish(
     try:
         with _heartbeat(st, res, HEARTBEAT_SECONDS):
             entries = upload_tree(st, info.path, info.files, prefix, workers=workers, progress=progress)
-        verify_uploaded(st, prefix, entries)
+        try:
+            verify_uploaded(st, prefix, entries)
+        except TransferError:
+            _still_ours(st, model, res)  # the likelier cause, said plainly: prune gave the version up
+            raise
         # Last, right before the commit: the files were listed, and the reservation is still ours.
         _still_ours(st, model, res)
         entry = VersionEntry(version, now(), entries, info.signature, meta, idempotency_key=idempotency_key)

@@ -108,4 +108,5 @@ def test_a_bad_store_timeout_exits_2(
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--role", STABLE, "--once", "--store-timeout", value])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"modelfleet agent: error: argument --store-timeout: {message}"
+    err = capsys.readouterr().err
+    assert err == f"modelfleet agent: error: argument --store-timeout: {message} (see `modelfleet agent --help`)\n"
