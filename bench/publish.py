@@ -1,17 +1,22 @@
-"""Publish speed: `modelfleet publish` of a ~1 GiB, 64-file SavedModel against the fastest known uploader, in the
-same run, on the same local server.
+"""Publish speed: `modelfleet publish` of a ~0.5 GiB SavedModel shaped as the product issue describes (a real tiny
+SavedModel, one 256 MiB variables shard, 32 files of 8 MiB) against the fastest known uploader, in the same run, on
+the same local server.
 
-- S3 (moto server on 127.0.0.1): anchor `s5cmd cp DIR/ s3://bucket/prefix/`.
-- GCS (fake-gcs-server on 127.0.0.1): anchor `google.cloud.storage.transfer_manager.upload_many_from_filenames`.
+- S3 (moto server on 127.0.0.1): anchor `s5cmd cp DIR/ s3://bucket/prefix/`; goal ratio <= 1.0.
+- GCS (fake-gcs-server on 127.0.0.1): anchor `google.cloud.storage.transfer_manager.upload_many_from_filenames`,
+  8 threads; goal ratio <= 1.0.
 
-Both sides run as fresh processes (the publish through the real CLI), alternate in order, and the server is reset
-between runs so memory stays bounded. Run: `make bench` or `python -m bench.publish [--size-mib 1024] [--runs 3]`.
+Both sides run as fresh processes (the publish through the real CLI, with its defaults), alternate in order, get one
+untimed warm-up each, and the server is reset between runs so memory stays bounded. Besides wall time, each run's CPU
+time is printed: the uploader's (its process) and the server's (which shares the machine's cores), as medians. Run:
+`make bench` or `python -m bench.publish [--shard-mib 256] [--files 32] [--file-mib 8] [--runs 5] [--only s3|gcs]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -20,52 +25,67 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.servers import Server, running
 
-HERE = Path(__file__).resolve().parent
+GOAL = 1.0  # the issue's: publish within 1.0x of the anchor, on both servers
+GCS_ANCHOR_THREADS = 8
+MIB = 1024 * 1024
 
 
-def make_savedmodel(dest: Path, total_mib: int, files: int) -> Path:
-    """A real (tiny) SavedModel plus large variable-like shards: ~total_mib over ~files files."""
+def make_savedmodel(dest: Path, shard_mib: int, files: int, file_mib: int) -> Path:
+    """A real (tiny) SavedModel, plus one ``shard_mib`` variables shard and ``files`` files of ``file_mib`` each, all
+    of distinct random content (no layer can deduplicate or compress)."""
     code = (
         "import sys, keras; from model_export.export import export_model; import numpy as np;"
         "i=keras.Input((4,),name='x'); m=keras.Model(i, keras.layers.Dense(2)(i));"
         "export_model(m, sys.argv[1], sample={'x': np.ones((2,4),'float32')}, warmup=False)"
     )
     subprocess.run([sys.executable, "-c", code, str(dest)], check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    shards = files - sum(1 for p in dest.rglob("*") if p.is_file())
-    size = total_mib * 1024 * 1024 // shards
-    block = os.urandom(size)
+    with (dest / "variables" / "variables.data-shard-big").open("wb") as fh:
+        for _ in range(shard_mib):
+            fh.write(os.urandom(MIB))
     (dest / "assets").mkdir(exist_ok=True)
-    for i in range(shards):
-        # Distinct content per file (rotated), so no layer can deduplicate.
-        (dest / "assets" / f"shard-{i:03}.bin").write_bytes(block[i * 4096 :] + block[: i * 4096])
+    for i in range(files):
+        (dest / "assets" / f"part-{i:03}.bin").write_bytes(os.urandom(file_mib * MIB))
     return dest
 
 
-def _publish_cmd(model: Path, store: str, *extra: str) -> list[str]:
-    """Publish through the real CLI, as a training job would."""
-    return [
-        sys.executable,
-        "-m",
-        "modelfleet",
-        "publish",
-        str(model),
-        "--store",
-        store,
-        "--model",
-        "m",
-        "--json",
-        *extra,
-    ]
+def _publish_cmd(model: Path, store: str) -> list[str]:
+    """Publish through the real CLI, as a training job would, with its default settings."""
+    return [sys.executable, "-m", "modelfleet", "publish", str(model), "--store", store, "--model", "m", "--json"]
 
 
-def _timed(cmd: list[str], env: dict[str, str]) -> float:
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    cpu: float  # the uploader process's user + system seconds
+    server_cpu: float | None  # the server's, where /proc tells
+
+
+def _cpu_of(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(cmd: list[str], env: dict[str, str], server: Server) -> Run:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s0 = _cpu_of(server.proc.pid)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - t0
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - t0
+    s1 = _cpu_of(server.proc.pid)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return Run(elapsed, cpu, None if s0 is None or s1 is None else s1 - s0)
 
 
 def _reset_s3(server: Server) -> None:
@@ -73,22 +93,32 @@ def _reset_s3(server: Server) -> None:
     urllib.request.urlopen(req, timeout=30).close()
 
 
-def _compare(name: str, runs: int, ours: Callable[[int], float], anchor: Callable[[int], float], label: str) -> float:
-    ours(-1), anchor(-1)  # warm-up (page cache, server allocations), not counted
-    t_ours: list[float] = []
-    t_anchor: list[float] = []
+def _summary(runs: list[Run]) -> str:
+    walls = [round(r.wall, 2) for r in runs]
+    cpu = f"CPU: uploader {statistics.median(r.cpu for r in runs):.2f} s"
+    server = [r.server_cpu for r in runs if r.server_cpu is not None]
+    if server:
+        cpu += f", server {statistics.median(server):.2f} s"
+    return f"median {statistics.median(r.wall for r in runs):.2f} s {walls}; median {cpu}"
+
+
+def _compare(name: str, runs: int, ours: Callable[[], Run], anchor: Callable[[], Run], label: str) -> float:
+    ours(), anchor()  # warm-up (page cache, server allocations, imports), not counted
+    r_ours: list[Run] = []
+    r_anchor: list[Run] = []
     for i in range(runs):
-        order = [(t_ours, ours), (t_anchor, anchor)] if i % 2 == 0 else [(t_anchor, anchor), (t_ours, ours)]
+        order = [(r_ours, ours), (r_anchor, anchor)] if i % 2 == 0 else [(r_anchor, anchor), (r_ours, ours)]
         for bucket, fn in order:
-            bucket.append(fn(i))
-    mo, ma = statistics.median(t_ours), statistics.median(t_anchor)
-    print(f"{name}: modelfleet publish median {mo:.2f} s {[round(t, 2) for t in t_ours]}")
-    print(f"{name}: {label} median {ma:.2f} s {[round(t, 2) for t in t_anchor]}")
-    print(f"{name}: ratio publish / {label} = {mo / ma:.3f}")
-    return mo / ma
+            bucket.append(fn())
+    ratio = statistics.median(r.wall for r in r_ours) / statistics.median(r.wall for r in r_anchor)
+    print(f"{name}: modelfleet publish {_summary(r_ours)}")
+    print(f"{name}: {label} {_summary(r_anchor)}")
+    verdict = "met" if ratio <= GOAL else f"NOT met, {ratio / GOAL - 1:.1%} over"
+    print(f"{name}: ratio publish / {label} = {ratio:.3f} (goal <= {GOAL:.1f}: {verdict})", flush=True)
+    return ratio
 
 
-def bench_s3(model: Path, runs: int, total_bytes: int) -> float:
+def bench_s3(model: Path, runs: int) -> float:
     with running("s3") as server:
         env = {
             **os.environ,
@@ -99,8 +129,8 @@ def bench_s3(model: Path, runs: int, total_bytes: int) -> float:
         }
         import boto3
 
-        def fresh_bucket() -> str:
-            _reset_s3(server)
+        def fresh_bucket() -> None:
+            _reset_s3(server)  # drops every bucket and object: the server's memory stays bounded
             boto3.client(
                 "s3",
                 endpoint_url=server.endpoint,
@@ -108,41 +138,40 @@ def bench_s3(model: Path, runs: int, total_bytes: int) -> float:
                 aws_access_key_id="bench",
                 aws_secret_access_key="bench",
             ).create_bucket(Bucket="bench")
-            return "bench"
 
         s5cmd = shutil.which("s5cmd", path=str(Path(sys.executable).parent)) or "s5cmd"
 
-        def ours(i: int) -> float:
+        def ours() -> Run:
             fresh_bucket()
-            return _timed(_publish_cmd(model, "s3://bench/models"), env)
+            return _timed(_publish_cmd(model, "s3://bench/models"), env, server)
 
-        def anchor(i: int) -> float:
+        def anchor() -> Run:
             fresh_bucket()
-            return _timed([s5cmd, "--endpoint-url", server.endpoint, "cp", f"{model}/", "s3://bench/anchor/m/1/"], env)
+            cmd = [s5cmd, "--endpoint-url", server.endpoint, "cp", f"{model}/", "s3://bench/anchor/m/1/"]
+            return _timed(cmd, env, server)
 
-        n_files = sum(1 for p in model.rglob("*") if p.is_file())
-        print(f"S3 (moto {server.endpoint}): {total_bytes / 2**20:.0f} MiB in {n_files} files")
+        print(f"S3 (moto {server.endpoint})", flush=True)
         return _compare("s3", runs, ours, anchor, "s5cmd cp")
 
 
 _GCS_ANCHOR = """
 import sys
+from pathlib import Path
 from google.cloud import storage
 from google.cloud.storage import transfer_manager
-root, bucket, prefix = sys.argv[1:4]
-from pathlib import Path
+root, bucket, prefix, threads = sys.argv[1:5]
 files = [p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file()]
 results = transfer_manager.upload_many_from_filenames(
     storage.Client().bucket(bucket), files, source_directory=root, blob_name_prefix=prefix,
-    max_workers=int(sys.argv[4]), worker_type="thread")
+    max_workers=int(threads), worker_type="thread")
 bad = [r for r in results if isinstance(r, Exception)]
 if bad:
     raise SystemExit(f"{len(bad)} uploads failed: {bad[0]}")
 """
 
 
-def bench_gcs(model: Path, runs: int, total_bytes: int, workers: int) -> float:
-    results: list[str] = []
+def bench_gcs(model: Path, runs: int) -> float:
+    made = 0
     with running("gcs") as server:
         env = {**os.environ, "STORAGE_EMULATOR_HOST": server.endpoint, "GOOGLE_CLOUD_PROJECT": "bench"}
         os.environ.update(STORAGE_EMULATOR_HOST=server.endpoint, GOOGLE_CLOUD_PROJECT="bench")
@@ -150,48 +179,62 @@ def bench_gcs(model: Path, runs: int, total_bytes: int, workers: int) -> float:
 
         client = storage.Client()
 
-        def fresh_bucket(i: int) -> str:
-            name = f"bench-{len(results)}"
-            results.append(name)
+        def fresh_bucket() -> str:
+            nonlocal made
+            made += 1
+            name = f"bench-{made}"
             client.create_bucket(name)
             return name
 
         def drop(name: str) -> None:
-            bucket = client.bucket(name)
             for blob in client.list_blobs(name):
                 blob.delete()
-            bucket.delete()
+            client.bucket(name).delete()
 
-        def ours(i: int) -> float:
-            b = fresh_bucket(i)
-            t = _timed(_publish_cmd(model, f"gs://{b}/models", "--workers", str(workers)), env)
-            drop(b)
-            return t
+        def timed_in_fresh_bucket(cmd: Callable[[str], list[str]]) -> Run:
+            b = fresh_bucket()
+            try:
+                return _timed(cmd(b), env, server)
+            finally:
+                drop(b)  # fake-gcs-server keeps objects in memory
 
-        def anchor(i: int) -> float:
-            b = fresh_bucket(i)
-            t = _timed([sys.executable, "-c", _GCS_ANCHOR, str(model), b, "anchor/m/1/", str(workers)], env)
-            drop(b)
-            return t
+        def ours() -> Run:
+            return timed_in_fresh_bucket(lambda b: _publish_cmd(model, f"gs://{b}/models"))
 
-        print(f"GCS (fake-gcs-server {server.endpoint}): {total_bytes / 2**20:.0f} MiB")
-        return _compare("gcs", runs, ours, anchor, f"transfer_manager.upload_many_from_filenames({workers} threads)")
+        def anchor() -> Run:
+            return timed_in_fresh_bucket(
+                lambda b: [sys.executable, "-c", _GCS_ANCHOR, str(model), b, "anchor/m/1/", str(GCS_ANCHOR_THREADS)]
+            )
+
+        print(f"GCS (fake-gcs-server {server.endpoint})", flush=True)
+        label = f"transfer_manager.upload_many_from_filenames({GCS_ANCHOR_THREADS} threads)"
+        return _compare("gcs", runs, ours, anchor, label)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--files", type=int, default=64)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--shard-mib", type=int, default=256, help="size of the one large variables shard")
+    ap.add_argument("--files", type=int, default=32, help="number of smaller files")
+    ap.add_argument("--file-mib", type=int, default=8, help="size of each smaller file")
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per side (at least 3)")
     ap.add_argument("--only", choices=["s3", "gcs"])
+    ap.add_argument("--model", type=Path, help="publish this directory instead of generating one")
     args = ap.parse_args()
+    if args.runs < 3:
+        ap.error("--runs must be at least 3")
     with tempfile.TemporaryDirectory(prefix="mf-bench-") as tmp:
-        model = make_savedmodel(Path(tmp) / "model", args.size_mib, args.files)
-        total = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
+        model = args.model or make_savedmodel(Path(tmp) / "model", args.shard_mib, args.files, args.file_mib)
+        sizes = [p.stat().st_size for p in model.rglob("*") if p.is_file()]
+        print(
+            f"model: {sum(sizes) / MIB:.0f} MiB in {len(sizes)} files, largest {max(sizes) / MIB:.0f} MiB; "
+            f"{os.cpu_count()} CPUs; {args.runs} timed runs per side; load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         if args.only in (None, "s3"):
-            bench_s3(model, args.runs, total)
+            bench_s3(model, args.runs)
         if args.only in (None, "gcs"):
-            bench_gcs(model, args.runs, total, workers=16)
+            bench_gcs(model, args.runs)
+        print(f"load average at the end {os.getloadavg()[0]:.2f} (other work on the machine shows here)")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@ connections and never answers fails with one line within the budget.
 Files are stored by :meth:`GCSStore.put_file`: create-only (``ifGenerationMatch=0`` on the one-request upload and on
 the request that opens a resumable upload session), the file read once through :class:`_HashingReader`, whose bytes
 are both the request bodies and the input of our sha256 and CRC32C; the server's CRC32C of what it stored is then
-compared with ours. Not done, on purpose:
+compared with ours. A resumable upload's bytes are streamed from the file straight into the request (the session is
+opened by the SDK, the bytes sent here, by GCS's documented resumable protocol): the SDK's own resumable upload holds
+each chunk in memory, so it needs small chunks, and every chunk is one more request. Not done, on purpose:
 
 * parallel chunks (``transfer_manager.upload_chunks_concurrently``): it uses the XML multipart-upload API, which takes
   no generation precondition from that function (so it could replace an object) and which fake-gcs-server, the tests'
-  server, does not implement at all;
+  server, does not implement at all (so it cannot be measured or tested here). Parallel parts joined by ``compose``
+  (which does take ``ifGenerationMatch=0`` on the destination) would work on both, but every part is one more object
+  written, verified and deleted, and on two cores shared with the server one streamed request was faster
+  (docs/benchmarks.md);
 * batched deletes (``client.batch()``): fake-gcs-server skips every part of a batch without a ``Content-ID`` header,
   which the Python SDK never sends, so its batches do nothing there and the SDK fails to parse the empty reply.
   :meth:`GCSStore.delete` sends one request per key instead, a few at a time, and stops at the first failure.
@@ -24,13 +29,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
+import secrets
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlencode
 
 import google_crc32c
 import requests
@@ -57,8 +66,18 @@ MIB = 1024 * 1024
 # in the object's metadata, so GCS itself refuses bytes that differ). This is also the SDK's own limit: it sends
 # anything larger as a resumable upload.
 SINGLE_REQUEST_MAX = 8 * MIB
-# Larger files go up as a resumable upload in chunks of this size (a multiple of 256 KiB), one chunk in memory.
-CHUNK_SIZE = 32 * MIB
+# Larger files go up as a resumable upload: a session opened create-only, then the bytes streamed from the file in
+# requests of at most CHUNK_SIZE bytes (a multiple of 256 KiB; None: the whole file in one request, as GCS recommends),
+# STREAM_BLOCK bytes at a time, so a file in flight holds one block, whatever the request's size. Each further request
+# costs a round trip, and fake-gcs-server re-hashes everything received so far at every one of them.
+CHUNK_SIZE: int | None = None
+STREAM_BLOCK = MIB
+_CHUNK_MULTIPLE = 256 * 1024
+_RESUME_INCOMPLETE = 308  # a resumable session's answer while bytes are still expected
+# A streamed request that fails in one of these ways (or with one of these statuses) is retried from the offset the
+# server reports (its status check); the SDK retries the same ones.
+_RETRIABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, ConnectionError)
+_RETRIABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Deletes sent at a time (the SDK's batch endpoint is not used; see the module docstring).
 DELETE_WORKERS = 8
 SHA256_METADATA = "sha256"  # custom metadata key holding the hex sha256 put_file computed of the bytes it sent
@@ -111,18 +130,18 @@ def _b64_crc32c(crc: Any) -> str:
 
 
 class _HashingReader:
-    """The file as the SDK reads it: every byte handed out feeds the whole-file sha256 and CRC32C, exactly once.
+    """The file as the uploads read it: every byte handed out feeds the whole-file sha256 and CRC32C, exactly once.
 
-    A resumable upload may seek back and read again (the media library's ``recover()`` after a failed chunk; the SDK
-    at hand resends a failed chunk from memory, but nothing here relies on that): only bytes beyond the highest offset
-    already hashed are hashed. Bytes read again after a seek-back may differ from the first read when the file changed
-    meanwhile: our digests keep the first bytes, the server stores the second, and the comparison of the server's
-    CRC32C with ours catches it. A seek forward past unread bytes hashes them first, so the digests always cover the
-    file from its start.
+    A resumable upload may seek back and read again (a request that failed is followed by the rest of the file from
+    the offset the server says it holds, or a request is repeated by the transport): only bytes beyond the highest
+    offset already hashed are hashed. Bytes read again after a seek-back may differ from the first read when the file
+    changed meanwhile: our digests keep the first bytes, the server stores the second, and the comparison of the
+    server's CRC32C with ours catches it. A seek forward past unread bytes hashes them first, so the digests always
+    cover the file from its start.
 
     When the bytes read reach the file's size at open, the file must still be the one opened, unchanged (same size
-    and modification time): otherwise ``TransferError``, raised from ``read`` before the SDK can send the last bytes,
-    so a file still being written is never stored as a mix of versions.
+    and modification time): otherwise ``TransferError``, raised from ``read`` before the last bytes can be sent, so a
+    file still being written is never stored as a mix of versions.
     """
 
     _BLOCK = MIB
@@ -219,6 +238,44 @@ class _HashingReader:
             )
 
 
+class _Parts:
+    """A request body of known length sent as the given parts, without joining them (and again when iterated
+    again: a request the transport repeats)."""
+
+    def __init__(self, *parts: bytes) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.parts)
+
+
+class _Body:
+    """Bytes ``[start, end)`` of the reader's file as a request body of known length, read ``STREAM_BLOCK`` at a time
+    as the request sends them; iterated again (a request the transport repeats), it reads them again."""
+
+    def __init__(self, reader: _HashingReader, start: int, end: int) -> None:
+        self.reader = reader
+        self.start = start
+        self.end = end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.reader.seek(self.start)
+        left = self.end - self.start
+        while left > 0:
+            data = self.reader.read(min(STREAM_BLOCK, left))
+            if not data:  # the file shrank: say so (finish raises), never send fewer bytes than announced
+                self.reader.finish()
+                raise TransferError(f"{self.reader.path} ended early while it was being uploaded to {self.reader.what}")
+            left -= len(data)
+            yield data
+
+
 class GCSStore(Store):
     def __init__(
         self,
@@ -227,9 +284,11 @@ class GCSStore(Store):
         prefix: str,
         client: Any | None = None,
         *,
-        chunk_size: int = CHUNK_SIZE,
+        chunk_size: int | None = CHUNK_SIZE,
     ) -> None:
         super().__init__(uri)
+        if chunk_size is not None and (chunk_size <= 0 or chunk_size % _CHUNK_MULTIPLE):
+            raise ValueError(f"chunk_size must be a positive multiple of 256 KiB or None, got {chunk_size}")
         self.prefix = f"{prefix}/" if prefix else ""
         self.client = client or _client()
         self.bucket = self.client.bucket(bucket)
@@ -334,11 +393,11 @@ class GCSStore(Store):
         """Create ``key`` from ``path``, never replacing an object, the file read once.
 
         Up to ``SINGLE_REQUEST_MAX`` bytes go as one request whose metadata carries our sha256 and CRC32C (GCS refuses
-        a body of another CRC32C); more as a resumable upload of ``chunk_size`` chunks read by the SDK through a
-        :class:`_HashingReader`, the sha256 added to the metadata afterwards (the session's metadata is sent before
-        the bytes are read). Either way the server's CRC32C and size of what it stored must equal ours, else the
-        object is deleted and ``TransferError`` raised. A 412 (an object exists) is success when that object has our
-        size, CRC32C and sha256 (our own earlier write whose reply was lost), else ``PreconditionFailed``.
+        a body of another CRC32C); more as a resumable upload whose requests of up to ``chunk_size`` bytes stream the
+        file through a :class:`_HashingReader`, the sha256 added to the metadata afterwards (the session's metadata is
+        sent before the bytes are read). Either way the server's CRC32C and size of what it stored must equal ours,
+        else the object is deleted and ``TransferError`` raised. A 412 (an object exists) is success when that object
+        has our size, CRC32C and sha256 (our own earlier write whose reply was lost), else ``PreconditionFailed``.
         """
         lim = _limits()
         try:
@@ -353,28 +412,19 @@ class GCSStore(Store):
                     data = reader.read()
                     reader.finish()  # a file that shrank since it was opened fails here, before anything is sent
                     blob.metadata = {SHA256_METADATA: reader.sha256}
-                    # checksum="crc32c": the SDK puts the CRC32C of these same bytes into the request's metadata.
-                    blob.upload_from_string(
-                        data,
-                        content_type=_OCTET,
-                        if_generation_match=0,
-                        checksum="crc32c",
-                        timeout=lim.timeout,
-                        retry=lim.retry,
-                    )
+                    blob._set_properties(self._send_one_request(blob, data, reader.crc32c, lim))
                 else:
-                    blob.chunk_size = self.chunk_size
                     # checksum=None: our own comparison below, which deletes only this generation on a mismatch (the
                     # SDK's would delete whatever object has the name).
-                    blob.upload_from_file(
-                        reader,
-                        size=reader.before.st_size,
+                    session = blob.create_resumable_upload_session(
                         content_type=_OCTET,
+                        size=reader.before.st_size,
                         if_generation_match=0,
                         checksum=None,
                         timeout=lim.timeout,
                         retry=lim.retry,
                     )
+                    blob._set_properties(self._send_resumable(session, reader, lim))
             except gexc.PreconditionFailed as e:
                 reader.finish()
                 return self._existing(key, reader, e)
@@ -394,6 +444,94 @@ class GCSStore(Store):
         if (blob.metadata or {}).get(SHA256_METADATA) != reader.sha256:
             self._add_sha256(key, blob, reader.sha256)
         return StoredFile(reader.sha256, reader.hashed, f"crc32c:{reader.crc32c}")
+
+    def _send_one_request(self, blob: Any, data: bytes, crc32c: str, lim: _Limits) -> dict[str, Any]:
+        """Create ``blob`` from ``data`` in one multipart request (``uploadType=multipart``, ``ifGenerationMatch=0``):
+        the first part is the object's metadata (as the SDK writes it for ``blob``: name, our sha256) plus ``crc32c``,
+        the CRC32C of ``data`` (GCS refuses a body of another), the second ``data`` itself; return the object's
+        resource from the reply. The parts go to the socket as they are: the SDK's own one-request upload
+        concatenates them into a new body, several copies of the file, and computes the CRC32C once more."""
+        client = self.client
+        # The SDK's own headers (user agent, idempotency token, ...) and metadata for this blob.
+        headers, resource, content_type = blob._get_upload_arguments(client, _OCTET)
+        resource["crc32c"] = crc32c
+        boundary = f"==============={secrets.randbelow(10**19):019d}==".encode()
+        head = b"".join(
+            [
+                b"--" + boundary + b"\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n",
+                json.dumps(resource).encode(),
+                b"\r\n--" + boundary + b"\r\ncontent-type: " + content_type.encode() + b"\r\n\r\n",
+            ]
+        )
+        headers["content-type"] = f'multipart/related; boundary="{boundary.decode()}"'
+        query = {"uploadType": "multipart", "ifGenerationMatch": "0"}
+        if self.bucket.user_project is not None:
+            query["userProject"] = self.bucket.user_project
+        url = (
+            f"{client._connection.get_api_base_url_for_mtls()}/upload/storage/v1{self.bucket.path}/o?{urlencode(query)}"
+        )
+        body = _Parts(head, data, b"\r\n--" + boundary + b"--")
+
+        def send() -> dict[str, Any]:
+            resp = client._http.request("POST", url, data=body, headers=headers, timeout=lim.timeout)
+            if resp.status_code != 200:
+                raise gexc.from_http_response(resp)  # type: ignore[no-untyped-call]
+            created: dict[str, Any] = resp.json()
+            return created
+
+        # Retried as the SDK retries it: the precondition makes a repeat harmless (a 412 then is our own write).
+        result: dict[str, Any] = lim.retry(send)()
+        return result
+
+    def _send_resumable(self, session: str, reader: _HashingReader, lim: _Limits) -> dict[str, Any]:
+        """Send the file's bytes to the resumable upload ``session`` in requests of up to ``chunk_size`` bytes, each
+        body streamed from ``reader``; return the object's resource from the final reply.
+
+        A request that fails in a retriable way (a dropped connection, a timeout, 408, 429, 5xx) is followed by GCS's
+        status check, which says how many bytes the server holds, and the upload goes on from there; the retries end
+        when no byte more has been stored for the retry deadline of one request. The reader hashes each offset once,
+        so bytes sent again are not hashed again (and bytes that differ on the second read make the server's CRC32C
+        differ from ours).
+        """
+        size = reader.before.st_size
+        transport = self.client._http
+        window = lim.retry.timeout or lim.budget
+        offset = 0  # the server holds bytes [0, offset)
+        known = True  # False after a failed request: the server's offset must be asked for
+        give_up = time.monotonic() + window
+        delay = 0.5
+        while True:
+            try:
+                if not known:
+                    resp = transport.request(
+                        "PUT", session, data=b"", headers={"Content-Range": f"bytes */{size}"}, timeout=lim.timeout
+                    )
+                else:
+                    end = size if self.chunk_size is None else min(size, offset + self.chunk_size)
+                    known = False
+                    resp = transport.request(
+                        "PUT",
+                        session,
+                        data=_Body(reader, offset, end),
+                        headers={"Content-Type": _OCTET, "Content-Range": f"bytes {offset}-{end - 1}/{size}"},
+                        timeout=lim.timeout,
+                    )
+                if resp.status_code in (200, 201):
+                    resource: dict[str, Any] = resp.json()
+                    return resource
+                if resp.status_code != _RESUME_INCOMPLETE:
+                    raise gexc.from_http_response(resp)  # type: ignore[no-untyped-call]
+                held = re.fullmatch(r"bytes=0-(\d+)", resp.headers.get("Range", ""))
+                stored = int(held.group(1)) + 1 if held else 0
+                if stored > offset:  # progress: a new retry deadline
+                    give_up, delay = time.monotonic() + window, 0.5
+                offset, known = stored, True
+            except (*_RETRIABLE, gexc.GoogleAPICallError) as e:
+                retriable = not isinstance(e, gexc.GoogleAPICallError) or e.code in _RETRIABLE_STATUS
+                if not retriable or time.monotonic() + delay > give_up:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 8.0)
 
     def _verify(self, key: str, blob: Any, reader: _HashingReader) -> None:
         """The server's CRC32C and size of what it stored (from the upload's reply) against ours; on a mismatch delete

@@ -68,6 +68,11 @@ MIB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MIB
 PART_SIZE = 8 * MIB
 PART_WORKERS = 4
+# File bytes one store's uploads hold in memory at once (request bodies read, not yet acknowledged), whatever the
+# number of files in flight: without it 8 file workers could hold 8 x (PART_WORKERS + 1) parts (320 MiB), 16 twice
+# that. 128 MiB is 16 parts in flight; the benchmark's publish (docs/benchmarks.md) holds at most 96 MiB and never
+# waits for it.
+MEMORY_BUDGET = 128 * MIB
 MAX_PARTS = 10_000  # S3's limit; larger files get larger parts
 _MIN_PART = 5 * MIB  # S3's smallest part (but the last)
 # Enough pooled connections for the transfer layer's workers, each of which may send PART_WORKERS parts at once.
@@ -103,6 +108,11 @@ def client_config(budget: float) -> Config:
     ``100 Continue`` before it sends a body anyway; botocore's standard mode waits at most ``2**i`` s between
     attempts (throttling; 50 ms scale otherwise), which is reserved first. Short budgets get fewer attempts rather
     than uselessly short ones (30 s: 3 attempts of 8 s; 10 s: 2 of 3.5 s; 2 s: one of 1 s).
+
+    Bodies are not hashed again for the signature (``UNSIGNED-PAYLOAD``): every body put_file sends carries its own
+    ``x-amz-checksum-sha256`` (a signed header, which S3 checks against the body), and other writes carry the SDK's
+    default CRC32. Over HTTPS botocore already leaves such bodies out of the signature; over plain HTTP (local
+    servers) it would otherwise spend a third SHA-256 pass on every byte uploaded.
     """
     attempts = 3 if budget >= 20 else 2 if budget >= 8 else 1
     backoff = 2 ** (attempts - 1) - 1
@@ -112,6 +122,7 @@ def client_config(budget: float) -> Config:
         connect_timeout=per_attempt,
         read_timeout=per_attempt,
         retries={"mode": "standard", "total_max_attempts": attempts},
+        s3={"payload_signing_enabled": False},
     )
 
 
@@ -153,6 +164,7 @@ class S3Store(Store):
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
         part_workers: int = PART_WORKERS,
+        memory_budget: int = MEMORY_BUDGET,
     ) -> None:
         super().__init__(uri)
         self.bucket = bucket
@@ -163,6 +175,7 @@ class S3Store(Store):
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.part_workers = max(1, part_workers)
+        self._memory = _Budget(memory_budget)
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -246,7 +259,8 @@ class S3Store(Store):
         the body of a request carrying its own SHA-256 (``ChecksumSHA256``), which S3 checks before it stores it.
 
         Up to ``multipart_threshold`` bytes go as one PutObject, more as a multipart upload whose parts are sent by
-        ``part_workers`` threads while this one reads on; both create only (``If-None-Match: *``). S3's checksum of
+        ``part_workers`` threads while this one reads on; both create only (``If-None-Match: *``). The bodies read
+        and not yet sent count against the store's ``memory_budget`` (a read waits for room). S3's checksum of
         the object is then compared with ours; a mismatch deletes the object and raises ``TransferError``. A file
         that changes while it is read raises ``TransferError`` before anything is stored.
         """
@@ -259,11 +273,15 @@ class S3Store(Store):
             reader = _Reader(f, path, f"{self.uri}/{key}", self.part_size)
             if reader.before.st_size > self.multipart_threshold:
                 return self._put_multipart(key, reader, tick)
-            body = reader.read(reader.before.st_size + 1) or b""  # one more byte than expected: did it grow?
-            reader.finish()
-        # One buffer: the file's SHA-256 is the body's, sent as its checksum.
-        sent = _Sent(reader.sha256(), reader.size, _b64(bytes.fromhex(reader.sha256())), None)
-        return self._put_single(key, body, sent, tick)
+            held = self._memory.take(reader.before.st_size + 1)
+            try:
+                body = reader.read(reader.before.st_size + 1) or b""  # one more byte than expected: did it grow?
+                reader.finish()
+                # One buffer: the file's SHA-256 is the body's, sent as its checksum.
+                sent = _Sent(reader.sha256(), reader.size, _b64(bytes.fromhex(reader.sha256())), None)
+                return self._put_single(key, body, sent, tick)
+            finally:
+                self._memory.give(held)
 
     def _put_single(self, key: str, body: bytes, sent: _Sent, tick: ProgressFn) -> StoredFile:
         try:
@@ -327,13 +345,14 @@ class S3Store(Store):
 
     def _send_parts(self, key: str, upload_id: str, reader: _Reader, tick: ProgressFn) -> list[tuple[int, str, bytes]]:
         """Upload each buffer of ``reader`` as parts 1, 2, ..., ``part_workers`` at a time, holding at most
-        ``part_workers + 1`` parts (read, not yet acknowledged); return each part's number, ETag and raw SHA-256
-        digest, in order. The first failure stops the reading and is raised."""
+        ``part_workers + 1`` parts (read, not yet acknowledged), each counted against the store's memory budget until
+        it is acknowledged; return each part's number, ETag and raw SHA-256 digest, in order. The first failure stops
+        the reading and is raised."""
         full = self._key(key)
         slots = threading.Semaphore(self.part_workers + 1)
         failed = threading.Event()
 
-        def send(number: int, body: bytes) -> tuple[int, str, bytes]:
+        def send(number: int, body: bytes, held: int) -> tuple[int, str, bytes]:
             try:
                 digest = hashlib.sha256(body).digest()
                 value = _b64(digest)
@@ -360,32 +379,39 @@ class S3Store(Store):
                 failed.set()
                 raise
             finally:
+                del body
+                self._memory.give(held)
                 slots.release()
 
         futures: list[Future[tuple[int, str, bytes]]] = []
+        holding: list[int] = []  # what each part holds of the memory budget
         with ThreadPoolExecutor(self.part_workers, thread_name_prefix="s3-part") as pool:
-
-            def submit(body: bytes) -> None:
-                if len(futures) >= MAX_PARTS:
-                    raise TransferError(
-                        f"{reader.path} grew past {MAX_PARTS} parts while it was being uploaded to {reader.what}; "
-                        "nothing was stored"
-                    )
-                futures.append(pool.submit(send, len(futures) + 1, body))
-
             try:
                 while True:
                     slots.acquire()  # a worker's release (also when it fails) wakes this
                     if failed.is_set():
                         break
-                    body = reader.read()
-                    if body is None:
-                        break
-                    submit(body)
-                    del body  # the part is the worker's now; its slot bounds how long it lives
+                    held = self._memory.take(reader.part_size)
+                    try:
+                        body = None if failed.is_set() else reader.read()  # a part may have failed meanwhile
+                        if body is None:
+                            self._memory.give(held)
+                            break
+                        if len(futures) >= MAX_PARTS:
+                            raise TransferError(
+                                f"{reader.path} grew past {MAX_PARTS} parts while it was being uploaded to "
+                                f"{reader.what}; nothing was stored"
+                            )
+                        futures.append(pool.submit(send, len(futures) + 1, body, held))
+                    except BaseException:
+                        self._memory.give(held)  # not handed to a worker
+                        raise
+                    holding.append(held)
+                    del body  # the part is the worker's now; its slot and the budget bound how long it lives
             except BaseException:
-                for fut in futures:
-                    fut.cancel()
+                for fut, held in zip(futures, holding, strict=True):
+                    if fut.cancel():  # never to run: what it held is free again
+                        self._memory.give(held)
                 raise
         for fut in futures:
             err = fut.exception()
@@ -495,6 +521,28 @@ class S3Store(Store):
                     f"{len(errors)} deletes failed under {self.uri}, first {first.get('Key')}: "
                     f"{one_line(str(first.get('Message')))}"
                 )
+
+
+class _Budget:
+    """Bytes the uploads of one store may hold in memory at once: ``take`` waits until there is room (a request for
+    more than the whole budget takes the whole budget), ``give`` returns what was taken."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+        self._free = self.total
+        self._room = threading.Condition()
+
+    def take(self, n: int) -> int:
+        n = min(max(n, 0), self.total)
+        with self._room:
+            self._room.wait_for(lambda: self._free >= n)
+            self._free -= n
+        return n
+
+    def give(self, n: int) -> None:
+        with self._room:
+            self._free += n
+            self._room.notify_all()
 
 
 class _Reader:
