@@ -251,7 +251,11 @@ def publish(
     prefix = layout.version_prefix(model, version)
     try:
         with _heartbeat(st, res, HEARTBEAT_SECONDS):
-            entries = upload_tree(st, info.path, info.files, prefix, workers=workers, progress=progress)
+            try:
+                entries = upload_tree(st, info.path, info.files, prefix, workers=workers, progress=progress)
+            except TransferError:
+                _still_ours(st, model, res)  # prune giving the version up mid-upload fails files: say that instead
+                raise
         try:
             verify_uploaded(st, prefix, entries)
         except TransferError:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_export.errors import BadInput
+from model_export.errors import BadInput, TransferError
 
 # How long one store request may take before the SDK's retries give up, end to end, so an unreachable endpoint fails
 # with one line within this many seconds instead of minutes of silence. One home; overridable per process.
@@ -47,6 +47,18 @@ class ObjectInfo:
 class Blob:
     data: bytes
     token: str  # what a conditional write or read compares against (ETag, generation, file identity)
+
+
+def check_read_unchanged(path: Path, before: os.stat_result, after: os.stat_result, read: int, where: str) -> None:
+    """The one rule every backend's ``put_file`` applies after its single read of ``path``: ``TransferError`` when
+    the file changed meanwhile (another inode, size or mtime, or fewer or more bytes read than it holds), because the
+    bytes sent would be a mix of two versions of it. ``before``/``after`` are ``fstat`` of the open file."""
+    identity = (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+    if identity != (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) or read != after.st_size:
+        raise TransferError(
+            f"{path} changed while it was being uploaded to {where}; nothing was stored — "
+            "publish a directory no process is still writing to"
+        )
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from model_export.errors import ObjectNotFound, PreconditionFailed, StoreError, StoreNotFound, TransferError
-from model_export.store.base import Blob, ObjectInfo, ProgressFn, Store, StoredFile
+from model_export.errors import ObjectNotFound, PreconditionFailed, StoreError, StoreNotFound
+from model_export.store.base import Blob, ObjectInfo, ProgressFn, Store, StoredFile, check_read_unchanged
 
 # Temp files and locks live beside the data but are never listed as objects.
 _TMP = ".mf-tmp-"
@@ -53,10 +53,6 @@ def _sha256_of(path: Path, buf: bytearray) -> tuple[str, int]:
             h.update(view[:n])
             size += n
     return h.hexdigest(), size
-
-
-def _same_file_version(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
 
 
 class FileStore(Store):
@@ -184,11 +180,7 @@ class FileStore(Store):
                             progress(n)
                     os.fsync(out.fileno())
                 after = os.fstat(src.fileno())
-            if not _same_file_version(before, after) or after.st_size != size:
-                raise TransferError(
-                    f"{path} changed while it was being copied to {self.uri}/{key}; nothing was stored — "
-                    "publish a directory no process is still writing to"
-                )
+            check_read_unchanged(path, before, after, size, f"{self.uri}/{key}")
             sha256 = h.hexdigest()
             try:
                 os.link(tmp, dest)  # atomic and exclusive: readers never see a partial file, nothing is replaced

@@ -59,7 +59,16 @@ from model_export.errors import (
     TransferError,
     one_line,
 )
-from model_export.store.base import REQUEST_BUDGET_ENV, Blob, ObjectInfo, ProgressFn, Store, StoredFile, request_budget
+from model_export.store.base import (
+    REQUEST_BUDGET_ENV,
+    Blob,
+    ObjectInfo,
+    ProgressFn,
+    Store,
+    StoredFile,
+    check_read_unchanged,
+    request_budget,
+)
 
 MIB = 1024 * 1024
 # Files up to this size go up in one request (the whole file in one buffer; the request carries our sha256 and CRC32C
@@ -229,13 +238,7 @@ class _HashingReader:
 
     def _check(self) -> None:
         self._checked = True
-        a, b = self.before, os.fstat(self._fh.fileno())
-        same = (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
-        if not same or self.hashed != a.st_size:
-            raise TransferError(
-                f"{self.path} changed while it was being uploaded to {self.what}; nothing was stored — "
-                "publish a directory no process is still writing to"
-            )
+        check_read_unchanged(self.path, self.before, os.fstat(self._fh.fileno()), self.hashed, self.what)
 
 
 class _Parts:

@@ -51,6 +51,7 @@ from model_export.store.base import (
     ProgressFn,
     Store,
     StoredFile,
+    check_read_unchanged,
     request_budget,
 )
 
@@ -571,15 +572,7 @@ class _Reader:
 
     def finish(self) -> None:
         """Raise ``TransferError`` when the file changed while it was read (the bytes would be a mix of versions)."""
-        after = os.fstat(self.f.fileno())
-        a, b = self.before, after
-        if (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) != (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns) or (
-            b.st_size != self.size
-        ):
-            raise TransferError(
-                f"{self.path} changed while it was being uploaded to {self.what}; nothing was stored — "
-                "publish a directory no process is still writing to"
-            )
+        check_read_unchanged(self.path, self.before, os.fstat(self.f.fileno()), self.size, self.what)
 
     def sha256(self) -> str:
         return self._sha256.hexdigest()

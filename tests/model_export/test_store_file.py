@@ -123,7 +123,7 @@ def test_put_file_of_a_file_rewritten_after_its_first_block(store: FileStore, tm
     try:
         stored = store.put_file("m/1/w.bin", src, progress=rewrite_once)
     except TransferError as e:
-        assert "changed while it was being copied" in str(e)
+        assert "changed while it was being uploaded" in str(e)
         assert not (store.root / "m" / "1" / "w.bin").exists()
     else:
         on_disk = (store.root / "m" / "1" / "w.bin").read_bytes()

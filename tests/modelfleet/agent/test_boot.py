@@ -33,8 +33,7 @@ from tests.support.agent import MODEL, make_agent, served, wait_until
 from tests.support.servers import free_port
 from tests.support.tfserving_standin import TFServingStandIn
 
-BUDGET = 5.0  # the store budget in these tests; the bounds below are well under it
-BOUND = 1.5
+BUDGET = 5.0  # the store budget in these tests
 
 
 class BlackHole:
@@ -120,13 +119,13 @@ def test_once_writes_the_startup_config_before_any_store_request(black_hole: Bla
         t0 = time.monotonic()
         thread = threading.Thread(target=lambda: result.append(agent.run_once()), daemon=True)
         thread.start()
-        wait_until("the start-up config names version 1", lambda: written(agent.config_path, expected), BOUND)
-        config_after = time.monotonic() - t0
-        thread.join(BUDGET + 10)
+        wait_until("the start-up config names version 1", lambda: written(agent.config_path, expected), BUDGET)
+        # Ordering, not timing: the config is there while the store request is still unanswered.
+        assert thread.is_alive() and not result
+        thread.join(BUDGET + 30)
         total = time.monotonic() - t0
-    assert config_after < BOUND < BUDGET
     assert result == [False]  # the store poll that followed failed within its budget: not ready
-    assert BOUND < total < BUDGET + 5, total
+    assert total < BUDGET + 30, total
     assert black_hole.held  # it did poll the store, after the config was written
     assert agent.config_path.read_text() == expected  # a failed poll changes nothing
 
@@ -137,9 +136,7 @@ def test_the_boot_step_makes_no_store_request(black_hole: BlackHole, tmp_path: P
     expected = rebooted_root(root)
     argv = ["agent", "--store", "s3://black-hole/models", "--models", MODEL, "--root", str(root), "--role", STABLE]
     argv += ["--tfs-url", f"http://127.0.0.1:{free_port()}", "--startup-config", "--store-timeout", str(BUDGET)]
-    t0 = time.monotonic()
     assert main(argv) == 0
-    assert time.monotonic() - t0 < BOUND
     assert (root / "models.config").read_text() == expected
     assert not black_hole.held  # not one connection to the store
 
