@@ -414,7 +414,7 @@ def test_an_unreachable_endpoint_fails_with_one_line_within_the_budget(
     assert "\n" not in str(err)
     if endpoint_kind == "silent":
         assert str(err).startswith(f"S3 endpoint {endpoint} did not answer within 2 s (")
-        assert elapsed < 8
+        assert elapsed < 15  # botocore alone would wait 3 x 60 s; slack for a loaded CI
     else:
         assert str(err).startswith(f"cannot connect to S3 endpoint {endpoint} (")
 

@@ -69,7 +69,7 @@ def test_the_agents_tick_fails_transiently_within_its_budget(black_hole: str, tm
     assert (report.error or "").startswith(
         f"digits: cannot read the manifest: S3 endpoint {black_hole} did not answer within 2 s ("
     )
-    assert elapsed < 5, elapsed
+    assert elapsed < 15, elapsed  # botocore alone would wait 3 x 60 s; slack for a loaded CI
     assert REQUEST_BUDGET_ENV not in os.environ  # the budget is the agent's, for its lifetime only
 
 
@@ -80,7 +80,7 @@ def test_store_timeout_flag_bounds_the_agent(black_hole: str, tmp_path: Path, ca
     t0 = time.monotonic()
     with caplog.at_level(logging.INFO):
         assert main(argv) == 1
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 15  # slack for a loaded CI; unbounded it would be minutes
     assert f"S3 endpoint {black_hole} did not answer within 2 s" in caplog.text
     assert REQUEST_BUDGET_ENV not in os.environ
 
