@@ -72,8 +72,9 @@ def test_paused_publisher_cannot_commit_after_prune_gave_its_version_up(
     )
     try:
         _wait_stopped(proc)
-        if phase == "uploading":
-            assert len(list(st.list("m/2/"))) == FILES_BEFORE_PAUSE
+        if phase == "uploading":  # paused mid-upload: some files stored, not all
+            total = sum(1 for p in paused_model.rglob("*") if p.is_file())
+            assert FILES_BEFORE_PAUSE <= len(list(st.list("m/2/"))) < total
         time.sleep(GRACE + 0.5)  # the paused reservation is now older than the grace
 
         plan = prune(st, "m", keep=10, pending_grace_seconds=GRACE)
