@@ -20,7 +20,6 @@ import hashlib
 import http.client
 import io
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from model_export.store import open_store
 from model_export.store.base import StoredFile
 from model_export.store.s3 import MIB, NO_CREDENTIALS, S3Store, client_config
 from tests.conftest import new_bucket
-from tests.support.servers import Server, free_port
+from tests.support.servers import Server, black_hole, free_port
 
 # Multipart in the tests: three parts (5 MiB is S3's, and moto's, smallest part but the last).
 PART = 5 * MIB
@@ -356,30 +355,8 @@ def test_the_client_fits_its_retries_into_the_budget() -> None:
 @pytest.fixture
 def silent_endpoint() -> Iterator[str]:
     """A TCP server on 127.0.0.1 that accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
-        for conn in held:
-            conn.close()
+    with black_hole() as hole:
+        yield hole.endpoint
 
 
 @pytest.mark.parametrize("endpoint_kind", ["silent", "refusing"])

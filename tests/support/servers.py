@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -104,3 +107,51 @@ def running(kind: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+class BlackHole:
+    """An endpoint on 127.0.0.1 that accepts connections (the kernel completes them) and never answers: a store
+    endpoint black-holed by the network. ``held`` lists the connections it took, so a test can tell whether anything
+    connected at all."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                self.held.append(self.listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+
+@contextmanager
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    hole._thread.start()
+    try:
+        yield hole
+    finally:
+        hole._stop.set()
+        hole._thread.join(5)
+        hole.listener.close()
+        for conn in hole.held:
+            conn.close()
+
+
+def point_s3_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Library code reaches S3 only through the SDK's standard variables: aim them at ``endpoint``."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)

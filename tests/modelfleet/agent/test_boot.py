@@ -12,7 +12,6 @@ Times are asserted as bounds well under the store budget, not measured as benchm
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,53 +29,18 @@ from modelfleet.agent.tfs_config import ModelEntry, render
 from modelfleet.cli import main
 from modelfleet.cli.agent_cmd import store_budget
 from tests.support.agent import MODEL, make_agent, served, wait_until
-from tests.support.servers import free_port
+from tests.support.servers import BlackHole, black_hole, free_port, point_s3_at
 from tests.support.tfserving_standin import TFServingStandIn
 
 BUDGET = 5.0  # the store budget in these tests
 
 
-class BlackHole:
-    """An S3 endpoint on 127.0.0.1 that accepts connections (the kernel completes them) and never answers."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.held: list[socket.socket] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                self.held.append(self.listener.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-
 @pytest.fixture
-def black_hole(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlackHole]:
-    hole = BlackHole()
-    hole.thread.start()
-    for name, value in {
-        "AWS_ENDPOINT_URL": hole.endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv(REQUEST_BUDGET_ENV, raising=False)
-    try:
-        yield hole
-    finally:
-        hole.stop.set()
-        hole.thread.join(5)
-        hole.listener.close()
-        for conn in hole.held:
-            conn.close()
+def hole(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlackHole]:
+    with black_hole() as it:
+        point_s3_at(monkeypatch, it.endpoint)
+        monkeypatch.delenv(REQUEST_BUDGET_ENV, raising=False)
+        yield it
 
 
 def rebooted_root(root: Path, version: int = 1) -> str:
@@ -111,7 +75,7 @@ def written(config: Path, expected: str) -> bool:
         return False
 
 
-def test_once_writes_the_startup_config_before_any_store_request(black_hole: BlackHole, tmp_path: Path) -> None:
+def test_once_writes_the_startup_config_before_any_store_request(hole: BlackHole, tmp_path: Path) -> None:
     root = tmp_path / "root"
     expected = rebooted_root(root)
     result: list[bool] = []
@@ -126,11 +90,11 @@ def test_once_writes_the_startup_config_before_any_store_request(black_hole: Bla
         total = time.monotonic() - t0
     assert result == [False]  # the store poll that followed failed within its budget: not ready
     assert total < BUDGET + 30, total
-    assert black_hole.held  # it did poll the store, after the config was written
+    assert hole.held  # it did poll the store, after the config was written
     assert agent.config_path.read_text() == expected  # a failed poll changes nothing
 
 
-def test_the_boot_step_makes_no_store_request(black_hole: BlackHole, tmp_path: Path) -> None:
+def test_the_boot_step_makes_no_store_request(hole: BlackHole, tmp_path: Path) -> None:
     """``--startup-config`` (the boot unit, before TF Serving): the config from local state, and exit."""
     root = tmp_path / "root"
     expected = rebooted_root(root)
@@ -138,10 +102,10 @@ def test_the_boot_step_makes_no_store_request(black_hole: BlackHole, tmp_path: P
     argv += ["--tfs-url", f"http://127.0.0.1:{free_port()}", "--startup-config", "--store-timeout", str(BUDGET)]
     assert main(argv) == 0
     assert (root / "models.config").read_text() == expected
-    assert not black_hole.held  # not one connection to the store
+    assert not hole.held  # not one connection to the store
 
 
-def test_the_boot_step_on_a_new_vm_leaves_the_placeholder(black_hole: BlackHole, tmp_path: Path) -> None:
+def test_the_boot_step_on_a_new_vm_leaves_the_placeholder(hole: BlackHole, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     placeholder = "model_config_list {\n}\n"
@@ -149,7 +113,7 @@ def test_the_boot_step_on_a_new_vm_leaves_the_placeholder(black_hole: BlackHole,
     argv = ["agent", "--store", "s3://black-hole/models", "--models", MODEL, "--root", str(root), "--role", STABLE]
     assert main([*argv, "--tfs-url", f"http://127.0.0.1:{free_port()}", "--startup-config"]) == 0
     assert (root / "models.config").read_text() == placeholder  # nothing known: nothing written, no store request
-    assert not black_hole.held
+    assert not hole.held
 
 
 def test_once_and_startup_config_exclude_each_other(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,61 +17,32 @@ from model_export.store.base import REQUEST_BUDGET_ENV
 from modelfleet.cli import main
 from modelfleet.cli.agent_cmd import store_budget, store_timeout
 from tests.support.agent import MODEL, make_agent
-from tests.support.servers import free_port
+from tests.support.servers import black_hole, free_port, point_s3_at
 
 
 @pytest.fixture
-def black_hole(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def hole(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An S3 endpoint on 127.0.0.1 that accepts connections (the kernel completes them) and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    for name, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv(REQUEST_BUDGET_ENV, raising=False)
-    try:
-        yield endpoint
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
-        for conn in held:
-            conn.close()
+    with black_hole() as it:
+        point_s3_at(monkeypatch, it.endpoint)
+        monkeypatch.delenv(REQUEST_BUDGET_ENV, raising=False)
+        yield it.endpoint
 
 
-def test_the_agents_tick_fails_transiently_within_its_budget(black_hole: str, tmp_path: Path) -> None:
+def test_the_agents_tick_fails_transiently_within_its_budget(hole: str, tmp_path: Path) -> None:
     with store_budget(2), make_agent("s3://black-hole/models", tmp_path / "root", STABLE) as agent:
         t0 = time.monotonic()
         (report,) = agent.tick()
         elapsed = time.monotonic() - t0
     assert report.transient and report.refused is None
     assert (report.error or "").startswith(
-        f"digits: cannot read the manifest: S3 endpoint {black_hole} did not answer within 2 s ("
+        f"digits: cannot read the manifest: S3 endpoint {hole} did not answer within 2 s ("
     )
     assert elapsed < 15, elapsed  # botocore alone would wait 3 x 60 s; slack for a loaded CI
     assert REQUEST_BUDGET_ENV not in os.environ  # the budget is the agent's, for its lifetime only
 
 
-def test_store_timeout_flag_bounds_the_agent(black_hole: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_store_timeout_flag_bounds_the_agent(hole: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dead_tfs = f"http://127.0.0.1:{free_port()}"
     argv = ["agent", "--store", "s3://black-hole/models", "--models", MODEL, "--root", str(tmp_path / "root")]
     argv += ["--role", STABLE, "--tfs-url", dead_tfs, "--once", "--store-timeout", "2"]
@@ -81,7 +50,7 @@ def test_store_timeout_flag_bounds_the_agent(black_hole: str, tmp_path: Path, ca
     with caplog.at_level(logging.INFO):
         assert main(argv) == 1
     assert time.monotonic() - t0 < 15  # slack for a loaded CI; unbounded it would be minutes
-    assert f"S3 endpoint {black_hole} did not answer within 2 s" in caplog.text
+    assert f"S3 endpoint {hole} did not answer within 2 s" in caplog.text
     assert REQUEST_BUDGET_ENV not in os.environ
 
 
