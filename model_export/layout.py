@@ -8,7 +8,11 @@
     _agent/<sha256>/<wheel name>       the agent wheel fleet VMs install (:func:`agent_wheel_key`)
     _fleet/<fleet>/drain/<slot>.json   a drain-slot lease of fleet <fleet> (``stable``, ``canary``): which VM may take
                                        itself out of the load balancer to switch versions (:func:`drain_slot_key`,
-                                       ``modelfleet.agent.lease``); the only keys fleet VMs write
+                                       ``modelfleet.agent.lease``)
+    _fleet/<fleet>/status/<id>.json    the heartbeat of instance <id> of fleet <fleet>: what it serves, its request
+                                       counters (:func:`heartbeat_key`, ``model_export.heartbeat``)
+
+The two ``_fleet/`` kinds are the only keys fleet VMs write.
 
 Model names start alphanumeric (``manifest.MODEL_RE``), so a top-level prefix that starts with ``_`` never collides
 with a model. A prefix added later (for example the fleet status of issue 11) is defined here, below the others, as
@@ -18,12 +22,17 @@ docs/manifest.md.
 
 from __future__ import annotations
 
+import re
+
 MANIFEST_NAME = "manifest.json"
 PENDING_DIR = "_pending"  # inside a model's prefix: version reservations
 # Top-level prefixes that are not models (each starts with "_"). Add new ones here.
 AGENT_PREFIX = "_agent"  # agent wheels
 FLEET_PREFIX = "_fleet"  # per-fleet coordination objects the VMs themselves write (drain-slot leases)
 DRAIN_DIR = "drain"  # inside a fleet's prefix: one lease object per drain slot
+STATUS_DIR = "status"  # inside a fleet's prefix: one heartbeat object per instance
+# An instance id is a key part: a cloud instance name or id, or a host name. Nothing that would need escaping.
+INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _RESERVATION_SUFFIX = ".json"
 
 
@@ -101,3 +110,31 @@ def drain_slot_of(fleet: str, key: str) -> int | None:
     if not key.startswith(drain_prefix(fleet)) or not name.endswith(_RESERVATION_SUFFIX):
         return None
     return version_number(name.removesuffix(_RESERVATION_SUFFIX))
+
+
+def check_instance_id(instance: str) -> str:
+    """``instance`` when it can name a heartbeat key (``INSTANCE_ID_RE``); ``ValueError`` naming it otherwise."""
+    if not INSTANCE_ID_RE.fullmatch(instance):
+        raise ValueError(
+            f"instance id {instance!r} is invalid: 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    return instance
+
+
+def heartbeat_prefix(fleet: str) -> str:
+    return f"{fleet_prefix(fleet)}{STATUS_DIR}/"
+
+
+def heartbeat_key(fleet: str, instance: str) -> str:
+    """``_fleet/<fleet>/status/<instance>.json``: the one object instance ``instance`` of ``fleet`` overwrites at every
+    heartbeat."""
+    return f"{heartbeat_prefix(fleet)}{check_instance_id(instance)}{_RESERVATION_SUFFIX}"
+
+
+def heartbeat_instance_of(fleet: str, key: str) -> str | None:
+    """The instance id when ``key`` is a heartbeat of ``fleet``, else ``None``."""
+    name = key.removeprefix(heartbeat_prefix(fleet))
+    if not key.startswith(heartbeat_prefix(fleet)) or not name.endswith(_RESERVATION_SUFFIX):
+        return None
+    instance = name.removesuffix(_RESERVATION_SUFFIX)
+    return instance if INSTANCE_ID_RE.fullmatch(instance) else None

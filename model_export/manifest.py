@@ -23,7 +23,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -176,17 +176,24 @@ class VersionEntry:
         return d
 
 
+ROLLBACK_ACTIONS = ("rollback", "auto-rollback")  # history actions that go back to an earlier stable
+
+
 @dataclass(frozen=True)
 class LabelMove:
     time: str
     label: str
     from_version: int | None
     to_version: int | None
-    action: str  # publish | label | unlabel | promote | rollback | prune
+    action: str  # publish | label | unlabel | promote | rollback | prune | auto-rollback | canary-*
     by: str | None = None
+    # Why, when a tool decided rather than a person: "auto-rollback: 3/4 instances failed to load v7: ...".
+    reason: str | None = None
+    # The numbers a decision rested on (canary analysis: requests, errors, rates, p99s, z, p-value).
+    evidence: dict[str, float | int | str | None] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "time": self.time,
             "label": self.label,
             "from": self.from_version,
@@ -194,6 +201,11 @@ class LabelMove:
             "action": self.action,
             "by": self.by,
         }
+        if self.reason is not None:
+            doc["reason"] = self.reason
+        if self.evidence is not None:
+            doc["evidence"] = dict(self.evidence)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -261,7 +273,7 @@ class Manifest:
             if move.label != STABLE or move.to_version is None:
                 continue
             target = move.to_version
-            if move.action == "rollback" and target in stack:
+            if move.action in ROLLBACK_ACTIONS and target in stack:
                 # Pop back to the most recent time the target was stable: the first one would also drop the
                 # versions made stable after it and before the rollback (1→2→3→2→4: the second rollback goes to 3).
                 del stack[len(stack) - stack[::-1].index(target) :]
@@ -279,7 +291,16 @@ class Manifest:
 
     # -- changes (label moves are recorded in the history) ---------------------------------------------------------
 
-    def move_label(self, label: str, to: int | None, action: str, by: str | None = None) -> None:
+    def move_label(
+        self,
+        label: str,
+        to: int | None,
+        action: str,
+        by: str | None = None,
+        *,
+        reason: str | None = None,
+        evidence: Mapping[str, float | int | str | None] | None = None,
+    ) -> None:
         check_label(label)
         if to is not None:
             self.get(to)
@@ -290,7 +311,16 @@ class Manifest:
             self.labels.pop(label, None)
         else:
             self.labels[label] = to
-        self.history.append(LabelMove(now(), label, old, to, action, by))
+        self.history.append(
+            LabelMove(now(), label, old, to, action, by, reason, None if evidence is None else dict(evidence))
+        )
+
+    def record_decision(
+        self, label: str, action: str, by: str | None, reason: str, evidence: Mapping[str, float | int | str | None]
+    ) -> None:
+        """A decision that moved no label (a canary analysis that was inconclusive), in the history all the same."""
+        at = self.labels.get(label)
+        self.history.append(LabelMove(now(), label, at, at, action, by, reason, dict(evidence)))
 
     def abandon(self, version: int, by: str | None = None) -> None:
         """Fence ``version``: a publish still holding it can no longer commit it, and the number is never reused
@@ -435,6 +465,8 @@ class WireLabelMove(_Wire):
     to: _Version | None = None
     action: _Text
     by: str | None = None
+    reason: str | None = None
+    evidence: dict[str, int | float | str | None] | None = None
 
 
 class WireAbandoned(_Wire):
@@ -587,7 +619,7 @@ def _from_wire(w: WireManifestV1 | WireManifestV2) -> Manifest:
         model=w.model,
         versions=versions,
         labels=dict(w.labels),
-        history=[LabelMove(h.time, h.label, h.from_, h.to, h.action, h.by) for h in w.history],
+        history=[LabelMove(h.time, h.label, h.from_, h.to, h.action, h.by, h.reason, h.evidence) for h in w.history],
         last_version=w.last_version,
         abandoned=abandoned,
         operations=operations,

@@ -151,6 +151,10 @@ class LocalCache:
     def version_dir(self, model: str, version: int) -> Path:
         return self.root / model / str(version)
 
+    def model_bytes(self, model: str) -> int:
+        """What the model's cached versions take on disk."""
+        return _disk_usage(self.model_dir(model))
+
     def versions(self, model: str) -> list[int]:
         try:
             names = [p.name for p in self.model_dir(model).iterdir() if p.is_dir()]

@@ -33,11 +33,16 @@ from typing import IO, Literal
 
 from model_export.constants import AGENT_POLL_SECONDS, AGENT_PORT, HEALTH_PATH, LOCAL_TFS_URL, MODEL_CONFIG_NAME, ROLES
 from model_export.errors import BadInput, ModelfleetError
+from model_export.heartbeat import ModelReport as HeartbeatModel
+from model_export.layout import check_instance_id
 from model_export.manifest import check_model_names
 from model_export.store import Store, open_store, parse_uri
+from modelfleet import __version__
 from modelfleet.agent.cache import LocalCache
 from modelfleet.agent.durable import write_atomic
 from modelfleet.agent.health import LIVE_MARKER, AgentHTTPServer, Liveness, liveness_window
+from modelfleet.agent.heartbeat import HeartbeatOptions, HeartbeatWriter
+from modelfleet.agent.identity import default_identity
 from modelfleet.agent.lease import DEFAULT_SKEW_SECONDS, DEFAULT_TTL_SECONDS, DrainLeases, Lease
 from modelfleet.agent.plan import next_entry, startup_version
 from modelfleet.agent.status import AgentStatus
@@ -53,6 +58,7 @@ from modelfleet.agent.sync import (
 )
 from modelfleet.agent.tfs import AVAILABLE, TfsClient, TfsNotRunning, TfsUnreachable, load_errors
 from modelfleet.agent.tfs_config import ModelEntry, render
+from modelfleet.agent.tfs_metrics import scrape
 
 log = logging.getLogger("modelfleet.agent")
 STATE_NAME = ".agent-state.json"
@@ -119,6 +125,10 @@ class AgentOptions:
     lease_skew_seconds: float = DEFAULT_SKEW_SECONDS
     drain_settle_seconds: float = DRAIN_SETTLE_SECONDS
     holder: str | None = None  # the drain-lease holder id; default: the host name (unique in a fleet, stable)
+    # --heartbeat: write the fleet-status heartbeat this often (None: never; the CLI's default is 30 s)
+    heartbeat_seconds: float | None = None
+    instance_id: str | None = None  # the heartbeat's instance; default: the cloud's instance name/id, else the host
+    zone: str | None = None
 
     def validate(self) -> None:
         parse_uri(self.store)
@@ -138,6 +148,13 @@ class AgentOptions:
             raise BadInput(f"--tfs-url {self.tfs_url!r} must start with http:// or https://")
         if self.drain_settle_seconds < 0:
             raise BadInput(f"drain settle = {self.drain_settle_seconds} s is invalid; must be 0 or more")
+        if self.heartbeat_seconds is not None and not self.heartbeat_seconds > 0:
+            raise BadInput(f"--heartbeat {self.heartbeat_seconds:g} is invalid: a number of seconds more than 0")
+        if self.instance_id is not None:
+            try:
+                check_instance_id(self.instance_id)
+            except ValueError as e:
+                raise BadInput(f"--instance-id: {e}") from None
 
 
 def backoff_delay(failures: int, base: float, cap: float, rand: random.Random | None = None) -> float:
@@ -247,6 +264,11 @@ class Agent:
                 max_silence_seconds=liveness_window(options.poll_seconds), marker=self.root / LIVE_MARKER
             )
             self.status = AgentStatus(options.role, options.models)
+            self._observations: dict[str, Observation] = {}  # TF Serving's answers at the last reconcile
+            self._tfs_since: float | None = None  # when the agent first saw the running TF Serving answer
+            self.heartbeat: HeartbeatWriter | None = None
+            if options.heartbeat_seconds is not None:
+                self.heartbeat = self._heartbeat_writer(options.heartbeat_seconds)
             self.cache.clean_temp(options.models)
             self._load_state()
             self.status.publish(self.states, draining=self._draining())
@@ -348,7 +370,11 @@ class Agent:
                 self._loading[name] = listed - obs.available - st.proven - st.failed.keys()
         kinds = {obs.kind for obs in observations.values()}
         if kinds & {"up", "down"}:
+            if "up" in kinds and not self._tfs_up:  # a TF Serving started since: its counters start from zero
+                self._tfs_since = time.time()
+                self.tfs.reset_own_errors()
             self._tfs_up = "up" in kinds
+        self._observations = observations
         if not entries and not self.entries and all(st.target is None for st in self.states.values()):
             return False  # never write a config that would unload everything: nothing is known yet
         # With no model safe to list (TF Serving not running and no version proven yet, or only failed ones), the
@@ -664,6 +690,48 @@ class Agent:
                 reasons.append(why or f"{st.name}: serving version {st.target}, desired {st.desired}")
         return list(dict.fromkeys(reasons))
 
+    # -- heartbeat -------------------------------------------------------------------------------------------------
+
+    def _heartbeat_writer(self, interval: float) -> HeartbeatWriter:
+        instance, zone = self.options.instance_id, self.options.zone
+        if instance is None:
+            instance, found_zone = default_identity()
+            zone = zone or found_zone
+        options = HeartbeatOptions(check_instance_id(instance), zone, interval, __version__)
+        return HeartbeatWriter(
+            self.store,
+            self.options.role,
+            options,
+            snapshot=self.report,
+            scrape=lambda: scrape(self.options.tfs_url),
+            own_errors=self.tfs.own_errors,
+            since=lambda: self._tfs_since,
+        )
+
+    def report(self) -> dict[str, HeartbeatModel]:
+        """What each model's heartbeat says (no counters): desired, target, the version serving under the fleet's
+        label (AVAILABLE at the last reconcile), TF Serving's states and failures, cache use."""
+        with self._lock:
+            draining = self._draining()
+            out: dict[str, HeartbeatModel] = {}
+            for name, st in self.states.items():
+                obs = self._observations.get(name, Observation("unknown"))
+                entry = self.entries.get(name)
+                labeled = entry.labels.get(self.options.role) if entry is not None else None
+                serving = labeled if labeled is not None and obs.states.get(labeled) == AVAILABLE else None
+                out[name] = HeartbeatModel(
+                    desired=st.desired,
+                    target=st.target,
+                    serving=serving,
+                    states=dict(obs.states),
+                    failed={v: f.error for v, f in st.failed.items()},
+                    degraded=st.degraded,
+                    draining=draining.get(name),
+                    problem=st.problem,
+                    cache_bytes=self.cache.model_bytes(name),
+                )
+            return out
+
     # -- loops -----------------------------------------------------------------------------------------------------
 
     def write_startup_config(self) -> bool:
@@ -695,11 +763,19 @@ class Agent:
         while the store fails): a slow store poll never delays reconciling with TF Serving."""
         poller = threading.Thread(target=self._poll_loop, args=(stop,), name="modelfleet-store-poll", daemon=True)
         poller.start()
+        beating = None
+        if self.heartbeat is not None:
+            beating = threading.Thread(
+                target=self.heartbeat.run, args=(stop,), name="modelfleet-heartbeat", daemon=True
+            )
+            beating.start()
         try:
             self._reconcile_loop(stop)
         finally:
             stop.set()
             poller.join()  # a store request in flight ends within the store budget (a download: when it is done)
+            if beating is not None:
+                beating.join()  # its last heartbeat ("stopped") ends within the store budget
 
     def _reconcile_loop(self, stop: threading.Event) -> None:
         poll = self.options.poll_seconds

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+
 from model_export.errors import ServingError
 from modelfleet.tfs_rest import model_status
 
@@ -42,6 +45,18 @@ class TfsClient:
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # Status requests TF Serving answered with an error, per model: they are in its request_count, and the
+        # heartbeat takes them off (modelfleet.agent.tfs_metrics.without_own). Reset when TF Serving restarts.
+        self._own_errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def own_errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._own_errors)
+
+    def reset_own_errors(self) -> None:
+        with self._lock:
+            self._own_errors.clear()
 
     def model_status(self, model: str) -> dict[int, str]:
         """``{version: state}`` (LOADING, AVAILABLE, UNLOADING, END, ...); empty when TF Serving has no such model.
@@ -53,6 +68,9 @@ class TfsClient:
         try:
             found = model_status(self.url, model, timeout=self.timeout)
         except ServingError as e:
+            if e.http_status is not None:
+                with self._lock:
+                    self._own_errors[model] += 1
             if e.http_status == 404:
                 return VersionStates({})
             if e.not_listening:

@@ -32,6 +32,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "store_cmds",
         "Delete old versions, keeping the N newest, every labeled version and the previous stable.",
     ),
+    "status": (
+        "fleet_cmds",
+        "Show what the fleets serve: live instances, versions, states, convergence and traffic.",
+    ),
+    "canary": (
+        "fleet_cmds",
+        "Canary a version: point canary at it, wait for the canary fleet, bake, compare with stable, promote or abort.",
+    ),
     "agent": (
         "agent_cmd",
         "Follow the manifests of some models and keep the local TF Serving serving this fleet's version.",

@@ -25,6 +25,7 @@ from model_export.constants import (
     VERSION_SWITCHES,
 )
 from model_export.errors import BadInput
+from model_export.heartbeat import DEFAULT_INTERVAL_SECONDS
 from model_export.store.base import REQUEST_BUDGET_ENV, request_budget
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.main import DEFAULT_KEEP_LOCAL, DEFAULT_LISTEN
@@ -138,6 +139,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         keep_local=args.keep_local,
         serving_root=args.serving_root,
         switch=switch,
+        heartbeat_seconds=None if args.once or args.startup_config or args.heartbeat == 0 else args.heartbeat,
+        instance_id=args.instance_id,
     )
     if options.serving_root is not None and not options.serving_root.is_absolute():
         raise BadInput(f"--serving-root {str(options.serving_root)!r} must be an absolute path")
@@ -235,6 +238,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=DEFAULT_MAX_DRAINING_PERCENT,
         metavar="P",
         help="at most P %% of the fleet (at least one VM) drain at once; default: %(default)s",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=DEFAULT_INTERVAL_SECONDS,
+        metavar="SECONDS",
+        help="write this VM's fleet-status heartbeat to the store this often, and when what it serves changes "
+        "(0: never); default: %(default)g",
+    )
+    p.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="this VM in the heartbeat; default: the cloud's instance name (GCP) or id (AWS), else the host name",
     )
     p.add_argument(
         "--serving-root",

@@ -6,6 +6,7 @@ import argparse
 import inspect
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -76,3 +77,18 @@ def positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value
+
+
+def progress_line(quiet: bool) -> Callable[[str], None] | None:
+    """Progress on a terminal (stderr, one line rewritten in place); nothing when quiet or not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    last = [0.0]
+
+    def show(text: str) -> None:
+        if time.monotonic() - last[0] >= 0.5:
+            last[0] = time.monotonic()
+            sys.stderr.write(f"\r\033[K{text}")
+            sys.stderr.flush()
+
+    return show

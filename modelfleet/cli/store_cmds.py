@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from model_export import versions as ops
-from model_export.errors import BadInput
+from model_export.constants import STABLE
+from model_export.errors import BadInput, UnknownModel
 from model_export.manifest import Manifest
 from model_export.publish import publish
+from model_export.rollout import DEFAULT_TIMEOUT_SECONDS, RolloutFailed, WaitOutcome, change_and_wait, wait_after
+from model_export.store import Store, checked_store
 from model_export.transfer import DEFAULT_WORKERS, show_progress
-from modelfleet.cli.common import command, emit_json, human_bytes, int_at_least, json_arg, store_args, table
+from modelfleet.cli.common import (
+    command,
+    emit_json,
+    human_bytes,
+    int_at_least,
+    json_arg,
+    positive_seconds,
+    progress_line,
+    store_args,
+    table,
+)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -32,6 +47,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if not args.job_id.strip():
             raise BadInput(f"--job-id {args.job_id!r} is empty; pass the training job's id or leave the option out")
         source["job_id"] = args.job_id
+    before = _labels_now(args) if args.wait else {}
     result = publish(
         args.dir,
         args.store,
@@ -57,7 +73,38 @@ def cmd_publish(args: argparse.Namespace) -> int:
             f"published {result.model} version {result.version}{labels}: {result.files} files, "
             f"{human_bytes(result.bytes)} in {result.seconds:.1f} s to {result.store}"
         )
+    if args.wait and args.label:
+        after = ops.get_manifest(args.store, args.model)
+        _wait(args, lambda: wait_after(checked_store(args.store), args.model, before, after, **_wait_kwargs(args)))
     return 0
+
+
+def _labels_now(args: argparse.Namespace) -> dict[str, int]:
+    try:
+        return dict(ops.get_manifest(args.store, args.model).labels)
+    except UnknownModel:
+        return {}
+
+
+def _wait_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "timeout": args.timeout,
+        "rollback_on_failure": getattr(args, "rollback_on_failure", False),
+        "progress": progress_line(args.json),
+    }
+
+
+def _wait(args: argparse.Namespace, run: Callable[[], WaitOutcome]) -> WaitOutcome:
+    """Run a wait; its outcome on stderr (stdout keeps the command's own output, --json included)."""
+    try:
+        outcome = run()
+    finally:
+        if not args.json and sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+    if not outcome.ok:
+        raise RolloutFailed(outcome.reason)
+    print(f"{args.model}: {outcome.reason}", file=sys.stderr)
+    return outcome
 
 
 def _meta(text: str) -> str:
@@ -161,12 +208,34 @@ def cmd_label(args: argparse.Namespace) -> int:
     """
     if args.clear == (args.version is not None):
         raise BadInput(f"give either VERSION or --clear for label {args.label!r}, not both or neither")
+    if args.rollback_on_failure and (args.label != STABLE or args.clear):
+        raise BadInput(f"--rollback-on-failure goes with `label stable N --wait`, not with label {args.label!r}")
     if args.clear:
-        m = ops.clear_label(args.store, args.model, args.label)
+        change: Callable[[Store], Manifest] = lambda st: ops.clear_label(st, args.model, args.label)  # noqa: E731
     else:
-        m = ops.set_label(args.store, args.model, args.label, args.version)
-    _print_labels(m, args)
+        change = lambda st: ops.set_label(st, args.model, args.label, args.version)  # noqa: E731
+    _change(args, change)
     return 0
+
+
+def _change(args: argparse.Namespace, change: Callable[[Store], Manifest]) -> None:
+    """A label operation, then (with --wait) the wait for the fleets it affects; the labels are printed first."""
+    if getattr(args, "rollback_on_failure", False) and not args.wait:
+        raise BadInput("--rollback-on-failure needs --wait (it acts on what the wait finds)")
+    if not args.wait:
+        _print_labels(change(checked_store(args.store)), args)
+        return
+    if getattr(args, "rollback_on_failure", False):
+        # the label change, the wait and the undo are one library call; its outcome goes to stderr
+        after, outcome = change_and_wait(args.store, args.model, change, **_wait_kwargs(args))
+        _print_labels(after, args)
+        print(f"{args.model}: {outcome.reason}", file=sys.stderr)
+        return
+    st = checked_store(args.store)
+    before = dict(ops.get_manifest(st, args.model).labels)
+    after = change(st)
+    _print_labels(after, args)
+    _wait(args, lambda: wait_after(st, args.model, before, after, **_wait_kwargs(args)))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -175,7 +244,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     Example:
       modelfleet promote --store gs://acme-models/prod --model digits
     """
-    _print_labels(ops.promote(args.store, args.model), args)
+    _change(args, lambda st: ops.promote(st, args.model))
     return 0
 
 
@@ -186,7 +255,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
       modelfleet rollback --store gs://acme-models/prod --model digits
       modelfleet rollback --store gs://acme-models/prod --model digits --to 5
     """
-    _print_labels(ops.rollback(args.store, args.model, args.to), args)
+    _change(args, lambda st: ops.rollback(st, args.model, args.to))
     return 0
 
 
@@ -230,6 +299,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--meta", action="append", default=[], type=_meta, metavar="KEY=VALUE", help="more provenance")
     p.add_argument("--workers", type=int_at_least(1), default=DEFAULT_WORKERS, help="parallel uploads")
+    wait_args(p)
     json_arg(p)
 
     p = command(sub, "versions", cmd_versions, cmd_versions.__doc__)
@@ -246,15 +316,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("label", metavar="LABEL")
     p.add_argument("version", metavar="VERSION", type=int_at_least(1), nargs="?")
     p.add_argument("--clear", action="store_true", help="remove the label instead")
+    wait_args(p, rollback=True)
     json_arg(p)
 
     p = command(sub, "promote", cmd_promote, cmd_promote.__doc__)
     store_args(p)
+    wait_args(p, rollback=True)
     json_arg(p)
 
     p = command(sub, "rollback", cmd_rollback, cmd_rollback.__doc__)
     store_args(p)
     p.add_argument("--to", type=int_at_least(1), metavar="N", help="roll back to this version")
+    wait_args(p)
     json_arg(p)
 
     p = command(sub, "prune", cmd_prune, cmd_prune.__doc__)
@@ -269,3 +342,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="age after which an unfinished publish counts as crashed (default: %(default)s)",
     )
     json_arg(p)
+
+
+def wait_args(p: argparse.ArgumentParser, *, rollback: bool = False) -> None:
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until every live instance of the fleets the change affects serves the new version (exit 1 if not)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="with --wait: how long (default: %(default)g)",
+    )
+    if rollback:
+        p.add_argument(
+            "--rollback-on-failure",
+            action="store_true",
+            help="with --wait: when the new stable fails to load or does not converge, move stable back (exit 1)",
+        )

@@ -1,0 +1,156 @@
+"""Issue 11: fleets report what they serve (heartbeats through the store); ``status``, ``--wait``, automatic
+rollback. Real S3 and GCS servers, real agent processes (SIGKILLable), each with its own faithful TF Serving stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_export import layout
+from model_export.constants import CANARY, STABLE
+from model_export.fleet_status import model_status
+from model_export.heartbeat import Heartbeat
+from model_export.publish import publish
+from model_export.store import open_store
+from model_export.versions import get_manifest
+from modelfleet.cli import main
+from tests.conftest import new_bucket
+from tests.support.agent import MODEL, failing_copy, wait_until
+from tests.support.fleet import HEARTBEAT, fleet
+
+WAIT = 60.0  # generous: agents are processes on a loaded 2-core machine
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def cloud_store(request: pytest.FixtureRequest) -> str:
+    kind = request.param
+    request.getfixturevalue(f"{kind}_server")
+    return f"{'s3' if kind == 's3' else 'gs'}://{new_bucket(kind)}/models"
+
+
+def status_json(store: str, capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["status", "--store", store, "--model", MODEL, "--json", *extra]) == 0
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return doc
+
+
+def converged_on(store: str, fleet_name: str, version: int, live: int) -> bool:
+    f = model_status(store, MODEL).fleets[fleet_name]
+    return f.converged and f.desired == version and len(f.live) == live
+
+
+def test_status_shows_every_instance_converged_after_a_promote_and_a_killed_agent_turns_stale(
+    cloud_store: str, savedmodels: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = cloud_store
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    with fleet(store, tmp_path, {STABLE: 2, CANARY: 1}) as vms:
+        wait_until("both fleets serve v1", lambda: converged_on(store, STABLE, 1, 2), WAIT)
+        publish(savedmodels["v2"], store, MODEL)
+        assert main(["label", "--store", store, "--model", MODEL, CANARY, "2", "--wait", "--timeout", "60"]) == 0
+        # --wait returned: the canary fleet's instance serves v2 AVAILABLE now, by its own report
+        doc = status_json(store, capsys)
+        assert doc["fleets"]["canary"]["converged"] is True
+        assert [i["serving"] for i in doc["fleets"]["canary"]["instances"]] == [2]
+        assert main(["promote", "--store", store, "--model", MODEL, "--wait", "--timeout", "60"]) == 0
+        doc = status_json(store, capsys)
+        assert doc["model"] == MODEL and doc["labels"] == {"stable": 2}
+        stable = doc["fleets"]["stable"]
+        assert stable["desired"] == 2 and stable["converged"] is True
+        assert sorted(i["id"] for i in stable["instances"]) == ["s0", "s1"]
+        assert all(i["serving"] == 2 and i["state"] == "serving" and i["fresh"] for i in stable["instances"])
+        # TF Serving itself serves v2 under the stable label on both (what the heartbeat claims is what is)
+        for vm in vms[STABLE]:
+            assert vm.tfs.labels(MODEL)[STABLE] == 2
+
+        # A killed agent (SIGKILL: no last word) turns stale after 3 intervals, and does not block --wait.
+        vms[STABLE][1].kill()
+        wait_until(
+            "s1 stale",
+            lambda: (
+                {i["id"]: i["fresh"] for i in status_json(store, capsys)["fleets"]["stable"]["instances"]}
+                == {"s0": True, "s1": False}
+            ),
+            WAIT,
+        )
+        killed = next(i for i in status_json(store, capsys)["fleets"]["stable"]["instances"] if i["id"] == "s1")
+        assert killed["state"] == "stale"
+        assert main(["rollback", "--store", store, "--model", MODEL, "--wait", "--timeout", "60"]) == 0
+        assert converged_on(store, STABLE, 1, 1)
+        # A stopped agent says so in its last heartbeat: not live at once, no 3-interval wait.
+        vms[CANARY][0].stop()
+        beat = Heartbeat.loads(open_store(store).read(layout.heartbeat_key(CANARY, "c0")).data, "c0")
+        assert beat.stopping and not beat.fresh(time.time())
+
+
+def test_promote_wait_fails_on_a_version_that_does_not_load_and_rolls_back(
+    s3_server: object, savedmodels: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"s3://{new_bucket('s3')}/models"
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    bad = failing_copy(savedmodels["v2"], tmp_path / "bad", "INVALID_ARGUMENT: op not registered")
+    publish(bad, store, MODEL, label=CANARY)
+    with fleet(store, tmp_path, {STABLE: 2}):
+        wait_until("stable serves v1", lambda: converged_on(store, STABLE, 1, 2), WAIT)
+        # Without --rollback-on-failure: exit 1 naming the instances and the error; stable stays on v2.
+        capsys.readouterr()
+        assert main(["label", "--store", store, "--model", MODEL, STABLE, "2", "--wait", "--timeout", "60"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert "failed to load" in err and "op not registered" in err and ("s0" in err or "s1" in err)
+        assert get_manifest(store, MODEL).labels[STABLE] == 2
+        assert main(["rollback", "--store", store, "--model", MODEL, "--wait", "--timeout", "60"]) == 0
+
+        # promote --wait --rollback-on-failure: stable goes back to v1, the history says who and why.
+        assert main(["label", "--store", store, "--model", MODEL, CANARY, "2"]) == 0
+        capsys.readouterr()
+        code = main(
+            ["promote", "--store", store, "--model", MODEL, "--wait", "--timeout", "60", "--rollback-on-failure"]
+        )
+        err = capsys.readouterr().err
+        assert code == 1 and "rolled stable back to v1" in err, err
+        m = get_manifest(store, MODEL)
+        assert m.labels[STABLE] == 1
+        last = m.history[-1]
+        assert (last.action, last.label, last.from_version, last.to_version) == ("auto-rollback", STABLE, 2, 1)
+        assert last.reason is not None and last.reason.startswith("auto-rollback: ")
+        assert "instances of the stable fleet failed to load v2" in last.reason and "op not registered" in last.reason
+        assert last.by
+        wait_until("stable serves v1 again", lambda: converged_on(store, STABLE, 1, 2), WAIT)
+
+
+def test_wait_times_out_with_no_live_instance_and_rollback_on_timeout(
+    s3_server: object, savedmodels: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No fleet reports at all: --wait does not pass on an empty fleet; --rollback-on-failure undoes on timeout."""
+    store = f"s3://{new_bucket('s3')}/models"
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    publish(savedmodels["v2"], store, MODEL, label=CANARY)
+    capsys.readouterr()
+    code = main(["promote", "--store", store, "--model", MODEL, "--wait", "--timeout", "1.5", "--rollback-on-failure"])
+    err = capsys.readouterr().err
+    assert code == 1 and "not converged after 1.5 s" in err and "no live instance" in err, err
+    assert get_manifest(store, MODEL).labels == {STABLE: 1}
+
+
+def test_heartbeats_are_written_only_under_the_fleet_status_prefix(
+    s3_server: object, savedmodels: dict[str, Path], tmp_path: Path
+) -> None:
+    """Nothing but the heartbeat keys (and nothing of a model) is written by the agents: list before and after."""
+    store = f"s3://{new_bucket('s3')}/models"
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    st = open_store(store)
+    before = {o.key: o.size for o in st.list("")}
+    with fleet(store, tmp_path, {STABLE: 1, CANARY: 1}):
+        wait_until("both fleets serve v1", lambda: converged_on(store, CANARY, 1, 1), WAIT)
+        time.sleep(3 * HEARTBEAT)
+    after = {o.key: o.size for o in st.list("")}
+    new = sorted(set(after) - set(before))
+    assert new == [layout.heartbeat_key(CANARY, "c0"), layout.heartbeat_key(STABLE, "s0")]
+    assert all(after[k] == before[k] for k in before)
