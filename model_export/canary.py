@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
@@ -30,7 +30,7 @@ from model_export import versions
 from model_export.constants import CANARY, STABLE
 from model_export.errors import BadInput, ModelfleetError
 from model_export.fleet_status import read_heartbeats
-from model_export.heartbeat import TFS_LATENCY_BOUNDS_US, Delta, Heartbeat, Sample, delta, quantile, sample_at
+from model_export.heartbeat import TFS_LATENCY_BOUNDS_US, Delta, Heartbeat, Sample, delta, quantile
 from model_export.manifest import Manifest, actor, update_manifest
 from model_export.rollout import DEFAULT_TIMEOUT_SECONDS, Progress, check_timeout, wait_for_fleets
 from model_export.store import Store, checked_store
@@ -95,60 +95,60 @@ def min_sample(p_stable: float, increase: float, ratio: float, alpha: float = AL
     return math.ceil((root / increase) ** 2)
 
 
-@dataclass
-class Baseline:
-    """Per instance, its latest sample of the model when the bake began."""
-
-    at: float
-    samples: dict[tuple[str, str], Sample] = field(default_factory=dict)  # (fleet, instance) -> sample
+Snapshot = dict[tuple[str, str], tuple[Heartbeat, Sample]]  # (fleet, instance) -> its heartbeat and latest sample
 
 
-def _latest(beats: list[Heartbeat], model: str) -> dict[str, tuple[Heartbeat, Sample]]:
-    out: dict[str, tuple[Heartbeat, Sample]] = {}
-    for b in beats:
-        report = b.models.get(model)
-        if report is not None and report.samples and not b.stopping:
-            out[b.instance] = (b, report.samples[-1])
-    return out
+def snapshot_after(
+    store: Store,
+    model: str,
+    when: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Snapshot:
+    """Every instance's latest sample of ``model``, once each live instance has written one taken at or after
+    ``when`` (a heartbeat written before it would count requests from before the bake, or miss its last ones): at
+    most two heartbeat intervals; an instance that has not by then is left out."""
+    deadline: float | None = None
+    while True:
+        out: Snapshot = {}
+        waiting = False
+        longest = 0.0
+        now = clock()
+        for fleet in (STABLE, CANARY):
+            beats, _ = read_heartbeats(store, fleet)
+            for b in beats:
+                report = b.models.get(model)
+                if report is None or not report.samples or not b.fresh(now):
+                    continue
+                longest = max(longest, b.interval)
+                if report.samples[-1].at >= when:
+                    out[(fleet, b.instance)] = (b, report.samples[-1])
+                else:
+                    waiting = True
+        if deadline is None:
+            deadline = now + 2 * longest + 1.0
+        if not waiting or now >= deadline:
+            return out
+        sleep(min(0.25, max(0.0, deadline - now)))
 
 
-def baseline(store: Store, model: str, at: float) -> Baseline:
-    base = Baseline(at)
-    for fleet in (STABLE, CANARY):
-        beats, _ = read_heartbeats(store, fleet)
-        for instance, (_, sample) in _latest(beats, model).items():
-            base.samples[(fleet, instance)] = sample
-    return base
-
-
-def fleet_delta(store: Store, model: str, fleet: str, base: Baseline) -> tuple[Delta, list[str]]:
-    """The fleet's requests since the baseline, summed over its instances; and the instances left out (no baseline:
-    they were running before the bake but had not reported then)."""
-    beats, _ = read_heartbeats(store, fleet)
+def fleet_delta(start: Snapshot, end: Snapshot, fleet: str, since: float) -> tuple[Delta, list[str]]:
+    """The fleet's requests between the two snapshots, summed over its instances; and the instances left out: no
+    sample from the start though they were running then (an instance started during the bake counts from zero)."""
     total = Delta()
     skipped: list[str] = []
-    for instance, (beat, last) in _latest(beats, model).items():
-        before = base.samples.get((fleet, instance))
-        if before is None:
-            report = beat.models[model]
-            before = sample_at(report.samples, base.at)
-            if before is None and (last.since or 0.0) < base.at:
-                skipped.append(instance)
-                continue
+    for (f, instance), (beat, last) in end.items():
+        if f != fleet:
+            continue
+        before: Sample | None = start[(f, instance)][1] if (f, instance) in start else None
+        if before is None and (last.since or beat.started) < since:
+            skipped.append(instance)
+            continue
         if before is not None and before.at >= last.at:
-            continue  # no heartbeat since the baseline
+            continue
         total.add(delta(before, last))
     return total, skipped
-
-
-def _reports(store: Store) -> tuple[tuple[float, ...], float]:
-    """The latency bounds the agents report, and their longest heartbeat interval."""
-    bounds, interval = TFS_LATENCY_BOUNDS_US, 0.0
-    for fleet in (STABLE, CANARY):
-        beats, _ = read_heartbeats(store, fleet)
-        for b in beats:
-            bounds, interval = b.latency_bounds_us, max(interval, b.interval)
-    return bounds, interval
 
 
 @dataclass(frozen=True)
@@ -274,17 +274,17 @@ def run_canary(
         reason = f"the canary fleet did not converge on v{version}: {waited.reason}"
         record(st, model, version, ABORT, reason, {"converged": 0})
         return CanaryResult(model, version, ABORT, reason, {"converged": 0})
-    base = baseline(st, model, clock())
-    deadline = base.at + options.bake_seconds
+    began = clock()
+    start = snapshot_after(st, model, began, clock=clock, sleep=sleep)
+    deadline = began + options.bake_seconds
     while (left := deadline - clock()) > 0:
         if progress is not None:
             progress(f"baking v{version}: {left:.0f} s left")
         sleep(min(left, 5.0))
-    # The counters of the bake's end are in the heartbeats written after it: one interval later.
-    bounds, interval = _reports(st)
-    sleep(min(interval, 60.0))
-    canary, skipped_c = fleet_delta(st, model, CANARY, base)
-    stable, skipped_s = fleet_delta(st, model, STABLE, base)
+    end = snapshot_after(st, model, deadline, clock=clock, sleep=sleep)
+    canary, skipped_c = fleet_delta(start, end, CANARY, began)
+    stable, skipped_s = fleet_delta(start, end, STABLE, began)
+    bounds = next((b.latency_bounds_us for b, _ in end.values()), TFS_LATENCY_BOUNDS_US)
     decision, reason, evidence = judge(canary, stable, bounds, options)
     evidence["bake_seconds"] = options.bake_seconds
     evidence["instances_without_baseline"] = len(skipped_c) + len(skipped_s)

@@ -1,5 +1,6 @@
-"""Who may touch the model store: the fleet's instance role (read, plus its drain-slot leases) and the publisher
-policy (write); and what the fleet's VMs may tell their auto scaling groups (their own health).
+"""Who may touch the model store: the fleet's instance role (read, plus what the VMs write themselves under
+``_fleet/``: drain-slot leases and heartbeats) and the publisher policy (write); and what the fleet's VMs may tell
+their auto scaling groups (their own health).
 
 The policy documents are plain functions of plain strings, so tests can read them without Pulumi. The store's are
 scoped to the store prefix (the fleet's writes to ``<prefix>/_fleet/`` only); none grants ``s3:DeleteObjectVersion``
@@ -78,11 +79,18 @@ def fleet_read_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: st
 
 
 def fleet_lease_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: str | None = None) -> dict[str, Any]:
-    """The fleet may create and overwrite its drain-slot leases (``<prefix>/_fleet/*``; conditional puts need nothing
-    more than ``s3:PutObject``), nothing else: releases overwrite, so no delete."""
+    """The fleet may create and overwrite the objects its VMs write under ``<prefix>/_fleet/*``, and nothing else:
+    drain-slot leases (``_fleet/<fleet>/drain/<slot>.json``; conditional puts need nothing more than
+    ``s3:PutObject``) and heartbeats (``_fleet/<fleet>/status/<instance>.json``, one put per VM every 30 s by
+    default). Releases overwrite and heartbeats are overwritten in place, so no delete."""
     where = f"{prefix}/{FLEET_PREFIX}" if prefix else FLEET_PREFIX
     statements: list[dict[str, Any]] = [
-        {"Sid": "WriteFleetLeases", "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/{where}/*"}
+        {
+            "Sid": "WriteFleetLeasesAndHeartbeats",
+            "Effect": "Allow",
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket_arn}/{where}/*",
+        }
     ]
     if kms_key_arn:
         statements.append(_kms(kms_key_arn, region, ["kms:GenerateDataKey"]))
@@ -180,7 +188,7 @@ class StoreAccess(pulumi.ComponentResource):
 
         fleet_role = aws.iam.Role(
             f"{name}-fleet",
-            description="modelfleet serving VMs: read the model store",
+            description="modelfleet serving VMs: read the model store, write leases and heartbeats under _fleet/",
             path=args.iam_path,
             assume_role_policy=json.dumps(service_trust("ec2.amazonaws.com")),
             tags=args.tags,

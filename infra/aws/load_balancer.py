@@ -9,6 +9,9 @@
   with grpc.health.v1 (only with HTTPS: ALB speaks gRPC on HTTPS listeners only).
 - Listeners forward with weights: stable 100 - w, canary w (``infra.components.traffic_weights``). With HTTPS,
   HTTP answers 301 to HTTPS. TF Serving's metrics path (on its REST port) answers 404 at the load balancer.
+- Rules on the serving listener, lowest priority first: gRPC (content-type ``application/grpc*``) to the gRPC
+  groups by weight; ``/monitoring/*`` 404; while the canary fleet runs (weight > 0 or kept warm), the label routes:
+  ``/v1/models/*/labels/<role>`` (exact, ``:*``, ``/*``) to that role's REST group, whatever the weights.
 See docs/aws.md for the gRPC choice.
 """
 
@@ -37,6 +40,9 @@ GRPC_RULE_PRIORITY = 10
 # TF Serving serves its Prometheus metrics on the REST port; clients have no business there.
 INTERNAL_PATHS = ("/monitoring/*",)
 INTERNAL_RULE_PRIORITY = 20
+# /labels/<role> requests to that role's fleet: after the gRPC rule and the internal paths (ALB rules: 1 to 50000,
+# unique per listener, lowest first). One rule per role, in ROLES order.
+LABEL_RULE_PRIORITY = 30
 NAME_LIMIT = 32  # load balancer and target group names
 
 
@@ -55,6 +61,9 @@ class LoadBalancerArgs:
     deregistration_delay_seconds: int = 30
     health_check: HealthCheck = field(default_factory=HealthCheck)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # StackConfig.canary_fleet_runs (weight > 0 or canaryKeepWarm): route /labels/<role> paths to each role's fleet.
+    # Off: the weighted split alone (the canary fleet has no VMs).
+    canary_fleet_runs: bool = False
 
     def __post_init__(self) -> None:
         config.validate("canaryWeightPercent", self.canary_weight_percent)
@@ -89,6 +98,14 @@ class FleetTargets:
 
     target_group_arns: list[pulumi.Output[str]]
     target_group_arn_suffixes: list[pulumi.Output[str]]
+
+
+def label_path_patterns(label: str) -> list[str]:
+    """The path patterns of TF Serving's REST paths at ``label``, for any model: the exact path (model status), its
+    methods (``:predict``...) and sub-resources (``/metadata``). ``*`` matches any characters, ``/`` included. Within
+    an ALB rule's limits: 3 values in one condition, 5 wildcards in the rule."""
+    path = f"/v1/models/*/labels/{label}"
+    return [path, f"{path}:*", f"{path}/*"]
 
 
 def ingress_rule_name(name: str, port: int, cidr: str) -> str:
@@ -323,7 +340,8 @@ class LoadBalancer(pulumi.ComponentResource):
         rest: Mapping[str, aws.lb.TargetGroup],
         grpc: Mapping[str, aws.lb.TargetGroup],
     ) -> None:
-        """HTTP (or HTTPS + an HTTP redirect) forwarding by weight, the gRPC rule, the internal paths' 404."""
+        """HTTP (or HTTPS + an HTTP redirect) forwarding by weight, the gRPC rule, the internal paths' 404, and while
+        the canary fleet runs the label routes."""
         child = pulumi.ResourceOptions(parent=self)
         weights = args.weights
 
@@ -427,3 +445,29 @@ class LoadBalancer(pulumi.ComponentResource):
             tags=tags("internal-paths"),
             opts=child,
         )
+        if args.canary_fleet_runs:
+            self._label_rules(name, args, serving, rest)
+
+    def _label_rules(
+        self,
+        name: str,
+        args: LoadBalancerArgs,
+        serving: aws.lb.Listener,
+        rest: Mapping[str, aws.lb.TargetGroup],
+    ) -> None:
+        """``/v1/models/*/labels/<role>...`` to that role's REST group alone, after the gRPC rule (gRPC paths are
+        ``/<package>.<Service>/<Method>``, never ``/v1/models/...``) and the internal paths (disjoint)."""
+        for i, role in enumerate(ROLES):
+            aws.lb.ListenerRule(
+                f"{name}-label-{role}",
+                listener_arn=serving.arn,
+                priority=LABEL_RULE_PRIORITY + i,
+                conditions=[
+                    aws.lb.ListenerRuleConditionArgs(
+                        path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=label_path_patterns(role))
+                    )
+                ],
+                actions=[aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=rest[role].arn)],
+                tags=self._tags(name, args, f"label-{role}"),
+                opts=pulumi.ResourceOptions(parent=self),
+            )

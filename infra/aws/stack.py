@@ -182,6 +182,7 @@ def _load_balancer(
             access_logs_bucket=cfg.access_logs_bucket,
             access_logs_prefix=f"{PROJECT}/{cfg.stack}",
             deletion_protection=cfg.deletion_protection,
+            canary_fleet_runs=cfg.canary_fleet_runs,  # label routes to each fleet while both run
             tags=tags,
         ),
         _named(opts, naming.LOAD_BALANCER),

@@ -1,7 +1,8 @@
 """The stack's two identities: the fleets' service account and the publisher's (training jobs).
 
 Neither gets a project-wide role here. What each may do is granted on the model bucket only (``store.py``): the
-fleet reads, the publisher writes. See docs/gcp.md "Identities and scopes".
+fleet reads (and writes its own drain leases and heartbeats under ``_fleet/``), the publisher writes. See docs/gcp.md
+"Identities and scopes".
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class ServiceAccounts(pulumi.ComponentResource):
             project=args.project,
             account_id=account_id(args.id_prefix, "fleet"),
             display_name=f"modelfleet {args.stack} serving VMs",
-            description="TF Serving fleet VMs: read the model bucket, write drain leases under _fleet/, nothing else.",
+            description="TF Serving fleet VMs: read the model bucket, write drain leases and heartbeats under _fleet/, "
+            "nothing else.",
             opts=child,
         )
         self.publisher = gcp.serviceaccount.Account(

@@ -2,8 +2,10 @@
 
 REST: a global external Application Load Balancer (``EXTERNAL_MANAGED``). One backend service per fleet, both
 behind a Cloud Armor policy that admits only ``allowed_source_cidrs`` (default rule: deny 403); the URL map splits
-traffic by weight (stable = 100 - w, canary = w: ``infra.components.traffic_weights``). With HTTPS, a Google-managed
-certificate serves 443 and port 80 only redirects.
+traffic by weight (stable = 100 - w, canary = w: ``infra.components.traffic_weights``). While the canary fleet runs
+(weight > 0 or kept warm), route rules send ``/v1/models/<m>/labels/<role>...`` to that role's fleet whatever the
+weights (``label_route_rules``), so a label can be reached through the load balancer. With HTTPS, a
+Google-managed certificate serves 443 and port 80 only redirects.
 
 gRPC: a regional external passthrough Network Load Balancer on TF Serving's gRPC port in front of the stable fleet
 (its target pool, see ``fleet.py``). The ALB would speak HTTP/2 to backends only over TLS, and TF Serving's gRPC port
@@ -18,15 +20,16 @@ port from the allowed clients); there is no rule from 0.0.0.0/0.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 
+from infra import config
 from infra.components import HealthCheck, traffic_weights
 from infra.gcp.health import agent_health_check
-from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, ROLES, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
 
 # Google Front Ends (ALB proxies) and the health checkers of proxy load balancers (gcp.compute.get_lbip_ranges).
 GFE_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
@@ -36,6 +39,10 @@ DEFAULT_RULE_PRIORITY = 2147483647
 ALLOW_RULE_PRIORITY = 1000
 ARMOR_RANGES_PER_RULE = 10  # Cloud Armor's limit for a basic src_ip_ranges match
 HTTP_PORT, HTTPS_PORT = 80, 443
+# Label routes: one path matcher for every host; its route rules' priorities start here, one per (model, label).
+# Route rule priorities are unique within a path matcher, 0 to 2147483647, lowest first.
+LABEL_MATCHER = "labels"
+LABEL_ROUTE_PRIORITY = 100
 # The serving check: a VM stops getting traffic ten seconds after its agent stops answering 200.
 SERVING_CHECK = HealthCheck(interval_seconds=5, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=2)
 
@@ -63,11 +70,49 @@ class LoadBalancerArgs:
     backend_timeout_seconds: int = 60  # above TF Serving's own 30 s REST timeout, so its error reaches the client
     deletion_protection: bool = False
     health_check: HealthCheck = SERVING_CHECK
+    # StackConfig.canary_fleet_runs (weight > 0 or canaryKeepWarm): route /labels/<role> paths of `models` to each
+    # role's fleet. Off: the weighted split alone (the canary fleet has no VMs).
+    canary_fleet_runs: bool = False
+    models: tuple[str, ...] = ()  # modelfleet:models: the label routes' paths name each one
+
+    def __post_init__(self) -> None:
+        if self.canary_fleet_runs:
+            config.validate("models", self.models)  # the routes need at least one valid model name
 
 
 def weighted_split(canary_weight_percent: int) -> list[tuple[str, int]]:
     """``[(role, weight)]`` with the weights that get traffic (sum 100): a URL map takes no zero weight."""
     return [(role, weight) for role, weight in traffic_weights(canary_weight_percent).items() if weight > 0]
+
+
+def label_paths(model: str, label: str) -> tuple[str, tuple[str, ...]]:
+    """TF Serving's REST paths of ``model`` at ``label``: the exact path (model status), and the prefixes of its
+    methods (``:predict``, ``:classify``, ``:regress``) and sub-resources (``/metadata``). Model names and labels need
+    no escaping in a path (``[A-Za-z0-9_.-]``, ``[A-Za-z0-9_]``)."""
+    path = f"/v1/models/{model}/labels/{label}"
+    return path, (f"{path}:", f"{path}/")
+
+
+def label_route_rules(
+    models: Sequence[str], services: Mapping[str, pulumi.Input[str]]
+) -> list[gcp.compute.URLMapPathMatcherRouteRuleArgs]:
+    """One route rule per model and role: ``/v1/models/<m>/labels/<role>`` (exact, ``:...`` and ``/...``) to that
+    role's backend service (``services[role]``). Its match rules are ORed; none overlaps another rule's."""
+    rules: list[gcp.compute.URLMapPathMatcherRouteRuleArgs] = []
+    for model in models:
+        for role in ROLES:
+            exact, prefixes = label_paths(model, role)
+            rules.append(
+                gcp.compute.URLMapPathMatcherRouteRuleArgs(
+                    priority=LABEL_ROUTE_PRIORITY + len(rules),
+                    match_rules=[
+                        gcp.compute.URLMapPathMatcherRouteRuleMatchRuleArgs(full_path_match=exact),
+                        *(gcp.compute.URLMapPathMatcherRouteRuleMatchRuleArgs(prefix_match=p) for p in prefixes),
+                    ],
+                    service=services[role],
+                )
+            )
+    return rules
 
 
 def ipv4_only(cidrs: Sequence[str]) -> list[str]:
@@ -195,29 +240,62 @@ class LoadBalancer(pulumi.ComponentResource):
         return backends
 
     def _url_map(self, name: str, args: LoadBalancerArgs) -> gcp.compute.URLMap:
+        """The weighted split (``default_service`` when one fleet gets all traffic: a URL map takes no zero weight);
+        while the canary fleet runs, a path matcher for every host with the label routes before the same split."""
         split = weighted_split(args.canary_weight_percent)
-        child = pulumi.ResourceOptions(parent=self)
-        if len(split) == 1:
-            return gcp.compute.URLMap(
-                f"{name}-urlmap",
-                description=f"all traffic to the {split[0][0]} fleet",
-                default_service=self.backends[split[0][0]].self_link,
-                deletion_policy=self._keep,
-                opts=child,
-            )
+        links = [(self.backends[role].self_link, weight) for role, weight in split]
+        only = links[0][0] if len(links) == 1 else None  # a route action with weights otherwise
+        description = f"all traffic to the {split[0][0]} fleet" if only else " / ".join(f"{r} {w}%" for r, w in split)
+        host_rules = path_matchers = None
+        if args.canary_fleet_runs:
+            description += "; /labels/<role> to that fleet"
+            # Route rules need a path matcher, and only a host rule reaches one: "*" matches every host. The URL map's
+            # own default (below) still answers requests no host rule matches, with the same split.
+            host_rules = [gcp.compute.URLMapHostRuleArgs(hosts=["*"], path_matcher=LABEL_MATCHER)]
+            path_matchers = [self._label_matcher(args, only, links)]
         return gcp.compute.URLMap(
             f"{name}-urlmap",
-            description=" / ".join(f"{role} {weight}%" for role, weight in split),
-            default_route_action=gcp.compute.URLMapDefaultRouteActionArgs(
+            description=description,
+            default_service=only,
+            default_route_action=None
+            if only
+            else gcp.compute.URLMapDefaultRouteActionArgs(
                 weighted_backend_services=[
-                    gcp.compute.URLMapDefaultRouteActionWeightedBackendServiceArgs(
-                        backend_service=self.backends[role].self_link, weight=weight
-                    )
-                    for role, weight in split
+                    gcp.compute.URLMapDefaultRouteActionWeightedBackendServiceArgs(backend_service=link, weight=weight)
+                    for link, weight in links
                 ]
             ),
+            host_rules=host_rules,
+            path_matchers=path_matchers,
             deletion_policy=self._keep,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _label_matcher(
+        self,
+        args: LoadBalancerArgs,
+        only: pulumi.Input[str] | None,
+        links: Sequence[tuple[pulumi.Input[str], int]],
+    ) -> gcp.compute.URLMapPathMatcherArgs:
+        """The label routes, then the URL map's split as the default: one backend service, or a route action with
+        weights (a path matcher takes one or the other)."""
+        return gcp.compute.URLMapPathMatcherArgs(
+            name=LABEL_MATCHER,
+            description="TF Serving labels to the fleet of that role, the rest by weight",
+            default_service=only,
+            default_route_action=None
+            if only
+            else gcp.compute.URLMapPathMatcherDefaultRouteActionArgs(
+                weighted_backend_services=[
+                    gcp.compute.URLMapPathMatcherDefaultRouteActionWeightedBackendServiceArgs(
+                        backend_service=link, weight=weight
+                    )
+                    for link, weight in links
+                ]
+            ),
+            route_rules=label_route_rules(
+                args.models, {role: backend.self_link for role, backend in self.backends.items()}
+            ),
         )
 
     def _address(self, name: str) -> gcp.compute.GlobalAddress:

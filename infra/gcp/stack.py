@@ -164,6 +164,8 @@ def _load_balancer(
             grpc=GrpcArgs(region=cfg.region, target_pool=pool) if pool is not None else None,
             deletion_protection=cfg.deletion_protection,
             health_check=SERVING_CHECK,  # what the fleets' drain wait was computed from
+            canary_fleet_runs=cfg.canary_fleet_runs,  # label routes to each fleet while both run
+            models=cfg.models,
         ),
         opts,
     )

@@ -8,8 +8,10 @@ Roles are granted on the bucket only (never on the project):
   ``storage.objects.delete``), prune deletes). ``Store.check()`` probes the bucket with a one-object listing, so
   no bucket-level permission (``storage.buckets.get``) is needed by either.
 - lease writers (the fleets' service account again): ``roles/storage.objectUser`` under an IAM condition on the
-  object name, ``<store prefix>/_fleet/`` only (``model_export.layout.FLEET_PREFIX``): the drain-slot leases the VMs
-  create and overwrite under generation preconditions (``modelfleet.agent.lease``). Nothing else is writable to them.
+  object name, ``<store prefix>/_fleet/`` only (``model_export.layout.FLEET_PREFIX``): the objects the VMs write
+  themselves, drain-slot leases (``_fleet/<fleet>/drain/<slot>.json``, created and overwritten under generation
+  preconditions, ``modelfleet.agent.lease``) and heartbeats (``_fleet/<fleet>/status/<instance>.json``, one overwrite
+  per VM every 30 s by default). Nothing else is writable to them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ LEASE_WRITER_ROLE = "roles/storage.objectUser"  # create + overwrite (a replace 
 
 
 def fleet_objects_prefix(store_prefix: str) -> str:
-    """Where the fleets' VMs may write: ``<store prefix>/_fleet/`` (or ``_fleet/`` at the bucket's root)."""
+    """Where the fleets' VMs may write (drain leases, heartbeats): ``<store prefix>/_fleet/`` (or ``_fleet/`` at the
+    bucket's root)."""
     return "/".join(part for part in (store_prefix, FLEET_PREFIX) if part) + "/"
 
 
@@ -49,7 +52,7 @@ class ModelStoreArgs:
     publisher_members: Sequence[pulumi.Input[str]] = ()  # members that publish, label and prune
     lease_writer_members: Sequence[
         pulumi.Input[str]
-    ] = ()  # members that write under <prefix>/_fleet/ only (the fleets)
+    ] = ()  # members that write under <prefix>/_fleet/ only (the fleets: drain leases, heartbeats)
     agent_wheel: AgentWheelFile | None = None
     store_prefix: str = ""  # the wheel goes to <store_prefix>/_agent/<sha256>/<wheel name>
 
@@ -109,6 +112,8 @@ class ModelStore(pulumi.ComponentResource):
                     bucket=self.bucket.name,
                     role=LEASE_WRITER_ROLE,
                     member=member,
+                    # The title and description predate heartbeats (the expression covers them: all of _fleet/).
+                    # They stay as they are: a changed condition is a changed binding (replaced), for no gain.
                     condition=gcp.storage.BucketIAMMemberConditionArgs(
                         title="modelfleet fleet leases only",
                         description="Drain-slot leases of the serving fleets (modelfleet.agent.lease)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from infra.config import StackConfig, load_config, read_stack_file
 from infra.offline import Plan, PlannedResource, evaluate
 from infra.offline import aws as aws_answers
 from infra.stack import STACKS_DIR, plan_stack
+from model_export import layout
 from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, ROLES, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
 from tests.support.plan import one, parent_type
 
@@ -158,6 +160,71 @@ def test_fleet_role_writes_only_its_drain_leases(planned: tuple[StackConfig, Pla
     [put] = statements(role_policy(plan, "write-leases").inputs["policy"])
     assert put["Effect"] == "Allow" and put["Action"] == "s3:PutObject"  # conditional puts need no more; no delete
     assert put["Resource"] == f"{bucket_arn}/{cfg.store_prefix}/_fleet/*"
+
+
+# Keys relative to the store: what the fleet VMs write, and what they must never write.
+FLEET_WRITES = (
+    "_fleet/stable/status/vm-1.json",  # a heartbeat: model_export.layout.heartbeat_key("stable", "vm-1") (issue 11)
+    "_fleet/canary/status/i-0123456789abcdef0.json",
+    layout.drain_slot_key(STABLE, 0),
+    layout.drain_slot_key(CANARY, 3),
+)
+NOT_FLEET_WRITES = (
+    layout.manifest_key("digits"),
+    f"{layout.version_prefix('digits', 3)}/saved_model.pb",
+    layout.pending_key("digits", 4),
+    layout.agent_wheel_key("ab" * 32, "modelfleet-0.1.0-py3-none-any.whl"),
+    "_fleetx/stable/status/vm-1.json",
+    "_fleet",
+    "fleet/stable/status/vm-1.json",
+)
+READ_ACTIONS = {"s3:GetObject", "s3:ListBucket"}
+
+
+def iam_glob(pattern: str) -> re.Pattern[str]:
+    """An IAM resource pattern: ``*`` any characters (``/`` included), ``?`` one."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
+
+
+def fleet_may_write(plan: Plan) -> Callable[[str], bool]:
+    """Whether any statement of the fleet role's policies that allows an S3 action beyond reading admits an object
+    ARN (``arn:aws:s3:::B/K``)."""
+    patterns = []
+    for policy in plan.of_type(T_ROLE_POLICY):
+        for s in statements(policy.inputs["policy"]):
+            actions = set(as_list(s["Action"]))
+            if s["Effect"] == "Allow" and any(a.startswith("s3:") for a in actions) and actions - READ_ACTIONS:
+                patterns += [iam_glob(r) for r in as_list(s["Resource"])]
+    assert patterns
+    return lambda arn: any(p.fullmatch(arn) for p in patterns)
+
+
+def assert_fleet_writes_only_under_fleet(cfg: StackConfig, plan: Plan) -> None:
+    bucket = plan.outputs["bucketName"]
+    may_write = fleet_may_write(plan)
+
+    def arn(key: str, bucket: str = bucket, prefix: str = cfg.store_prefix) -> str:
+        return f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}{key}"
+
+    for key in FLEET_WRITES:
+        assert may_write(arn(key)), key
+        assert not may_write(arn(key, bucket=f"{bucket}-other")), key
+        if cfg.store_prefix:  # the same key at the bucket's root or under another prefix is not the stack's
+            assert not may_write(arn(key, prefix="")), key
+            assert not may_write(arn(key, prefix=f"{cfg.store_prefix}x")), key
+    for key in NOT_FLEET_WRITES:
+        assert not may_write(arn(key)), key
+
+
+def test_fleet_role_writes_only_its_leases_and_heartbeats(planned: tuple[StackConfig, Plan]) -> None:
+    """Drain leases and heartbeats (``<prefix>/_fleet/*``) are writable to the fleet; models, manifests, the agent
+    wheel are not."""
+    assert_fleet_writes_only_under_fleet(*planned)
+
+
+def test_fleet_role_writes_only_under_fleet_at_the_bucket_root() -> None:
+    cfg = config(storePrefix="")
+    assert_fleet_writes_only_under_fleet(cfg, plan_of(cfg))
 
 
 def test_fleet_vms_may_report_health_to_the_stacks_groups_only(planned: tuple[StackConfig, Plan]) -> None:
@@ -446,6 +513,13 @@ def test_listeners_split_traffic_by_the_configured_weights(planned: tuple[StackC
         assert plan.outputs["grpcEndpoint"].endswith(":443")
     else:
         assert "grpcEndpoint" not in plan.outputs
+    # Label routes (tests/infra/test_label_routes.py has their routing), on the serving listener, only while the
+    # canary fleet runs.
+    labels = [rules.pop(f"{lb(plan)}-label-{role}", None) for role in ROLES]
+    if cfg.canary_fleet_runs:
+        assert all(r is not None and r.inputs["listenerArn"] == internal["listenerArn"] for r in labels)
+    else:
+        assert labels == [None, None]
     assert rules == {}
 
 

@@ -11,7 +11,7 @@ import ipaddress
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from infra.config import ConfigError, StackConfig, load_config, read_stack_file
 from infra.gcp.stack import build
 from infra.offline import Plan, PlannedResource, evaluate
 from infra.stack import STACKS_DIR, plan_stack
+from model_export import layout
 from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, LIVE_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
 from model_export.store import parse_uri
 from tests.support.plan import named, one, parent_type
@@ -235,6 +236,71 @@ def test_fleet_reads_and_publisher_writes_only_this_bucket(stack: tuple[StackCon
     assert iam_types == {T_BUCKET_IAM}
 
 
+# Keys relative to the store: what the fleet VMs write, and what they must never write.
+FLEET_WRITES = (
+    "_fleet/stable/status/vm-1.json",  # a heartbeat: model_export.layout.heartbeat_key("stable", "vm-1") (issue 11)
+    "_fleet/canary/status/mf-staging-canary-x1z2.json",
+    layout.drain_slot_key(STABLE, 0),
+    layout.drain_slot_key(CANARY, 3),
+)
+NOT_FLEET_WRITES = (
+    layout.manifest_key("digits"),
+    f"{layout.version_prefix('digits', 3)}/saved_model.pb",
+    layout.pending_key("digits", 4),
+    layout.agent_wheel_key("ab" * 32, "modelfleet-0.1.0-py3-none-any.whl"),
+    "_fleetx/stable/status/vm-1.json",
+    "_fleet",  # the prefix itself is no object of the fleet's
+    "fleet/stable/status/vm-1.json",
+)
+
+
+def fleet_may_write(plan: Plan) -> Callable[[str], bool]:
+    """Whether any write grant of the fleet's account admits an object name (``projects/_/buckets/B/objects/K``).
+
+    The fleet's write grants are its conditional ``objectUser`` grants (``objectViewer`` writes nothing); each
+    condition must be a single ``resource.name.startsWith("...")``, evaluated here."""
+    member = f"serviceAccount:{fleet_email(plan)}"
+    prefixes = []
+    for grant in plan.of_type(T_BUCKET_IAM):
+        if grant.inputs["member"] != member or grant.inputs["role"] == "roles/storage.objectViewer":
+            continue
+        assert grant.inputs["role"] == "roles/storage.objectUser"
+        expression = grant.inputs["condition"]["expression"]
+        match = re.fullmatch(r'resource\.name\.startsWith\("([^"\\]+)"\)', expression)
+        assert match, expression
+        prefixes.append(match.group(1))
+    assert prefixes
+    return lambda object_name: any(object_name.startswith(p) for p in prefixes)
+
+
+def assert_fleet_writes_only_under_fleet(cfg: StackConfig, plan: Plan) -> None:
+    bucket = one(plan, T_BUCKET).inputs["name"]
+    may_write = fleet_may_write(plan)
+
+    def name(key: str, bucket: str = bucket, prefix: str = cfg.store_prefix) -> str:
+        return f"projects/_/buckets/{bucket}/objects/{prefix + '/' if prefix else ''}{key}"
+
+    for key in FLEET_WRITES:
+        assert may_write(name(key)), key
+        assert not may_write(name(key, bucket=f"{bucket}-other")), key
+        if cfg.store_prefix:  # the same key at the bucket's root or under another prefix is not the stack's
+            assert not may_write(name(key, prefix="")), key
+            assert not may_write(name(key, prefix=f"{cfg.store_prefix}x")), key
+    for key in NOT_FLEET_WRITES:
+        assert not may_write(name(key)), key
+
+
+def test_fleet_writes_only_its_leases_and_heartbeats(stack: tuple[StackConfig, Plan]) -> None:
+    """Drain leases and heartbeats (``<prefix>/_fleet/*``) are writable to the fleet; models, manifests, the agent
+    wheel are not."""
+    assert_fleet_writes_only_under_fleet(*stack)
+
+
+def test_fleet_writes_only_under_fleet_at_the_bucket_root() -> None:
+    cfg, plan = variant(storePrefix="")
+    assert_fleet_writes_only_under_fleet(cfg, plan)
+
+
 def test_no_grant_or_input_names_all_users(stack: tuple[StackConfig, Plan]) -> None:
     _, plan = stack
     for r in plan.resources:
@@ -431,6 +497,13 @@ def assert_split(cfg: StackConfig, plan: Plan) -> None:
         only = STABLE if cfg.canary_weight_percent == 0 else CANARY
         assert backends[urlmap["defaultService"]] == only
         assert "defaultRouteAction" not in urlmap
+    # While the canary fleet runs, a path matcher holds the label routes (tests/infra/test_label_routes.py) before
+    # the same split.
+    matchers = urlmap.get("pathMatchers", [])
+    assert len(matchers) == (1 if cfg.canary_fleet_runs else 0)
+    for matcher in matchers:
+        for key in ("defaultService", "defaultRouteAction"):
+            assert matcher.get(key) == urlmap.get(key)
 
 
 def test_forwarding_rules_are_external_managed_on_the_reserved_address(stack: tuple[StackConfig, Plan]) -> None:
@@ -578,6 +651,7 @@ def test_canary_weight(weight: int) -> None:
 
 
 def test_canary_kept_warm_at_weight_zero_runs_but_gets_no_traffic() -> None:
+    """No weighted traffic; only requests for its label reach it (tests/infra/test_label_routes.py)."""
     cfg, plan = variant(canaryWeightPercent=0, canaryKeepWarm=True)
     canary = by_role(plan, T_AUTOSCALER, CANARY).inputs["autoscalingPolicy"]
     assert (canary["minReplicas"], canary["maxReplicas"]) == (cfg.canary.min_replicas, cfg.canary.max_replicas)

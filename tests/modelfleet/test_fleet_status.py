@@ -21,7 +21,7 @@ from model_export.versions import get_manifest
 from modelfleet.cli import main
 from tests.conftest import new_bucket
 from tests.support.agent import MODEL, failing_copy, wait_until
-from tests.support.fleet import HEARTBEAT, fleet
+from tests.support.fleet import HEARTBEAT, Traffic, fleet
 
 WAIT = 60.0  # generous: agents are processes on a loaded 2-core machine
 
@@ -154,3 +154,73 @@ def test_heartbeats_are_written_only_under_the_fleet_status_prefix(
     new = sorted(set(after) - set(before))
     assert new == [layout.heartbeat_key(CANARY, "c0"), layout.heartbeat_key(STABLE, "s0")]
     assert all(after[k] == before[k] for k in before)
+
+
+def run_canary_cli(
+    store: str, capsys: pytest.CaptureFixture[str], version: int, bake: float
+) -> tuple[int, dict[str, Any]]:
+    capsys.readouterr()
+    code = main(
+        [
+            "canary", "--store", store, "--model", MODEL, str(version), "--bake", str(bake),
+            "--max-error-rate-increase", "0.1", "--min-requests", "40", "--max-p99-ratio", "3", "--json",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    doc: dict[str, Any] = json.loads(out)
+    return code, doc
+
+
+def test_canary_aborts_on_errors_and_on_latency_is_inconclusive_without_traffic_and_promotes_a_healthy_one(
+    s3_server: object, savedmodels: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"s3://{new_bucket('s3')}/models"
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    publish(savedmodels["v2"], store, MODEL)
+    bake = 6.0
+    with fleet(store, tmp_path, {STABLE: 1, CANARY: 1}) as vms:
+        stable_vm, canary_vm = vms[STABLE][0], vms[CANARY][0]
+        wait_until("both fleets serve v1", lambda: converged_on(store, CANARY, 1, 1), WAIT)
+
+        # 1. The canary fails a quarter of its predictions: aborted, canary cleared, exit 1, the evidence recorded.
+        canary_vm.tfs.degrade(predict_failure_share=0.25)
+        with Traffic([stable_vm, canary_vm], rate=40):
+            code, result = run_canary_cli(store, capsys, 2, bake)
+        assert (code, result["decision"]) == (1, "abort"), result
+        assert "error rate" in result["reason"]
+        ev = result["evidence"]
+        assert ev["canary_errors"] > 0 and ev["stable_errors"] == 0 and ev["p_value"] < 0.05
+        assert ev["canary_requests"] >= ev["min_sample"]
+        m = get_manifest(store, MODEL)
+        assert m.labels == {STABLE: 1}
+        assert (m.history[-1].action, m.history[-1].label, m.history[-1].to_version) == ("canary-abort", CANARY, None)
+        assert m.history[-1].evidence is not None and m.history[-1].evidence["canary_errors"] == ev["canary_errors"]
+
+        # 2. No failures but 60 ms slower (stable answers in a few ms): p99 ratio over 3, aborted.
+        canary_vm.tfs.degrade(predict_failure_share=0.0, predict_delay_seconds=0.06)
+        with Traffic([stable_vm, canary_vm], rate=40):
+            code, result = run_canary_cli(store, capsys, 2, bake)
+        assert (code, result["decision"]) == (1, "abort"), result
+        assert "p99" in result["reason"] and result["evidence"]["p99_ratio"] > 3
+        assert result["evidence"]["canary_errors"] == 0
+
+        # 3. Healthy, but no request reaches the canary: inconclusive, exit 1, the canary stays in place.
+        canary_vm.tfs.degrade(predict_delay_seconds=0.0)
+        with Traffic([stable_vm], rate=40):
+            code, result = run_canary_cli(store, capsys, 2, bake)
+        assert (code, result["decision"]) == (1, "inconclusive"), result
+        # 0: the start of the bake is a heartbeat written after it began, not one holding the end of the last test
+        assert result["evidence"]["canary_requests"] == 0, json.dumps(result)
+        assert "too little canary traffic" in result["reason"]
+        m = get_manifest(store, MODEL)
+        assert m.labels == {STABLE: 1, CANARY: 2}
+        assert m.history[-1].action == "canary-inconclusive"
+
+        # 4. Healthy with traffic: promoted, exit 0.
+        with Traffic([stable_vm, canary_vm], rate=40):
+            code, result = run_canary_cli(store, capsys, 2, bake)
+        assert (code, result["decision"]) == (0, "promote"), result
+        assert result["evidence"]["canary_requests"] >= result["evidence"]["min_sample"] >= 40
+        m = get_manifest(store, MODEL)
+        assert m.labels == {STABLE: 2}
+        assert [h.action for h in m.history[-2:]] == ["canary-promote", "canary-promote"]

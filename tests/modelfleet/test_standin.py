@@ -6,12 +6,14 @@ The tensorflow/serving 2.20 source each one follows is named in the stand-in's m
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -442,3 +444,287 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- metrics (/monitoring/prometheus/metrics) and the test options that degrade predictions -----------------------
+
+COUNT = ":tensorflow:serving:request_count"
+LATENCY = ":tensorflow:serving:request_latency"
+SAMPLE = re.compile(r"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>.*)\} (?P<value>\S+)")
+LABEL = re.compile(r'(?P<key>[a-zA-Z_][a-zA-Z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
+ROW = {"instances": [[1.0, 2.0]]}
+PREDICT_REST = {"model_name": "m", "API": "predict", "entrypoint": "REST"}
+GET_REST = {"model_name": "m", "API": "", "entrypoint": "REST"}  # GETs set no method: API=""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: tuple[tuple[str, str], ...]  # in the order printed
+    value: str
+
+
+def scrape(rest_url: str) -> str:
+    with urllib.request.urlopen(rest_url + "/monitoring/prometheus/metrics", timeout=5) as answer:
+        assert answer.status == 200 and answer.headers["Content-Type"] == "text/plain"
+        text: str = answer.read().decode()
+    return text
+
+
+def samples(text: str) -> list[Sample]:
+    """The samples that have labels; each label list must parse whole (``name="value"`` joined by commas)."""
+    out = []
+    for line in text.split("\n"):
+        found = SAMPLE.fullmatch(line)
+        if found is None:
+            continue
+        labels = list(LABEL.finditer(found["labels"]))
+        assert ",".join(m[0] for m in labels) == found["labels"], line
+        pairs = tuple((m["key"], re.sub(r"\\(.)", r"\1", m["value"])) for m in labels)
+        out.append(Sample(found["name"], pairs, found["value"]))
+    return out
+
+
+def value(found: list[Sample], name: str, **labels: str) -> float:
+    """The value of the sample with exactly these labels; 0 when there is none."""
+    hits = [s for s in found if s.name == name and dict(s.labels) == labels]
+    assert len(hits) <= 1, hits
+    return float(hits[0].value) if hits else 0.0
+
+
+def metrics_of(rest_url: str) -> list[Sample]:
+    return samples(scrape(rest_url))
+
+
+def requests(found: list[Sample], model: str, status: str) -> float:
+    return value(found, COUNT, model_name=model, status=status)
+
+
+def latencies(found: list[Sample], cell: Mapping[str, str]) -> float:
+    return value(found, f"{LATENCY}_count", **cell)
+
+
+def buckets(found: list[Sample], cell: Mapping[str, str]) -> list[tuple[str, int]]:
+    """(le, cumulative count) of one latency cell, in page order."""
+    lines = [s for s in found if s.name == f"{LATENCY}_bucket" and s.labels[:-1] == tuple(cell.items())]
+    assert all(s.labels[-1][0] == "le" for s in lines)
+    return [(s.labels[-1][1], int(s.value)) for s in lines]
+
+
+def post(url: str, doc: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(url, json.dumps(doc).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture
+def rest_only() -> Iterator[TFServingStandIn]:
+    with TFServingStandIn(grpc=False) as tfs:
+        tfs.set_model("m", versions={1: "AVAILABLE"})
+        yield tfs
+
+
+def test_metrics_page_has_tf_servings_names_labels_and_latency_buckets(rest_only: TFServingStandIn) -> None:
+    """util/prometheus_exporter.cc: "/" made ":", "# TYPE" lines, a counter's ``NAME{labels} N``, a histogram's
+    cumulative ``_bucket`` lines (labels in declared order, then ``le``), ``_sum``, ``_count``; util.cc's latency
+    buckets Exponential(10, 1.8, 33) plus the last one up to DBL_MAX, printed "+Inf"."""
+    assert post(f"{rest_only.rest_url}/v1/models/m:predict", ROW)[0] == 200
+    text = scrape(rest_only.rest_url)
+    assert text.endswith("\n") and "\n\n" not in text and "\r" not in text
+    lines = text.split("\n")[:-1]
+    count_line = f'{COUNT}{{model_name="m",status="OK"}} 1'
+    first_bucket = f'{LATENCY}_bucket{{model_name="m",API="predict",entrypoint="REST",le="10"}} 0'
+    last_bucket = f'{LATENCY}_bucket{{model_name="m",API="predict",entrypoint="REST",le="+Inf"}} 1'
+    assert lines.index(f"# TYPE {COUNT} counter") < lines.index(count_line)
+    assert lines.index(count_line) < lines.index(f"# TYPE {LATENCY} histogram") < lines.index(first_bucket)
+    last = lines.index(last_bucket)
+    assert last - lines.index(first_bucket) == 33  # 34 bucket lines
+    assert re.fullmatch(rf'{LATENCY}_sum\{{model_name="m",API="predict",entrypoint="REST"\}} \d+', lines[last + 1])
+    assert lines[last + 2] == f'{LATENCY}_count{{model_name="m",API="predict",entrypoint="REST"}} 1'
+
+    found = samples(text)
+    assert [k for k, _ in next(s for s in found if s.name == f"{LATENCY}_bucket").labels] == [
+        "model_name", "API", "entrypoint", "le"
+    ]  # fmt: skip
+    cell = buckets(found, PREDICT_REST)
+    limits = [le for le, _ in cell]
+    assert len(limits) == 34
+    assert limits[:5] == ["10", "18", "32.4", "58.32", "104.976"]
+    assert limits[8] == "1102"  # 10 x 1.8^8 = 1101.996...: 6 significant digits, as absl::StrCat(double)
+    assert limits[-3:] == ["8.19309e+08", "1.47476e+09", "+Inf"]
+    assert [float(x) for x in limits[:-1]] == sorted({float(x) for x in limits[:-1]})
+    cumulative = [n for _, n in cell]
+    assert cumulative == sorted(cumulative) and cumulative[-1] == 1
+    took = value(found, f"{LATENCY}_sum", **PREDICT_REST)  # one sample: its microseconds
+    bucket = cumulative.index(1)  # the sample's bucket: [the limit before, its limit)
+    assert (float(limits[bucket - 1]) if bucket else 0.0) <= took < float(limits[bucket])
+
+
+def test_every_rest_request_counts_and_ok_ones_add_latency_with_the_paths_method(rest_only: TFServingStandIn) -> None:
+    """http_server.cc ProcessRequest: RecordModelRequestCount for every request, RecordRequestLatency(model_name,
+    api=method, "REST") when the answer is 200; the path parser sets ``method`` for POSTs only."""
+    url = rest_only.rest_url
+    before = metrics_of(url)
+    assert (requests(before, "m", "OK"), latencies(before, PREDICT_REST), latencies(before, GET_REST)) == (0, 0, 0)
+
+    assert post(f"{url}/v1/models/m:predict", ROW)[0] == 200
+    found = metrics_of(url)
+    assert (requests(found, "m", "OK"), latencies(found, PREDICT_REST), latencies(found, GET_REST)) == (1, 1, 0)
+
+    assert get(f"{url}/v1/models/m")[0] == 200  # status
+    found = metrics_of(url)
+    assert (requests(found, "m", "OK"), latencies(found, PREDICT_REST), latencies(found, GET_REST)) == (2, 1, 1)
+
+    assert get(f"{url}/v1/models/m/metadata")[0] == 200
+    found = metrics_of(url)
+    assert (requests(found, "m", "OK"), latencies(found, PREDICT_REST), latencies(found, GET_REST)) == (3, 1, 2)
+    assert {s.name for s in found if s.name.startswith(LATENCY)} == {
+        f"{LATENCY}_bucket", f"{LATENCY}_sum", f"{LATENCY}_count"
+    }  # fmt: skip
+    assert {dict(s.labels)["API"] for s in found if s.name == f"{LATENCY}_count"} == {"predict", ""}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "doc", "http", "model", "status"),
+    [
+        ("POST", "/v1/models/m:predict", {"instances": [{"z": [1.0]}]}, 400, "m", "INVALID_ARGUMENT"),  # bad input
+        ("POST", "/v1/models/m/versions/7:predict", ROW, 404, "m", "NOT_FOUND"),
+        ("POST", "/v1/models/m/labels/nope:predict", ROW, 400, "m", "INVALID_ARGUMENT"),
+        ("GET", "/v1/models/nope", None, 404, "nope", "NOT_FOUND"),
+        ("GET", "/v1/models/nope/metadata", None, 404, "nope", "NOT_FOUND"),
+        ("POST", "/v1/models/m", ROW, 400, "", "INVALID_ARGUMENT"),  # no parse: no model name
+        ("GET", "/v1/models", None, 400, "", "INVALID_ARGUMENT"),  # Missing model name in request.
+        ("POST", "/v1/models/m:PREDICT", ROW, 400, "m", "INVALID_ARGUMENT"),  # parsed (?i), dispatched as written
+    ],
+)
+def test_failed_rest_requests_count_under_their_code_and_add_no_latency(
+    rest_only: TFServingStandIn, method: str, path: str, doc: Any, http: int, model: str, status: str
+) -> None:
+    url = rest_only.rest_url + path
+    code, answer = post(url, doc) if method == "POST" else get(url)
+    assert code == http and set(answer) == {"error"}
+    found = metrics_of(rest_only.rest_url)
+    assert [(dict(s.labels), s.value) for s in found if s.name == COUNT] == [
+        ({"model_name": model, "status": status}, "1")
+    ]
+    assert not [s for s in found if s.name.startswith(LATENCY)]
+
+
+def test_label_values_are_escaped_and_paths_outside_v1_count_nowhere(rest_only: TFServingStandIn) -> None:
+    url = rest_only.rest_url
+    assert post(f"{url}/v1/models/a%22b%5Cc:predict", ROW)[0] == 404  # model a"b\c
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{url}/v2/models/m", timeout=5)  # http_server.cc Dispatch: not ours, not counted
+    assert info.value.code == 404
+    text = scrape(url)
+    assert f'{COUNT}{{model_name="a\\"b\\\\c",status="NOT_FOUND"}} 1\n' in text
+    assert [s.labels for s in samples(text) if s.name == COUNT] == [(("model_name", 'a"b\\c'), ("status", "NOT_FOUND"))]
+
+
+def test_predict_failure_share_fails_exactly_that_share_with_internal_and_can_change_at_run_time() -> None:
+    with TFServingStandIn(grpc=False, predict_failure_share=0.5) as tfs:
+        tfs.set_model("m", versions={1: "AVAILABLE"})
+        url = f"{tfs.rest_url}/v1/models/m:predict"
+        answers = [post(url, ROW) for _ in range(10)]
+        assert [code for code, _ in answers] == [200, 500] * 5
+        assert answers[1][1] == {"error": "the stand-in failed this prediction on purpose (predict_failure_share=0.5)"}
+        found = metrics_of(tfs.rest_url)
+        assert (requests(found, "m", "OK"), requests(found, "m", "INTERNAL")) == (5, 5)
+        assert latencies(found, PREDICT_REST) == 5  # the failed ones add none
+        assert post(url, {"instances": [{"z": [1.0]}]})[0] == 400  # bad input fails as it would: not a share's turn
+        assert post(url, ROW)[0] == 200  # the 11th prediction: floor(11 x 0.5) = 5, no new failure
+
+        tfs.degrade(predict_failure_share=0.25)  # a canary going bad while it serves: counted afresh
+        assert [post(url, ROW)[0] for _ in range(8)] == [200, 200, 200, 500] * 2
+        tfs.predict_failure_share = 0.0
+        assert [post(url, ROW)[0] for _ in range(4)] == [200] * 4
+        assert tfs.predict_failure_share == 0.0
+        tfs.reset()  # the constructor's share again
+        tfs.set_model("m", versions={1: "AVAILABLE"})
+        assert [post(url, ROW)[0] for _ in range(2)] == [200, 500]
+        assert requests(metrics_of(tfs.rest_url), "m", "INTERNAL") == 1  # reset() forgot the counts too
+        with pytest.raises(ValueError, match=re.escape("predict_failure_share must be within 0..1, got 1.5")):
+            tfs.degrade(predict_failure_share=1.5)
+
+
+def test_predict_delay_seconds_puts_the_requests_latency_above_the_delay(rest_only: TFServingStandIn) -> None:
+    url = rest_only.rest_url
+    rest_only.degrade(predict_delay_seconds=0.05)
+    for _ in range(3):
+        assert post(f"{url}/v1/models/m:predict", ROW)[0] == 200
+    found = metrics_of(url)
+    cell = buckets(found, PREDICT_REST)
+    assert all(n == 0 for le, n in cell if le != "+Inf" and float(le) <= 50_000), cell  # 50 ms = 50000 us
+    assert cell[-1] == ("+Inf", 3)
+    assert value(found, f"{LATENCY}_sum", **PREDICT_REST) >= 150_000
+    with pytest.raises(
+        ValueError, match=re.escape("predict_delay_seconds must be a finite number of seconds >= 0, got -1")
+    ):
+        rest_only.degrade(predict_delay_seconds=-1)
+
+
+def test_grpc_predict_counts_with_entrypoint_grpc_and_metadata_and_status_count_nowhere() -> None:
+    """prediction_service_impl.cc: Predict records request_count always and request_latency (API "Predict",
+    entrypoint "GRPC") when OK; GetModelMetadata and ModelService.GetModelStatus record nothing."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    with TFServingStandIn() as tfs, grpc.insecure_channel(tfs.grpc_target) as channel:
+        tfs.set_model("m", versions={1: "AVAILABLE"})
+        prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def predict(model: str) -> Any:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto([[1.0, 2.0]], dtype=tf.float32))
+            return prediction.Predict(request, timeout=30)
+
+        assert list(predict("m").outputs["y"].float_val) == [3.0]
+        with pytest.raises(grpc.RpcError) as info:
+            predict("nope")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        metadata.model_spec.name = "m"
+        prediction.GetModelMetadata(metadata, timeout=30)
+        status = get_model_status_pb2.GetModelStatusRequest()
+        status.model_spec.name = "m"
+        model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=30)
+        tfs.degrade(predict_failure_share=1.0)
+        with pytest.raises(grpc.RpcError) as info:
+            predict("m")
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+
+        found = metrics_of(tfs.rest_url)
+        counted = [(*dict(s.labels).values(), s.value) for s in found if s.name == COUNT]
+        assert counted == [("m", "INTERNAL", "1"), ("m", "OK", "1"), ("nope", "NOT_FOUND", "1")]  # in label order
+        assert [s.labels for s in found if s.name == f"{LATENCY}_count"] == [
+            (("model_name", "m"), ("API", "Predict"), ("entrypoint", "GRPC"))
+        ]
+        assert latencies(found, {"model_name": "m", "API": "Predict", "entrypoint": "GRPC"}) == 1
+
+
+def test_process_flags_degrade_predictions(tmp_path: Path) -> None:
+    version_dir(tmp_path / "m", 1)
+    config = write_config(tmp_path / "models.config", {"m": (tmp_path / "m", [1])})
+    with StandInProcess(config, predict_failure_share=0.5, predict_delay_seconds=0.05) as server:
+        assert "--predict_failure_share=0.5" in server.args and "--predict_delay_seconds=0.05" in server.args
+        assert [post(f"{server.rest_url}/v1/models/m:predict", ROW)[0] for _ in range(4)] == [200, 500] * 2
+        metrics = server.metrics()
+        assert metrics[f'{COUNT}{{model_name="m",status="OK"}}'] == 2
+        assert metrics[f'{COUNT}{{model_name="m",status="INTERNAL"}}'] == 2
+        assert metrics[f'{LATENCY}_bucket{{model_name="m",API="predict",entrypoint="REST",le="37481.3"}}'] == 0
+        assert metrics[f'{LATENCY}_count{{model_name="m",API="predict",entrypoint="REST"}}'] == 2
+    bad = StandInProcess(config, extra_args=["--predict_failure_share=2"])
+    with pytest.raises(StandInExited) as info:
+        bad.start()
+    assert "predict_failure_share must be within 0..1, got 2.0" in info.value.output

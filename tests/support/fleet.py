@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -132,28 +131,29 @@ def fleet(store: str, tmp: Path, layout: dict[str, int], **standin: Any) -> Iter
 
 
 class Traffic:
-    """Predicts against some VMs from a thread, ``rate`` per second per VM, until stopped."""
+    """Predicts against some VMs, ``threads`` loops per VM each sending up to ``rate`` a second, until stopped."""
 
-    def __init__(self, vms: list[VM], rate: float) -> None:
+    def __init__(self, vms: list[VM], rate: float, threads: int = 2) -> None:
         self.vms, self.rate = vms, rate
         self.statuses: list[int] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="traffic", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, args=(vm,), name="traffic", daemon=True)
+            for vm in vms
+            for _ in range(threads)
+        ]
 
     def __enter__(self) -> Traffic:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        for t in self._threads:
+            t.join(timeout=30)
 
-    def _loop(self) -> None:
+    def _loop(self, vm: VM) -> None:
         while not self._stop.is_set():
-            for vm in self.vms:
-                self.statuses.append(vm.predict())
+            self.statuses.append(vm.predict())
             self._stop.wait(1 / self.rate)
-
-
-def env_with(**extra: str) -> dict[str, str]:
-    return {**os.environ, **extra}

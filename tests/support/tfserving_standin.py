@@ -18,7 +18,8 @@ API (other test modules rely on it; keep it stable)::
         tfs.load_config("/srv/models.config")     # a ModelServerConfig text file, as --model_config_file
         tfs.watch_config(path, poll_seconds=0.05) # as --model_config_file_poll_wait_seconds; tfs.wait_reload()
         tfs.calls                                 # [Call(protocol, method, model, version, label, served, code)]
-        tfs.reset()                               # forget every model, label, call and config
+        tfs.reset()                               # forget every model, label, call, config and metric
+        tfs.degrade(predict_failure_share=0.25, predict_delay_seconds=0.05)  # test options, see below
 
     # As TF Serving loads and unloads (see "Faithful mode" below):
     with TFServingStandIn(faithful=True, load_seconds=0.2, load_retry_interval_micros=10_000,
@@ -33,6 +34,7 @@ API (other test modules rely on it; keep it stable)::
 
     with StandInProcess(config_path, poll_seconds=0.05, load_seconds=0.2) as server:   # started, ports open
         server.rest_url, server.grpc_target
+        server.metrics()                          # {':tensorflow:serving:request_count{...}': 3.0, ...}
         server.kill(); server.restart()           # SIGKILL; the same command line, the same ports
         server.wait_exit()                        # the exit status (255: failed start-up; -9: OOM or kill)
 
@@ -45,15 +47,30 @@ are ``{name: (dtype, shape)}`` with dtype names as in ``model_export.savedmodel`
 "string") and ``None`` for an unknown rank; they make the metadata and are checked like a real graph would.
 
 What it does as TF Serving does (tensorflow/serving 2.20 sources, file names below under
-``tensorflow_serving/``: model_servers/http_rest_api_handler.cc, http_rest_api_util.cc, get_model_status_impl.cc,
-server_core.cc, server.cc, main.cc; core/aspired_versions_manager.cc, availability_preserving_policy.cc,
-basic_manager.cc, loader_harness.cc, servable_state_monitor.cc, load_servables_fast.cc; util/retrier.cc):
+``tensorflow_serving/``: model_servers/http_rest_api_handler.cc, http_rest_api_util.cc, http_server.cc,
+prediction_service_impl.cc, get_model_status_impl.cc, server_core.cc, server.cc, main.cc;
+core/aspired_versions_manager.cc, availability_preserving_policy.cc, basic_manager.cc, loader_harness.cc,
+servable_state_monitor.cc, load_servables_fast.cc; servables/tensorflow/util.cc; util/retrier.cc,
+prometheus_exporter.cc; line numbers in comments are those of the 2.20.0 tag):
 
 * REST: ``GET /v1/models/NAME[/versions/N|/labels/L][/metadata]``, ``POST /v1/models/NAME[/versions/N|/labels/L]
   :predict`` (row ``instances`` and columnar ``inputs``, ``{"b64": ...}`` for bytes; outputs named ``*_bytes`` are
-  answered as b64), ``GET /monitoring/prometheus/metrics`` (request counts, plus stand-in-only ``:standin_*`` lines:
-  memory held, its peak, load attempts). Errors are ``{ "error": "..." }`` with TF Serving's HTTP status for the
-  gRPC code (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 400).
+  answered as b64), ``GET /monitoring/prometheus/metrics`` (see "Metrics"). Errors are ``{ "error": "..." }`` with
+  TF Serving's HTTP status for the gRPC code (NOT_FOUND 404, INVALID_ARGUMENT 400, FAILED_PRECONDITION 400,
+  INTERNAL 500). The method after the colon is matched without case but dispatched as written: ``:Predict`` is
+  ``Malformed request: POST PATH`` (400), as is a path that does not parse.
+* Metrics, as TF Serving counts requests (util.cc, http_server.cc, prediction_service_impl.cc,
+  util/prometheus_exporter.cc): ``:tensorflow:serving:request_count{model_name,status}`` (status: the code's name,
+  "OK", "NOT_FOUND", ...) counts EVERY REST request under ``/v1/``, status and metadata GETs included, failed ones
+  too (``model_name=""`` when the path does not parse), and every gRPC ``Predict``/``Classify``/``Regress``; gRPC
+  ``GetModelMetadata``, ``MultiInference`` and ``ModelService`` count nowhere.
+  ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (a histogram in microseconds) takes only OK
+  answers: REST with ``API`` the path's method ("predict"; "" for GETs) and ``entrypoint="REST"``, gRPC with
+  ``API="Predict"``, ``entrypoint="GRPC"``. Its buckets are ``Buckets::Exponential(10, 1.8, 33)``: ``le`` 10, 18,
+  32.4, ... 1.47476e+09, "+Inf" (34 lines), printed as ``absl::StrCat`` does (``%g``); a sample equal to a limit
+  counts in the next bucket (``std::upper_bound``). Lines: ``# TYPE NAME counter|histogram``, ``NAME{labels} N``,
+  ``NAME_bucket{labels,le="L"} CUMULATIVE``, ``NAME_sum{labels} S``, ``NAME_count{labels} N``. Then stand-in-only
+  ``:standin_*`` lines: memory held, its peak, load attempts.
 * ``GET /v1/models/NAME`` answers 200 as soon as any version is known, START, LOADING and END included; 404 for a
   model it does not know. A label in a status request is IGNORED: every version is listed (get_model_status_impl.cc).
   A failed load shows as ``END`` with ``status.error_code``/``error_message``.
@@ -125,6 +142,18 @@ Faithful mode (``faithful=True``; always in process mode) adds what TF Serving's
 * Process mode: ports open only after the start-up load (connections are refused until then) and stay open during
   later reloads; no SIGTERM handler (the process dies of it, as TF Serving in its container, #1853).
 
+Test options (stand-in only: TF Serving has no such flags), as keyword arguments of ``TFServingStandIn`` and
+``StandInProcess``, flags of the process, and ``tfs.degrade(...)`` (or the attributes of the same names) on a running
+in-process stand-in, so a test can degrade a canary while it serves; ``reset()`` restores the constructor's values:
+
+* ``predict_failure_share`` (0..1, default 0; ``--predict_failure_share``): that share of the predictions that reach
+  the model (REST and gRPC; after the request's checks, so a bad input still fails INVALID_ARGUMENT) fails with
+  INTERNAL (REST 500, ``{ "error": "the stand-in failed this prediction on purpose ..." }``), counted as TF Serving
+  counts any error: request_count ``status="INTERNAL"``, no request_latency. Deterministic, not random: the n-th
+  prediction since the share was set fails when floor(n x share) grows (0.25: every 4th, 0.5: every 2nd).
+* ``predict_delay_seconds`` (>= 0, default 0; ``--predict_delay_seconds``): each prediction not failed on purpose
+  waits that long before the model runs, inside the request, so it shows in request_latency.
+
 In-process default (``faithful=False``), kinder than TF Serving and what existing tests rely on: a config is
 applied at once and synchronously (new versions AVAILABLE or END, dropped ones END, in the same call; a failed
 version in a later config is tried again), no retries, ports open even when the first config has a version that
@@ -138,12 +167,14 @@ adopted by the manager: a later config can unload them; other states they set ar
 tests that assert states right after ``load_config`` (tests/support/agent.py ``Fleet.settle``, the stand-in tests in
 test_client.py) need the kind mode; with ``faithful=True`` call ``wait_idle()`` first.
 
-Where it differs: no warmup, no batching, no classify/regress (UNIMPLEMENTED), models are Python functions, memory
-is taken whole when LOADING starts, error texts other than the ones quoted above are close to but not exactly TF
-Serving's, only local ``base_path`` directories can be scanned, ports bind 127.0.0.1 (not 0.0.0.0), process mode
-needs ``--model_config_file`` (no ``--model_name``/``--model_base_path``), takes fractional seconds for the polls,
-and exits 255 when the REST port is taken (TF Serving logs it and serves gRPC only). After an empty start-up config,
-a first real config that fails is not treated as a first config again at the next poll (TF Serving's
+Where it differs: no warmup, no batching, no classify/regress (UNIMPLEMENTED, counted so in request_count), of TF
+Serving's metrics only request_count and request_latency (no runtime_latency, request_example_counts, load or
+batching metrics, not even their ``# TYPE`` lines), models are Python functions, memory is taken whole when LOADING
+starts, error texts other than the ones quoted above are close to but not exactly TF Serving's, only local
+``base_path`` directories can be scanned, ports bind 127.0.0.1 (not 0.0.0.0), process mode needs
+``--model_config_file`` (no ``--model_name``/``--model_base_path``), takes fractional seconds for the polls, and exits
+255 when the REST port is taken (TF Serving logs it and serves gRPC only). After an empty start-up config, a first
+real config that fails is not treated as a first config again at the next poll (TF Serving's
 ``AddModelsViaModelConfigList`` does, and logs the failure at every poll).
 """
 
@@ -151,9 +182,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import contextlib
 import importlib
 import json
+import math
 import os
 import re
 import signal
@@ -210,6 +243,69 @@ _PREDICT_RE = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
 )
 _STATUS_RE = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+_INFERENCE_METHODS = ("classify", "regress", "predict")  # http_rest_api_handler.cc:85-96, compared as written
+
+# --- metrics (tensorflow_serving/ files of the 2.20.0 tag; TensorFlow's monitoring library under xla/tsl/lib/) ---
+# servables/tensorflow/util.cc:66-68 Counter<2> "/tensorflow/serving/request_count" (model_name, status) and :80-89
+# Sampler<3> "/tensorflow/serving/request_latency" (model_name, API, entrypoint) in microseconds, both exported by
+# util/prometheus_exporter.cc:53-63 with every character outside [a-zA-Z0-9_] made ":".
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+
+
+def _exponential_limits(scale: float, growth_factor: float, bucket_count: int) -> tuple[float, ...]:
+    """xla/tsl/lib/monitoring/sampler.cc ``ExponentialBuckets::ComputeBucketLimits`` (scale, scale x g, ... by
+    repeated multiplication, ``bucket_count`` limits), then ``ExplicitBuckets`` appends DBL_MAX: the last bucket."""
+    limits = []
+    bound = scale
+    for _ in range(bucket_count):
+        limits.append(bound)
+        bound *= growth_factor
+    return (*limits, sys.float_info.max)
+
+
+# util.cc:89 Buckets::Exponential(10, 1.8, 33): 10, 18, 32.4, ... 1.47e9 us (~25 min), then DBL_MAX; 34 buckets.
+REQUEST_LATENCY_LIMITS = _exponential_limits(10.0, 1.8, 33)
+
+
+@dataclass
+class _Histogram:
+    """One cell of a Sampler (xla/tsl/lib/histogram/histogram.cc ``Histogram`` with custom limits)."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * len(REQUEST_LATENCY_LIMITS))
+    total: float = 0.0
+
+    def add(self, value: float) -> None:
+        # Histogram::Add: std::upper_bound, so a sample equal to a limit counts in the NEXT bucket (limits are
+        # exclusive upper bounds, unlike Prometheus's "le").
+        self.buckets[min(bisect.bisect_right(REQUEST_LATENCY_LIMITS, value), len(self.buckets) - 1)] += 1
+        self.total += value
+
+
+def _six_digits(value: float) -> str:
+    """``absl::StrCat(double)`` (absl SixDigitsToBuffer): printf's ``%g``, 6 significant digits, ``1.23457e+06``."""
+    return format(value, "g")
+
+
+def _prometheus_labels(pairs: Iterable[tuple[str, str]]) -> str:
+    """``name="value"`` joined by commas, in the order the metric declares its labels (collection_registry.h
+    ``CollectValue``); prometheus_exporter.cc:32-40 ``SanitizeLabelValue`` escapes only backslash and double quote."""
+    escaped = ((name, value.replace("\\", "\\\\").replace('"', '\\"')) for name, value in pairs)
+    return ",".join(f'{name}="{value}"' for name, value in escaped)
+
+
+def _checked_failure_share(value: float) -> float:
+    """The one check of ``predict_failure_share`` (constructor, ``degrade``, the process flag)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"predict_failure_share must be within 0..1, got {value}")
+    return float(value)
+
+
+def _checked_delay_seconds(value: float) -> float:
+    """The one check of ``predict_delay_seconds``."""
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"predict_delay_seconds must be a finite number of seconds >= 0, got {value}")
+    return float(value)
 
 
 class Status(Exception):
@@ -223,6 +319,14 @@ class Status(Exception):
 
 class ConfigError(Status):
     """TF Serving refused a model config (``load_config``)."""
+
+
+@dataclass
+class _RestRequest:
+    """What the REST path parser found, for the metrics (http_server.cc:163-164 ``model_name``, ``method``)."""
+
+    model_name: str = ""
+    method: str = ""
 
 
 @dataclass(frozen=True)
@@ -367,11 +471,15 @@ class TFServingStandIn:
         manage_state_interval_seconds: float | None = None,
         memory_limit_bytes: int | None = None,
         memory_factor: float = 1.0,
+        predict_failure_share: float = 0.0,
+        predict_delay_seconds: float = 0.0,
         process_mode: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
         """``port``/``rest_api_port``: 0 picks free ports. The options from ``faithful`` on are described in the
-        module docstring; those about loading need ``faithful=True``. ``process_mode`` (set by ``python -m``): an
+        module docstring; those about loading need ``faithful=True``. ``predict_failure_share`` and
+        ``predict_delay_seconds`` are test options TF Serving does not have ("Test options" in the module
+        docstring; ``degrade()`` changes them on a running stand-in). ``process_mode`` (set by ``python -m``): an
         OOM SIGKILLs the process. ``log``: where TF Serving's log lines go (none by default)."""
         manager_options = {
             "load_seconds": load_seconds,
@@ -412,6 +520,14 @@ class TFServingStandIn:
         )  # fmt: skip
         self.memory_limit_bytes = memory_limit_bytes
         self.memory_factor = memory_factor
+        # test options (see degrade()): the constructor's values come back on reset()
+        self._degradation = (
+            _checked_failure_share(predict_failure_share),
+            _checked_delay_seconds(predict_delay_seconds),
+        )
+        self._failure_share, self._delay_seconds = self._degradation
+        self._degraded_runs = 0  # predictions run since the share was set
+        self._failed_runs = 0  # of which failed on purpose
         self.process_mode = process_mode
         self._log: Callable[[str], None] = log or (lambda message: None)
         self._config_file = model_config_file
@@ -438,7 +554,8 @@ class TFServingStandIn:
         self._source_started = False
         self._pool_lock = threading.Lock()
         self._load_pool: futures.ThreadPoolExecutor | None = None
-        self._counts: dict[tuple[str, str], int] = {}
+        self._request_count: dict[tuple[str, str], int] = {}  # (model_name, status) -> requests
+        self._request_latency: dict[tuple[str, str, str], _Histogram] = {}  # (model_name, API, entrypoint)
         self._http: ThreadingHTTPServer | None = None
         self._grpc: Any = None
         self._grpc_port = 0
@@ -602,12 +719,46 @@ class TFServingStandIn:
             state = model.versions.get(version) if model else None
             return (state.state, state.error_code, state.error_message) if state else ("UNKNOWN", "OK", "")
 
+    def degrade(
+        self, *, predict_failure_share: float | None = None, predict_delay_seconds: float | None = None
+    ) -> None:
+        """Test options (stand-in only), for a running stand-in: a canary that starts failing or slowing down.
+        Arguments left out keep their value; setting a share starts its count afresh (see the module docstring)."""
+        with self._lock:
+            if predict_failure_share is not None:
+                self._failure_share = _checked_failure_share(predict_failure_share)
+                self._degraded_runs = self._failed_runs = 0
+            if predict_delay_seconds is not None:
+                self._delay_seconds = _checked_delay_seconds(predict_delay_seconds)
+
+    @property
+    def predict_failure_share(self) -> float:
+        with self._lock:
+            return self._failure_share
+
+    @predict_failure_share.setter
+    def predict_failure_share(self, value: float) -> None:
+        self.degrade(predict_failure_share=value)
+
+    @property
+    def predict_delay_seconds(self) -> float:
+        with self._lock:
+            return self._delay_seconds
+
+    @predict_delay_seconds.setter
+    def predict_delay_seconds(self, value: float) -> None:
+        self.degrade(predict_delay_seconds=value)
+
     def reset(self) -> None:
+        """Forget every model, label, call, config and metric; the test options go back to the constructor's."""
         with self._lock:
             self._models.clear()
             self.calls.clear()
             self.config_errors.clear()
-            self._counts.clear()
+            self._request_count.clear()
+            self._request_latency.clear()
+            self._failure_share, self._delay_seconds = self._degradation
+            self._degraded_runs = self._failed_runs = 0
             self.config = None
             self.events.clear()
             self.load_attempts.clear()
@@ -1056,9 +1207,34 @@ class TFServingStandIn:
     def _record(self, call: Call) -> None:
         with self._lock:
             self.calls.append(call)
-            if call.method == "predict":
-                key = (call.model, call.code)
-                self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _count_request(self, model_name: str, code: str, latency: tuple[str, str, float] | None = None) -> None:
+        """servables/tensorflow/util.cc:117-123 ``RecordModelRequestCount`` (status: ``error::Code_Name``, "OK",
+        "INVALID_ARGUMENT"...) and, for ``latency`` = (API, entrypoint, start as ``time.monotonic()``),
+        util.cc:357-360 ``RecordRequestLatency`` in whole microseconds. The callers pass a latency only for an OK
+        answer, as http_server.cc:194-201 and prediction_service_impl.cc:52-59 do."""
+        micros = None if latency is None else int((time.monotonic() - latency[2]) * 1e6)
+        with self._lock:
+            key = (model_name, code)
+            self._request_count[key] = self._request_count.get(key, 0) + 1
+            if latency is not None and micros is not None:
+                cell = (model_name, latency[0], latency[1])
+                self._request_latency.setdefault(cell, _Histogram()).add(micros)
+
+    def _degraded_run(self) -> None:
+        """The test options, as a prediction is about to run: the n-th one since the share was set fails (INTERNAL)
+        when floor(n x share) grows, so 0.25 fails every 4th exactly; the others wait ``predict_delay_seconds``."""
+        with self._lock:
+            self._degraded_runs += 1
+            share = self._failure_share
+            fail = math.floor(self._degraded_runs * share + 1e-9) > self._failed_runs
+            if fail:
+                self._failed_runs += 1
+            delay = self._delay_seconds
+        if fail:
+            raise Status("INTERNAL", f"the stand-in failed this prediction on purpose (predict_failure_share={share})")
+        if delay > 0:
+            self._stop.wait(delay)
 
     def _resolve(self, name: str, version: int | None, label: str | None) -> tuple[_Model, int]:
         """server_core.cc ServableRequestFromModelSpec + the manager's handle lookup."""
@@ -1162,6 +1338,7 @@ class TFServingStandIn:
         fn = model.predict or default_predict
         if isinstance(fn, Mapping):
             fn = fn.get(version, default_predict)
+        self._degraded_run()  # after the checks: a request with bad inputs fails as it would anyway
         try:
             result = fn(dict(inputs), version)
         except Status:
@@ -1178,38 +1355,59 @@ class TFServingStandIn:
 
     # --- REST --------------------------------------------------------------------------------------------------
 
-    def handle_rest(self, method: str, raw_path: str, body: bytes) -> tuple[int, str, bytes]:
-        """(HTTP status, content type, body) for one request."""
+    def handle_rest(
+        self, method: str, raw_path: str, body: bytes, started: float | None = None
+    ) -> tuple[int, str, bytes]:
+        """(HTTP status, content type, body) for one request; ``started`` (``time.monotonic()``, before the body was
+        read: http_server.cc:153) is where its request_latency begins."""
+        started = time.monotonic() if started is None else started
         path = urllib.parse.urlsplit(raw_path).path
-        if method == "GET" and path == PROMETHEUS_PATH:
+        if method == "GET" and path == PROMETHEUS_PATH:  # http_server.cc:224-239: a handler of its own, not counted
             return 200, "text/plain", self._prometheus().encode()
-        if not re.fullmatch(r"(?i)/v1/.*", path):
+        if not re.fullmatch(r"(?i)/v1/.*", path):  # http_server.cc:140-149 Dispatch ignores it: not counted
             return 404, "text/plain", b"Not Found"
+        seen = _RestRequest()
         try:
-            return 200, "application/json", json.dumps(self._rest_v1(method, path, body), indent=1).encode()
+            doc = self._rest_v1(method, path, body, seen)
         except Status as s:
             text = '{ "error": ' + json.dumps(s.message) + " }"
+            self._count_request(seen.model_name, s.code)  # http_server.cc:194-201: no latency unless HTTP 200
             return _HTTP_STATUS.get(s.code, 500), "application/json", text.encode()
+        payload = json.dumps(doc, indent=1).encode()
+        self._count_request(seen.model_name, "OK", (seen.method, "REST", started))
+        return 200, "application/json", payload
 
-    def _rest_v1(self, method: str, path: str, body: bytes) -> dict[str, Any]:
+    def _rest_v1(self, method: str, path: str, body: bytes, seen: _RestRequest) -> dict[str, Any]:
+        """http_rest_api_handler.cc:65-109 ``ProcessRequest``; ``seen`` gets the model name and method as
+        http_rest_api_util.cc:90-131 ``ParseModelInfo`` sets them (both stay "" when the path does not parse)."""
         predict = _PREDICT_RE.fullmatch(path) if method == "POST" else None
         status = _STATUS_RE.fullmatch(path) if method == "GET" else None
         match = predict or status
         if match is None:
             raise Status("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
         name = urllib.parse.unquote(match.group(1) or "")
+        seen.model_name = name
         version = int(match.group(2)) if match.group(2) else None
         label = urllib.parse.unquote(match.group(3)) if match.group(3) else None
-        kind = "predict" if predict else "metadata" if match.group(4) else "status"
-        if predict and match.group(4).lower() != "predict":
-            raise Status("UNIMPLEMENTED", f"the stand-in does not implement :{match.group(4)}")
-        if not name:
-            raise Status("INVALID_ARGUMENT", "Missing model name in request.")
+        if predict:
+            seen.method = match.group(4)  # as written: the regex is (?i), the dispatch compares exactly
+            if seen.method not in _INFERENCE_METHODS:
+                raise Status("INVALID_ARGUMENT", f"Malformed request: {method} {path}")
+            if seen.method != "predict":
+                raise Status("UNIMPLEMENTED", f"the stand-in does not implement :{seen.method}")
+            kind = "predict"
+        else:  # a GET sets no method: its latency has API=""
+            kind = "metadata" if match.group(4) == "metadata" else "status"
+            if not name:
+                raise Status("INVALID_ARGUMENT", "Missing model name in request.")
         served = None
         request_format = None
         try:
-            if version is not None and label is not None:
-                raise Status("INVALID_ARGUMENT", "Both model version and model version label cannot be supplied.")
+            if version is not None and label is not None:  # http_rest_api_util.cc:53-58
+                raise Status(
+                    "INVALID_ARGUMENT",
+                    f"Both model version ({version}) and model version label ({label}) cannot be supplied.",
+                )
             if kind == "status":
                 result = self.status_json(name, version)
             elif kind == "metadata":
@@ -1279,10 +1477,25 @@ class TFServingStandIn:
         return {"predictions": [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]}
 
     def _prometheus(self) -> str:
-        lines = ["# TYPE :tensorflow:serving:request_count counter"]
+        """util/prometheus_exporter.cc ``GeneratePage``: metrics in name order (collected_metrics.h: a std::map),
+        each with its ``# TYPE`` line even before it has a sample, cells in label order (std::map of the label
+        values); lines joined by "\n" plus a final "\n"."""
+        lines = [f"# TYPE {REQUEST_COUNT} counter"]  # SerializeScalar, prometheus_exporter.cc:113-142
         with self._lock:
-            for (model, code), count in sorted(self._counts.items()):
-                lines.append(f':tensorflow:serving:request_count{{model_name="{model}",status="{code}"}} {count}')
+            for (model_name, code), count in sorted(self._request_count.items()):
+                labels = _prometheus_labels([("model_name", model_name), ("status", code)])
+                lines.append(f"{REQUEST_COUNT}{{{labels}}} {count}")
+            lines.append(f"# TYPE {REQUEST_LATENCY} histogram")  # SerializeHistogram, prometheus_exporter.cc:65-111
+            for (model_name, api, entrypoint), histogram in sorted(self._request_latency.items()):
+                labels = _prometheus_labels([("model_name", model_name), ("API", api), ("entrypoint", entrypoint)])
+                cumulative = 0
+                for index, count in enumerate(histogram.buckets):
+                    cumulative += count
+                    last = index == len(histogram.buckets) - 1  # its limit is DBL_MAX: printed "+Inf"
+                    limit = "+Inf" if last else _six_digits(REQUEST_LATENCY_LIMITS[index])
+                    lines.append(f'{REQUEST_LATENCY}_bucket{{{labels},le="{limit}"}} {cumulative}')
+                lines.append(f"{REQUEST_LATENCY}_sum{{{labels}}} {_six_digits(histogram.total)}")
+                lines.append(f"{REQUEST_LATENCY}_count{{{labels}}} {cumulative}")
             # stand-in only: the memory its versions hold (see the module docstring), and load attempts
             lines += ["# TYPE :standin_memory_bytes gauge", f":standin_memory_bytes {self.memory_bytes}"]
             lines += ["# TYPE :standin_peak_memory_bytes gauge", f":standin_peak_memory_bytes {self.peak_memory_bytes}"]
@@ -1333,11 +1546,19 @@ class TFServingStandIn:
         self._grpc, self._grpc_port = server, port
 
     def grpc_call(
-        self, method: str, spec: Any, context: Any, work: Callable[[str, int | None, str | None], Any]
+        self,
+        method: str,
+        spec: Any,
+        context: Any,
+        work: Callable[[str, int | None, str | None], Any],
+        api: str | None = None,
     ) -> Any:
-        """Run ``work(name, version, label)``; a ``Status`` becomes the RPC's error."""
+        """Run ``work(name, version, label)``; a ``Status`` becomes the RPC's error. ``api`` ("Predict"): counted
+        in the metrics as prediction_service_impl.cc:38-62 does (request_count always, request_latency with
+        entrypoint "GRPC" when OK); without it nothing is counted (GetModelMetadata, ModelService's methods)."""
         import grpc
 
+        started = time.monotonic()
         choice = spec.WhichOneof("version_choice")
         version = int(spec.version.value) if choice == "version" else None
         label = spec.version_label if choice == "version_label" else None
@@ -1345,9 +1566,17 @@ class TFServingStandIn:
             result = work(spec.name, version, label)
         except Status as s:
             self._record(Call("grpc", method, spec.name, version, label, None, s.code))
+            if api is not None:
+                self._count_request(spec.name, s.code)
             context.abort(grpc.StatusCode[s.code], s.message)
+        except Exception:
+            if api is not None:
+                self._count_request(spec.name, "UNKNOWN")  # what grpcio answers for an exception
+            raise
         served = int(result.model_spec.version.value) if method in ("predict", "metadata") else None
         self._record(Call("grpc", method, spec.name, version, label, served, "OK"))
+        if api is not None:
+            self._count_request(spec.name, "OK", (api, "GRPC", started))
         return result
 
     def grpc_predict(self, request: Any, name: str, version: int | None, label: str | None) -> Any:
@@ -1497,7 +1726,11 @@ class _PredictionServicer:
 
     def Predict(self, request: Any, context: Any) -> Any:
         return self.tfs.grpc_call(
-            "predict", request.model_spec, context, lambda n, v, lb: self.tfs.grpc_predict(request, n, v, lb)
+            "predict",
+            request.model_spec,
+            context,
+            lambda n, v, lb: self.tfs.grpc_predict(request, n, v, lb),
+            api="Predict",  # prediction_service_impl.cc:53
         )
 
     def GetModelMetadata(self, request: Any, context: Any) -> Any:
@@ -1506,13 +1739,15 @@ class _PredictionServicer:
         )
 
     def Classify(self, request: Any, context: Any) -> Any:
+        self.tfs._count_request(request.model_spec.name, "UNIMPLEMENTED")  # prediction_service_impl.cc:98
         _unimplemented(context, "Classify")
 
     def Regress(self, request: Any, context: Any) -> Any:
+        self.tfs._count_request(request.model_spec.name, "UNIMPLEMENTED")  # prediction_service_impl.cc:126
         _unimplemented(context, "Regress")
 
     def MultiInference(self, request: Any, context: Any) -> Any:
-        _unimplemented(context, "MultiInference")
+        _unimplemented(context, "MultiInference")  # prediction_service_impl.cc:131-146 counts nothing
 
 
 class _ModelServicer:
@@ -1555,9 +1790,10 @@ class _RestHandler(BaseHTTPRequestHandler):
         self._answer("POST")
 
     def _answer(self, method: str) -> None:
+        started = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        status, content_type, payload = self.tfs.handle_rest(method, self.path, body)
+        status, content_type, payload = self.tfs.handle_rest(method, self.path, body, started)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -1640,6 +1876,8 @@ class StandInProcess:
         file_system_poll_wait_seconds: float = DEFAULT_FILE_SYSTEM_POLL_WAIT_SECONDS,
         memory_limit_bytes: int | None = None,
         load_seconds: float = 0.0,
+        predict_failure_share: float = 0.0,
+        predict_delay_seconds: float = 0.0,
         extra_args: Sequence[str] = (),
         port: int | None = None,
         rest_api_port: int | None = None,
@@ -1660,6 +1898,10 @@ class StandInProcess:
             self.args.append("--allow_version_labels_for_unavailable_models")
         if memory_limit_bytes is not None:
             self.args.append(f"--memory_limit_bytes={memory_limit_bytes}")
+        if predict_failure_share:
+            self.args.append(f"--predict_failure_share={_checked_failure_share(predict_failure_share)}")
+        if predict_delay_seconds:
+            self.args.append(f"--predict_delay_seconds={_checked_delay_seconds(predict_delay_seconds)}")
         self.args += list(extra_args)
         self._dir = tempfile.TemporaryDirectory(prefix="tfserving-standin-")
         self.log_path = Path(self._dir.name) / "output.log"
@@ -1769,7 +2011,8 @@ class StandInProcess:
                 self.proc.wait(5)
 
     def metrics(self) -> dict[str, float]:
-        """``/monitoring/prometheus/metrics`` as {name with labels: value} (``:standin_peak_memory_bytes``...)."""
+        """``/monitoring/prometheus/metrics`` as {name with labels: value}: ``:standin_peak_memory_bytes``,
+        ``:tensorflow:serving:request_count{model_name="m",status="OK"}``..."""
         import urllib.request
 
         with urllib.request.urlopen(self.rest_url + PROMETHEUS_PATH, timeout=5) as answer:
@@ -1780,6 +2023,18 @@ class StandInProcess:
                 key, _, value = line.rpartition(" ")
                 out[key] = float(value)
         return out
+
+
+def _flag_checked(check: Callable[[float], float]) -> Callable[[str], float]:
+    """A float flag checked by ``check`` (its ValueError becomes argparse's message)."""
+
+    def parse(text: str) -> float:
+        try:
+            return check(float(text))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _flag_bool(text: str) -> bool:
@@ -1811,6 +2066,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     flag("--memory_factor", type=float, default=1.0, help="stand-in only: memory held per byte on disk")
     flag("--load_seconds", type=float, default=0.0, help="stand-in only: how long each load attempt takes")
     flag("--unload_seconds", type=float, default=0.0, help="stand-in only: how long an unload takes")
+    flag(
+        "--predict_failure_share",
+        type=_flag_checked(_checked_failure_share),
+        default=0.0,
+        help="stand-in only: this share of predictions fails with INTERNAL (0.25: every 4th)",
+    )
+    flag(
+        "--predict_delay_seconds",
+        type=_flag_checked(_checked_delay_seconds),
+        default=0.0,
+        help="stand-in only: extra seconds each prediction takes",
+    )
     args, unknown = parser.parse_known_args(argv)
     for arg in unknown:
         print(f"unknown argument: {arg}", flush=True)  # main.cc reports it and carries on
@@ -1847,6 +2114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         unload_seconds=args.unload_seconds,
         memory_limit_bytes=args.memory_limit_bytes,
         memory_factor=args.memory_factor,
+        predict_failure_share=args.predict_failure_share,
+        predict_delay_seconds=args.predict_delay_seconds,
         process_mode=True,
         log=log,
     )
