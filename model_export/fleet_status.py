@@ -15,7 +15,7 @@ from typing import Any
 
 from model_export import layout
 from model_export.constants import CANARY, ROLES, STABLE
-from model_export.errors import BadInput, ModelfleetError, ObjectNotFound
+from model_export.errors import BadInput, ModelfleetError, ObjectNotFound, UnknownModel
 from model_export.heartbeat import (
     SAMPLES_SECONDS,
     TFS_LATENCY_BOUNDS_US,
@@ -280,7 +280,9 @@ def model_status(
     check_window(window)
     st = checked_store(store)
     if manifest is None:
-        manifest, _ = load_manifest(st, model)
+        manifest, token = load_manifest(st, model)
+        if token is None:
+            raise UnknownModel(f"no model {model!r} in {st.uri} (nothing published under that name)")
     now = clock()
     return ModelStatus(
         model,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from model_export import layout
-from model_export.constants import CANARY, STABLE
+from model_export.constants import CANARY, ROLES, STABLE
 from model_export.errors import BadInput, UnknownModel
 from model_export.manifest import (
     Manifest,
@@ -26,6 +26,9 @@ from model_export.manifest import (
 from model_export.store import Store, checked_store
 
 DEFAULT_PENDING_GRACE_SECONDS = 600.0
+# A heartbeat not rewritten for this long is a VM that no longer exists (scaled in, replaced): prune deletes it, so
+# autoscaling churn does not grow what every `status` lists and reads.
+HEARTBEAT_GONE_SECONDS = 7 * 24 * 3600.0
 MAX_PENDING_GRACE_SECONDS = 10 * 365 * 24 * 3600.0
 
 
@@ -109,6 +112,7 @@ class PrunePlan:
     objects: int = 0
     bytes: int = 0
     partial_uploads: int = 0  # incomplete uploads aborted (S3 multipart, file-store temp files)
+    heartbeats: int = 0  # heartbeats of instances gone for over HEARTBEAT_GONE_SECONDS, deleted
     dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -130,7 +134,8 @@ def prune(
     pending_grace_seconds: float = DEFAULT_PENDING_GRACE_SECONDS,
 ) -> PrunePlan:
     """Delete all but the ``keep`` newest versions, never a labeled one or the previous stable; also remove what
-    crashed publishes left (files not in the manifest whose reservation is older than the grace period).
+    crashed publishes left (files not in the manifest whose reservation is older than the grace period), and the
+    heartbeats of instances gone for over ``HEARTBEAT_GONE_SECONDS``.
     """
     if keep < 0:
         raise BadInput(f"--keep must be 0 or more, got {keep}")
@@ -161,6 +166,14 @@ def prune(
         else:
             dead.append(version)
 
+    gone_before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=HEARTBEAT_GONE_SECONDS)
+    old_beats = [
+        obj.key
+        for fleet in ROLES
+        for obj in st.list(layout.heartbeat_prefix(fleet))
+        if layout.heartbeat_instance_of(fleet, obj.key) is not None and obj.modified < gone_before
+    ]
+    plan.heartbeats = len(old_beats)
     if dry_run:
         plan.versions = sorted(set(manifest.versions) - _kept(manifest, keep))
         plan.leftovers = dead
@@ -191,4 +204,5 @@ def prune(
         plan.partial_uploads = st.abort_partial_uploads(layout.model_prefix(model), cutoff)
         # Reservations go last, so an interrupted prune still sees the leftovers next time.
         st.delete([layout.pending_key(model, v) for v in plan.leftovers if v in reservations])
+        st.delete(old_beats)
     return plan

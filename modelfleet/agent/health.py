@@ -143,6 +143,19 @@ def render_metrics(status: AgentStatus) -> str:
         per_model(status.load_failures()),
     )
     metric("modelfleet_agent_bytes_fetched_total", "counter", "Bytes downloaded from the store.", [("", fetched)])
+    beats, last_beat = status.heartbeat_counters()
+    metric(
+        "modelfleet_agent_heartbeats_total",
+        "counter",
+        "Fleet-status heartbeats written to the store, by result (a failed one is tried again at the next).",
+        [(f'{{result="{r}"}}', beats.get(r, 0)) for r in ("ok", "failed")],
+    )
+    metric(
+        "modelfleet_agent_last_heartbeat_timestamp_seconds",
+        "gauge",
+        "Unix time of the last heartbeat the store took (0: none yet).",
+        [("", float(last_beat or 0.0))],
+    )
     return "\n".join(out) + "\n"
 
 

@@ -57,6 +57,7 @@ class HeartbeatWriter:
         own_errors: Callable[[], Mapping[str, int]],
         since: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
+        on_write: Callable[[bool, float], None] | None = None,
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -67,6 +68,7 @@ class HeartbeatWriter:
         self._own_errors = own_errors
         self._since = since
         self._clock = clock
+        self._on_write = on_write or (lambda ok, at: None)
         self.started = clock()
         self._samples: dict[str, list[Sample]] = {}
         self._bounds: tuple[float, ...] = TFS_LATENCY_BOUNDS_US
@@ -131,11 +133,13 @@ class HeartbeatWriter:
             self.store.write(self.key, beat.dumps())
         except (ModelfleetError, OSError) as e:
             self.failures += 1
+            self._on_write(False, beat.at)
             log.warning("heartbeat not written to %s/%s: %s", self.store.uri, self.key, e)
             return False
         self.writes += 1
         self.last_written = beat.at
         self._written_state = state
+        self._on_write(True, beat.at)
         return True
 
     def run(self, stop: threading.Event) -> None:

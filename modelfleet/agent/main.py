@@ -355,6 +355,7 @@ class Agent:
     def reconcile(self) -> bool:
         """Ask TF Serving, learn what it loaded and failed, write the config step each model's target calls for
         (``True`` when the file changed), then prune."""
+        own_before = self.tfs.own_errors()
         observations = self._observe_all()
         entries: dict[str, ModelEntry] = {}
         for name, st in self.states.items():
@@ -372,7 +373,7 @@ class Agent:
         if kinds & {"up", "down"}:
             if "up" in kinds and not self._tfs_up:  # a TF Serving started since: its counters start from zero
                 self._tfs_since = time.time()
-                self.tfs.reset_own_errors()
+                self.tfs.reset_own_errors(own_before)
             self._tfs_up = "up" in kinds
         self._observations = observations
         if not entries and not self.entries and all(st.target is None for st in self.states.values()):
@@ -703,9 +704,10 @@ class Agent:
             self.options.role,
             options,
             snapshot=self.report,
-            scrape=lambda: scrape(self.options.tfs_url),
+            scrape=lambda: scrape(self.tfs.url),
             own_errors=self.tfs.own_errors,
             since=lambda: self._tfs_since,
+            on_write=self.status.count_heartbeat,
         )
 
     def report(self) -> dict[str, HeartbeatModel]:

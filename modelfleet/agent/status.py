@@ -46,6 +46,8 @@ class AgentStatus:
         self.disk_too_small: dict[str, bool] = {}  # per model, as of its last store poll
         self.failed_loads: Counter[str] = Counter()  # versions TF Serving failed to load, per model
         self.bytes_fetched = 0
+        self.heartbeats: Counter[str] = Counter()  # heartbeat writes by result ("ok", "failed")
+        self.last_heartbeat: float | None = None  # Unix time of the last heartbeat the store took
 
     def models(self) -> list[ModelView]:
         with self._lock:
@@ -101,3 +103,13 @@ class AgentStatus:
         """``(local disk errors per model, whether the disk is too small for each model's desired version)``."""
         with self._lock:
             return dict(self.local_disk_errors), dict(self.disk_too_small)
+
+    def count_heartbeat(self, ok: bool, at: float) -> None:
+        with self._lock:
+            self.heartbeats["ok" if ok else "failed"] += 1
+            if ok:
+                self.last_heartbeat = at
+
+    def heartbeat_counters(self) -> tuple[dict[str, int], float | None]:
+        with self._lock:
+            return dict(self.heartbeats), self.last_heartbeat

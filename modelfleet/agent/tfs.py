@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Mapping
 
 from model_export.errors import ServingError
 from modelfleet.tfs_rest import model_status
@@ -54,9 +55,11 @@ class TfsClient:
         with self._lock:
             return dict(self._own_errors)
 
-    def reset_own_errors(self) -> None:
+    def reset_own_errors(self, before: Mapping[str, int]) -> None:
+        """A new TF Serving answered (its counters start from zero): keep only the errors counted since ``before``
+        (``own_errors()`` taken before the requests that found it), which the new TF Serving answered."""
         with self._lock:
-            self._own_errors.clear()
+            self._own_errors = Counter({m: n - before.get(m, 0) for m, n in self._own_errors.items()})
 
     def model_status(self, model: str) -> dict[int, str]:
         """``{version: state}`` (LOADING, AVAILABLE, UNLOADING, END, ...); empty when TF Serving has no such model.

@@ -278,6 +278,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
     if plan.partial_uploads:
         print(f"{plan.model}: aborted {plan.partial_uploads} incomplete uploads")
+    if plan.heartbeats:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {plan.heartbeats} heartbeats of instances gone a week")
     if plan.in_progress:
         print(f"{plan.model}: left alone, publishes in progress: {plan.in_progress}")
     return 0

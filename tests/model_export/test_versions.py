@@ -132,3 +132,26 @@ def test_prune_refuses_bad_keep(store: str, savedmodels: dict[str, Path]) -> Non
     _publish(store, savedmodels, 1)
     with pytest.raises(BadInput, match="--keep must be 0 or more, got -1"):
         ops.prune(store, "m", keep=-1)
+
+
+def test_prune_deletes_heartbeats_of_instances_gone_a_week_and_keeps_the_rest(
+    store: str, savedmodels: dict[str, Path]
+) -> None:
+    import os
+    import time
+
+    from model_export import layout
+    from model_export.constants import CANARY, STABLE
+
+    publish(savedmodels["v1"], store, "m", label=STABLE)
+    st = open_store(store)
+    old, live = layout.heartbeat_key(STABLE, "vm-old"), layout.heartbeat_key(CANARY, "vm-live")
+    for key in (old, live):
+        st.write(key, b"{}")
+    root = Path(store.removeprefix("file://"))
+    week = time.time() - ops.HEARTBEAT_GONE_SECONDS - 60
+    os.utime(root / old, (week, week))  # the file store's modified time is the server time of this store
+    assert ops.prune(store, "m", keep=5, dry_run=True).heartbeats == 1
+    assert {o.key for o in st.list("_fleet/")} == {old, live}
+    assert ops.prune(store, "m", keep=5).heartbeats == 1
+    assert {o.key for o in st.list("_fleet/")} == {live}

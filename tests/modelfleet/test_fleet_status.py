@@ -5,6 +5,7 @@ rollback. Real S3 and GCS servers, real agent processes (SIGKILLable), each with
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,25 @@ def test_canary_aborts_on_errors_and_on_latency_is_inconclusive_without_traffic_
         m = get_manifest(store, MODEL)
         assert m.labels == {STABLE: 2}
         assert [h.action for h in m.history[-2:]] == ["canary-promote", "canary-promote"]
+
+
+def test_a_paused_agent_turns_stale_does_not_block_wait_and_comes_back(
+    s3_server: object, savedmodels: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGSTOP past 3 intervals: stale; --wait goes by the live instance; SIGCONT: fresh again, and it catches up."""
+    store = f"s3://{new_bucket('s3')}/models"
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    publish(savedmodels["v2"], store, MODEL)
+    with fleet(store, tmp_path, {STABLE: 2}) as vms:
+        wait_until("stable serves v1", lambda: converged_on(store, STABLE, 1, 2), WAIT)
+        paused = vms[STABLE][1]
+        assert paused.proc is not None
+        paused.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_until("s1 stale", lambda: len(model_status(store, MODEL).fleets[STABLE].live) == 1, WAIT)
+            assert main(["label", "--store", store, "--model", MODEL, STABLE, "2", "--wait", "--timeout", "60"]) == 0
+            assert paused.tfs.labels(MODEL)[STABLE] == 1  # it really did not move: --wait did not count it
+        finally:
+            paused.proc.send_signal(signal.SIGCONT)
+        wait_until("s1 fresh again, on v2", lambda: converged_on(store, STABLE, 2, 2), WAIT)
+        assert paused.tfs.labels(MODEL)[STABLE] == 2

@@ -1,0 +1,270 @@
+"""The agent's heartbeat (issue 11): what it writes, when, where, and what it reads from TF Serving's counters.
+An in-process agent and a faithful TF Serving stand-in; the store is a file store wrapped to count or fail writes."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model_export import layout
+from model_export.constants import STABLE
+from model_export.errors import StoreError
+from model_export.heartbeat import Heartbeat
+from model_export.publish import publish
+from model_export.store import Store, open_store
+from modelfleet.agent import Agent, identity
+from modelfleet.agent.tfs import TfsClient
+from modelfleet.agent.tfs_metrics import parse, scrape, without_own
+from tests.support.agent import MODEL, CountingStore, http_get, make_agent, metrics, serving, wait_until
+from tests.support.servers import free_port
+from tests.support.tfserving_standin import TFServingStandIn
+
+WAIT = 30.0
+KEY = layout.heartbeat_key(STABLE, "vm-1")
+
+
+class FlakyStore(CountingStore):
+    """Counts calls; while ``down``, every write fails as a store outage would."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.down = False
+        self.keys: list[str] = []
+
+    def write(self, key: str, data: bytes, *, if_token: str | None = None, if_absent: bool = False) -> str:
+        self.keys.append(key)
+        if self.down:
+            self.calls["write_failed"] += 1
+            raise StoreError(f"{self.uri}/{key}: 503 Slow Down (the test's outage)")
+        return super().write(key, data, if_token=if_token, if_absent=if_absent)
+
+
+@contextmanager
+def machine(
+    tmp_path: Path, store: Store, interval: float, **options: Any
+) -> Iterator[tuple[Agent, TFServingStandIn, str]]:
+    port = free_port()
+    agent = make_agent(
+        store,
+        tmp_path / "models",
+        STABLE,
+        tfs=TfsClient(f"http://127.0.0.1:{port}", timeout=1.0),
+        listen=("127.0.0.1", free_port()),
+        poll_seconds=0.1,
+        heartbeat_seconds=interval,
+        instance_id="vm-1",
+        **options,
+    )
+    with agent:
+        agent.run_once()
+        tfs = TFServingStandIn(
+            faithful=True, grpc=False, rest_api_port=port, model_config_file=agent.config_path,
+            model_config_file_poll_wait_seconds=0.05, load_seconds=0.05, unload_seconds=0.05,
+            max_num_load_retries=0, load_retry_interval_micros=1000, file_system_poll_wait_seconds=0.1,
+        )  # fmt: skip
+        tfs.start()
+        try:
+            with serving(agent) as base:
+                yield agent, tfs, base
+        finally:
+            tfs.stop()
+
+
+def beat(store: Store) -> Heartbeat:
+    return Heartbeat.loads(store.read(KEY).data, KEY)
+
+
+def serving_version(store: Store) -> int | None:
+    try:
+        report = beat(store).models.get(MODEL)
+    except Exception:
+        return None
+    return None if report is None else report.serving
+
+
+def predict(url: str) -> int:
+    body = json.dumps({"instances": [[0.1, 0.2, 0.3, 0.4]]}).encode()
+    request = urllib.request.Request(f"{url}/v1/models/{MODEL}:predict", body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> str:
+    (tmp_path / "store").mkdir()
+    return f"file://{tmp_path / 'store'}"
+
+
+def test_heartbeats_go_to_one_key_one_put_each_and_a_change_is_reported_at_once(
+    tmp_path: Path, file_store: str, savedmodels: dict[str, Path]
+) -> None:
+    publish(savedmodels["v1"], file_store, MODEL, label=STABLE)
+    store = FlakyStore(open_store(file_store))
+    # An interval no test waits for: every heartbeat after the first is one the change of state asked for.
+    with machine(tmp_path, store, interval=3600.0) as (_, tfs, _):
+        wait_until("the heartbeat says v1 serves", lambda: serving_version(store) == 1, WAIT)
+        publish(savedmodels["v2"], file_store, MODEL, label=STABLE)
+        wait_until("the heartbeat says v2 serves", lambda: serving_version(store) == 2, WAIT)
+        assert tfs.labels(MODEL)[STABLE] == 2  # what the heartbeat says is what TF Serving serves
+        report = beat(store).models[MODEL]
+        assert (report.desired, report.target, report.states.get(2)) == (2, 2, "AVAILABLE")
+        assert report.cache_bytes is not None and report.cache_bytes > 0
+    # every write of the agent was a heartbeat, the last one its "stopped"
+    assert set(store.keys) == {KEY} and store.calls["write"] == len(store.keys)
+    assert beat(store).stopping
+    assert store.calls["list"] == 0 and store.calls["delete"] == 0
+
+
+def test_heartbeats_keep_their_interval_when_nothing_changes(
+    tmp_path: Path, file_store: str, savedmodels: dict[str, Path]
+) -> None:
+    publish(savedmodels["v1"], file_store, MODEL, label=STABLE)
+    store = FlakyStore(open_store(file_store))
+    with machine(tmp_path, store, interval=0.3) as (_, _, _):
+        wait_until("the heartbeat says v1 serves", lambda: serving_version(store) == 1, WAIT)
+        first = beat(store).at
+        wait_until("a newer heartbeat with nothing changed", lambda: beat(store).at > first + 0.25, WAIT)
+        later = beat(store)
+        assert later.interval == 0.3 and len(later.models[MODEL].samples) >= 2
+
+
+def test_a_store_outage_costs_heartbeats_only_and_they_resume(
+    tmp_path: Path, file_store: str, savedmodels: dict[str, Path]
+) -> None:
+    publish(savedmodels["v1"], file_store, MODEL, label=STABLE)
+    store = FlakyStore(open_store(file_store))
+    with machine(tmp_path, store, interval=0.2) as (_, tfs, base):
+        wait_until("v1 reported", lambda: serving_version(store) == 1, WAIT)
+        store.down = True
+        wait_until("heartbeats failing", lambda: store.calls["write_failed"] >= 3, WAIT)
+        # the VM goes on serving and says so; the failures are counted where operators look
+        assert http_get(base + "/healthz")[0] == 200 and predict(tfs.rest_url) == 200
+        seen = metrics(http_get(base + "/metrics")[1])
+        assert seen['modelfleet_agent_heartbeats_total{result="failed"}'] >= 3
+        stuck = beat(store).at
+        store.down = False
+        wait_until("heartbeats again", lambda: beat(store).at > stuck, WAIT)
+        seen = metrics(http_get(base + "/metrics")[1])
+        assert seen["modelfleet_agent_last_heartbeat_timestamp_seconds"] >= beat(store).at - 1
+
+
+def test_counters_are_tf_servings_own_minus_the_agents_status_polls(
+    tmp_path: Path, file_store: str, savedmodels: dict[str, Path]
+) -> None:
+    publish(savedmodels["v1"], file_store, MODEL, label=STABLE)
+    store = FlakyStore(open_store(file_store))
+    with machine(tmp_path, store, interval=0.2) as (_, tfs, _):
+        wait_until("v1 reported", lambda: serving_version(store) == 1, WAIT)
+        tfs.degrade(predict_failure_share=0.25)
+        codes = [predict(tfs.rest_url) for _ in range(40)]
+        assert codes.count(500) == 10
+        # a client's status request for an unknown model fails NOT_FOUND: an error like any other
+        assert http_get(f"{tfs.rest_url}/v1/models/{MODEL}/versions/99")[0] == 404
+        page = scrape(tfs.rest_url)
+        assert page is not None and page.models[MODEL].ok == 30
+        wait_until("the counters reported", lambda: beat(store).models[MODEL].samples[-1].ok == 30, WAIT)
+        last = beat(store).models[MODEL].samples[-1]
+        assert last.errors == {"INTERNAL": 10, "NOT_FOUND": 1}
+        assert sum(last.latency) == 30  # one latency per successful predict, none for errors or status GETs
+
+
+def test_parse_reads_tf_serving_page_and_own_polls_come_off_not_found_first() -> None:
+    page = "\n".join(
+        [
+            "# TYPE :tensorflow:serving:request_count counter",
+            ':tensorflow:serving:request_count{model_name="m",status="OK"} 120',
+            ':tensorflow:serving:request_count{model_name="m",status="NOT_FOUND"} 4',
+            ':tensorflow:serving:request_count{model_name="m",status="INTERNAL"} 2',
+            ':tensorflow:serving:request_count{model_name="q\\"x",status="OK"} 1',
+            "# TYPE :tensorflow:serving:request_latency histogram",
+            ':tensorflow:serving:request_latency_bucket{model_name="m",API="predict",entrypoint="REST",le="10"} 1',
+            ':tensorflow:serving:request_latency_bucket{model_name="m",API="predict",entrypoint="REST",le="18"} 5',
+            ':tensorflow:serving:request_latency_bucket{model_name="m",API="predict",entrypoint="REST",le="+Inf"} 7',
+            ':tensorflow:serving:request_latency_count{model_name="m",API="predict",entrypoint="REST"} 7',
+            ':tensorflow:serving:request_latency_bucket{model_name="m",API="Predict",entrypoint="GRPC",le="10"} 2',
+            ':tensorflow:serving:request_latency_bucket{model_name="m",API="Predict",entrypoint="GRPC",le="18"} 2',
+            ':tensorflow:serving:request_latency_bucket{model_name="m",API="Predict",entrypoint="GRPC",le="+Inf"} 2',
+            ':tensorflow:serving:request_latency_count{model_name="m",API="Predict",entrypoint="GRPC"} 2',
+            ':tensorflow:serving:request_latency_count{model_name="m",API="",entrypoint="REST"} 100',
+        ]
+    )
+    got = parse(page)
+    m = got.models["m"]
+    assert m.ok == 9  # the status GETs (API "") are not inference
+    assert m.errors == {"NOT_FOUND": 4, "INTERNAL": 2}
+    assert m.latency(got.bounds) == (3, 4, 2) and got.bounds == (10.0, 18.0)
+    assert 'q"x' in got.models
+    assert without_own({"NOT_FOUND": 4, "INTERNAL": 2}, 5) == {"INTERNAL": 1}
+    assert without_own({"INTERNAL": 2}, 0) == {"INTERNAL": 2}
+
+
+class _Metadata(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        answers = {
+            "/gcp/name": ("Google", "mf-stable-x1z2"),
+            "/gcp/zone": ("Google", "projects/123/zones/europe-west1-b"),
+            "/aws/meta-data/instance-id": ("token", "i-0abc"),
+            "/aws/meta-data/placement/availability-zone": ("token", "us-east-1a"),
+        }
+        header, body = answers.get(self.path, ("", ""))
+        ok = body and (
+            self.headers.get("Metadata-Flavor") == header or self.headers.get("X-aws-ec2-metadata-token") == header
+        )
+        self.send_response(200 if ok else 404)
+        self.end_headers()
+        self.wfile.write(body.encode() if ok else b"")
+
+    def do_PUT(self) -> None:
+        ok = self.path == "/aws/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+        self.send_response(200 if ok else 400)
+        self.end_headers()
+        self.wfile.write(b"token" if ok else b"")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_identity_comes_from_the_clouds_metadata_and_only_on_a_cloud_vm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(identity, "_GCP_METADATA", f"{base}/gcp/")
+    monkeypatch.setattr(identity, "_AWS_METADATA", f"{base}/aws/")
+    try:
+        gcp, aws, laptop = tmp_path / "gcp", tmp_path / "aws", tmp_path / "laptop"
+        for d in (gcp, aws, laptop):
+            d.mkdir()
+        (gcp / "product_name").write_text("Google Compute Engine\n")
+        (aws / "sys_vendor").write_text("Amazon EC2\n")
+        (laptop / "product_name").write_text("ThinkPad X1\n")
+        assert identity.cloud_identity(gcp) == ("mf-stable-x1z2", "europe-west1-b")
+        assert identity.cloud_identity(aws) == ("i-0abc", "us-east-1a")
+        assert identity.cloud_identity(laptop) == (None, None)
+    finally:
+        server.shutdown()
+
+
+def test_bad_heartbeat_options_are_one_line(
+    tmp_path: Path, file_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelfleet.cli import main
+
+    for bad, want in ((["--heartbeat", "-1"], "--heartbeat -1"), (["--instance-id", "vm/1"], "instance id 'vm/1'")):
+        code = main(["agent", "--store", file_store, "--models", MODEL, "--root", str(tmp_path / "r"), "--role",
+                     STABLE, "--listen", "127.0.0.1:0", *bad])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and want in err and len(err.strip().splitlines()) == 1, err
