@@ -47,6 +47,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if not args.job_id.strip():
             raise BadInput(f"--job-id {args.job_id!r} is empty; pass the training job's id or leave the option out")
         source["job_id"] = args.job_id
+    if args.wait and not args.label:
+        raise BadInput("--wait needs --label: a version no label names is served by no fleet")
     before = _labels_now(args) if args.wait else {}
     result = publish(
         args.dir,
@@ -73,7 +75,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             f"published {result.model} version {result.version}{labels}: {result.files} files, "
             f"{human_bytes(result.bytes)} in {result.seconds:.1f} s to {result.store}"
         )
-    if args.wait and args.label:
+    if args.wait:
         after = ops.get_manifest(args.store, args.model)
         _wait(args, lambda: wait_after(checked_store(args.store), args.model, before, after, **_wait_kwargs(args)))
     return 0

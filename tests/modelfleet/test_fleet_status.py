@@ -22,6 +22,7 @@ from model_export.versions import get_manifest
 from modelfleet.cli import main
 from tests.conftest import new_bucket
 from tests.support.agent import MODEL, failing_copy, wait_until
+from tests.support.cli import run_cli
 from tests.support.fleet import HEARTBEAT, Traffic, fleet
 
 WAIT = 60.0  # generous: agents are processes on a loaded 2-core machine
@@ -53,8 +54,8 @@ def test_status_shows_every_instance_converged_after_a_promote_and_a_killed_agen
     publish(savedmodels["v1"], store, MODEL, label=STABLE)
     with fleet(store, tmp_path, {STABLE: 2, CANARY: 1}) as vms:
         wait_until("both fleets serve v1", lambda: converged_on(store, STABLE, 1, 2), WAIT)
-        publish(savedmodels["v2"], store, MODEL)
-        assert main(["label", "--store", store, "--model", MODEL, CANARY, "2", "--wait", "--timeout", "60"]) == 0
+        publish_cmd = ["publish", str(savedmodels["v2"]), "--store", store, "--model", MODEL, "--label", CANARY]
+        assert main([*publish_cmd, "--wait", "--timeout", "60"]) == 0
         # --wait returned: the canary fleet's instance serves v2 AVAILABLE now, by its own report
         doc = status_json(store, capsys)
         assert doc["fleets"]["canary"]["converged"] is True
@@ -247,3 +248,44 @@ def test_a_paused_agent_turns_stale_does_not_block_wait_and_comes_back(
             paused.proc.send_signal(signal.SIGCONT)
         wait_until("s1 fresh again, on v2", lambda: converged_on(store, STABLE, 2, 2), WAIT)
         assert paused.tfs.labels(MODEL)[STABLE] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        (["status", "--window", "0"], "--window: '0' must be more than 0"),
+        (["status", "--window", "nan"], "--window"),
+        (["status", "--window", "3600"], "at most 900"),
+        (["canary", "2", "--bake", "60", "--max-error-rate-increase", "2"], "between 0 and 1"),
+        (["canary", "2", "--bake", "-1"], "--bake"),
+        (["canary", "2", "--bake", "60", "--max-p99-ratio", "0.5"], "1 or more"),
+        (["promote", "--rollback-on-failure"], "--rollback-on-failure needs --wait"),
+        (["label", "canary", "1", "--wait", "--rollback-on-failure"], "not with label 'canary'"),
+        (["promote", "--wait", "--timeout", "0"], "--timeout"),
+        (["status", "--model-typo"], "unrecognized arguments"),
+    ],
+)
+def test_bad_fleet_options_are_one_line_and_change_nothing(
+    tmp_path: Path, savedmodels: dict[str, Path], capsys: pytest.CaptureFixture[str], argv: list[str], want: str
+) -> None:
+    (tmp_path / "store").mkdir()
+    store = f"file://{tmp_path / 'store'}"
+    publish(savedmodels["v1"], store, MODEL, label=STABLE)
+    publish(savedmodels["v2"], store, MODEL, label=CANARY)
+    before = get_manifest(store, MODEL).to_json()
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, argv[0], "--store", store, "--model", MODEL, *argv[1:])
+    assert code == 2 and want in err and len(err.strip().splitlines()) == 1, err
+    assert get_manifest(store, MODEL).to_json() == before
+
+
+def test_status_of_an_unknown_model_and_publish_wait_without_a_label_are_bad_input(
+    tmp_path: Path, savedmodels: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "store").mkdir()
+    store = f"file://{tmp_path / 'store'}"
+    assert main(["status", "--store", store, "--model", "nope"]) == 2
+    assert "no model 'nope'" in capsys.readouterr().err
+    assert main(["publish", str(savedmodels["v1"]), "--store", store, "--model", MODEL, "--wait"]) == 2
+    assert "--wait needs --label" in capsys.readouterr().err
+    assert not (tmp_path / "store" / MODEL).exists()  # nothing published
