@@ -12,6 +12,7 @@ BENCHMARKS = (
     "bench.pickup_latency",
     "bench.fleet_switch",
     "bench.fleet_poll",
+    "bench.fleet_status",
 )
 
 

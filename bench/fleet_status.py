@@ -377,7 +377,7 @@ def status_timing(args: argparse.Namespace, model: Path) -> None:
 
     def status() -> None:
         f = model_status(store, MODEL).fleets[STABLE]
-        if len(f.live) != len(beats) or not f.converged or f.traffic.requests == 0:
+        if len(f.live) != len(beats) or not f.converged or f.traffic is None or f.traffic.requests == 0:
             raise SystemExit(f"status saw {len(f.live)} live instances, converged {f.converged}")
 
     def floor() -> None:  # the least any status can do
@@ -435,13 +435,11 @@ def status_timing(args: argparse.Namespace, model: Path) -> None:
     )
     print(f"   requests of one status call: {dict(sorted(per_status.items()))}")
     cli = []
-    env = {**os.environ}
     for _ in range(3):
         t0 = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "modelfleet", "status", "--store", store.uri, "--model", MODEL, "--json"],
             cwd=REPO,
-            env=env,
             capture_output=True,
             check=False,
         )
@@ -529,26 +527,26 @@ def report_idle(idle: Idle, args: argparse.Namespace) -> None:
     for (thread, kind), n in sorted(idle.counts.items()):
         per = n / idle.polls if thread == poll_thread else n / idle.heartbeats if thread == beat_thread else 0.0
         print(f"   {thread + ' ' + kind:<40} {n:6d} {per:14.2f}")
-    # per hour at the defaults: the poll thread's requests per poll x polls per hour, the heartbeat thread's per beat
-    # x beats per hour; any other thread's at the measured rate
+    # per hour at the defaults (whatever part 1 used): the poll thread's requests per poll x polls per hour, the
+    # heartbeat thread's per beat x beats per hour; any other thread's at the measured rate
     per_hour: dict[str, float] = {}
     for (thread, kind), n in idle.counts.items():
         if thread == poll_thread:
-            rate = n / idle.polls * 3600 / args.poll
+            rate = n / idle.polls * 3600 / AGENT_POLL_SECONDS
         elif thread == beat_thread:
-            rate = n / idle.heartbeats * 3600 / args.heartbeat
+            rate = n / idle.heartbeats * 3600 / DEFAULT_INTERVAL_SECONDS
         else:
             rate = n / idle.seconds * 3600
         per_hour[kind] = per_hour.get(kind, 0.0) + rate
     poll_only: dict[str, float] = {}
     for (thread, kind), n in idle.counts.items():
         if thread == poll_thread:
-            poll_only[kind] = poll_only.get(kind, 0.0) + n / idle.polls * 3600 / args.poll
+            poll_only[kind] = poll_only.get(kind, 0.0) + n / idle.polls * 3600 / AGENT_POLL_SECONDS
 
     def dollars(hourly: dict[str, float], tier1: float, tier2: float) -> float:
         return sum(n * HOURS_PER_MONTH / 1000 * (tier1 if kind in TIER1 else tier2) for kind, n in hourly.items())
 
-    total = sum(per_hour.values())
+    total, polls = sum(per_hour.values()), sum(poll_only.values())
     s3, gcs = (
         dollars(per_hour, S3_TIER1_PER_1000, S3_TIER2_PER_1000),
         dollars(per_hour, GCS_CLASS_A_PER_1000, GCS_CLASS_B_PER_1000),
@@ -557,8 +555,8 @@ def report_idle(idle: Idle, args: argparse.Namespace) -> None:
     gcs_poll = dollars(poll_only, GCS_CLASS_A_PER_1000, GCS_CLASS_B_PER_1000)
     kinds = ", ".join(f"{kind} {n:.0f}" for kind, n in sorted(per_hour.items()))
     print(
-        f"   scaled to poll {args.poll:g} s, heartbeat {args.heartbeat:g} s: {total:.0f} requests per VM per hour "
-        f"({kinds}); the poll alone (anchor) {sum(poll_only.values()):.0f}; ratio {total / sum(poll_only.values()):.2f}"
+        f"   scaled to the defaults, poll {AGENT_POLL_SECONDS:g} s and heartbeat {DEFAULT_INTERVAL_SECONDS:g} s: "
+        f"{total:.0f} requests per VM per hour ({kinds}); the poll alone (anchor) {polls:.0f}; x{total / polls:.2f}"
     )
     print(
         f"   per VM per month ({HOURS_PER_MONTH} h), list price: S3 Standard us-east-1 ${s3:.3f} (poll alone "

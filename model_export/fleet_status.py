@@ -18,20 +18,24 @@ from model_export.constants import CANARY, ROLES, STABLE
 from model_export.errors import BadInput, ModelfleetError, ObjectNotFound, UnknownModel
 from model_export.heartbeat import (
     SAMPLES_SECONDS,
+    STALE_INTERVALS,
     TFS_LATENCY_BOUNDS_US,
     Delta,
     Heartbeat,
+    NewerSchema,
     delta,
     quantile,
     sample_at,
+    standard_bounds,
 )
 from model_export.manifest import Manifest, check_model_name, load_manifest
 from model_export.store import Store, checked_store
 
 DEFAULT_WINDOW_SECONDS = 300.0
 READERS = 16  # parallel heartbeat GETs
-# A heartbeat stale for longer than this is a VM that is gone (scaled in, replaced): counted, not listed.
+# A heartbeat not rewritten for this long is a VM that is gone (scaled in, replaced): counted, not read or listed.
 GONE_SECONDS = 3600.0
+LISTING_GRANULARITY_SECONDS = 1.0  # S3 lists LastModified to the second
 
 # Instance states, as ``status`` shows them (``InstanceStatus.state``).
 SERVING = "serving"  # serves the fleet's desired version, AVAILABLE, under the fleet's label
@@ -109,9 +113,10 @@ class FleetStatus:
     fleet: str
     desired: int | None
     instances: tuple[InstanceStatus, ...]
-    traffic: Traffic
-    gone: int = 0  # heartbeats stale for over GONE_SECONDS: instances that no longer exist
+    traffic: Traffic | None  # None: no instance has reported two samples yet
+    gone: int = 0  # heartbeats not rewritten for GONE_SECONDS: instances that no longer exist (not read)
     unreadable: tuple[str, ...] = ()  # heartbeats that could not be read or parsed (one line each)
+    newer: int = 0  # heartbeats of a newer schema among ``unreadable``: instances whose state is unknown here
 
     @property
     def live(self) -> tuple[InstanceStatus, ...]:
@@ -119,9 +124,10 @@ class FleetStatus:
 
     @property
     def converged(self) -> bool:
-        """Every live instance, and at least one, serves the desired version AVAILABLE."""
+        """Every live instance, and at least one, serves the desired version AVAILABLE (and no heartbeat is of a schema
+        this reader cannot judge)."""
         live = self.live
-        return self.desired is not None and bool(live) and all(i.state == SERVING for i in live)
+        return self.desired is not None and bool(live) and all(i.state == SERVING for i in live) and not self.newer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,7 +137,7 @@ class FleetStatus:
             "live": len(self.live),
             "gone": self.gone,
             "unreadable": list(self.unreadable),
-            "traffic": self.traffic.to_json(),
+            "traffic": None if self.traffic is None else self.traffic.to_json(),
         }
 
 
@@ -150,90 +156,134 @@ class ModelStatus:
         }
 
 
-def read_heartbeats(store: Store, fleet: str) -> tuple[list[Heartbeat], list[str]]:
-    """Every heartbeat of ``fleet`` (``(heartbeats, problems)``: an object that cannot be read or parsed is one line
-    in ``problems``, never a failure of the whole read)."""
-    keys = [
-        obj.key
-        for obj in store.list(layout.heartbeat_prefix(fleet))
-        if layout.heartbeat_instance_of(fleet, obj.key) is not None
-    ]
+@dataclass(frozen=True)
+class Seen:
+    """A heartbeat as the store keeps it: the document, and when the store last took a write of it (server time,
+    from the listing: one clock for every instance, whatever the VMs' clocks say)."""
 
-    def one(key: str) -> Heartbeat | str | None:
+    beat: Heartbeat
+    modified: float
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.modified)
+
+    def stale(self, now: float) -> bool:
+        # + LISTING_GRANULARITY_SECONDS: S3 lists modification times to the second
+        return self.age(now) > STALE_INTERVALS * self.beat.interval + LISTING_GRANULARITY_SECONDS
+
+    def fresh(self, now: float) -> bool:
+        """A live member of its fleet: written recently, and not the last word of an agent that stopped."""
+        return not self.beat.stopping and not self.stale(now)
+
+
+@dataclass
+class Heartbeats:
+    seen: list[Seen] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # unreadable ones, one line each
+    newer: int = 0  # written by a newer agent (another schema): their instances' state is unknown
+    gone: int = 0  # not rewritten for GONE_SECONDS: not read at all
+
+
+def read_heartbeats(store: Store, fleet: str, now: float | None = None) -> Heartbeats:
+    """Every heartbeat of ``fleet`` rewritten within ``GONE_SECONDS``: one listing, then one GET each, in parallel.
+    An object that cannot be read or parsed is one line in ``problems``, never a failure of the whole read."""
+    now = time.time() if now is None else now
+    out = Heartbeats()
+    listed: list[tuple[str, str, float]] = []
+    for obj in store.list(layout.heartbeat_prefix(fleet)):
+        instance = layout.heartbeat_instance_of(fleet, obj.key)
+        if instance is None:
+            continue
+        modified = obj.modified.timestamp()
+        if now - modified > GONE_SECONDS:
+            out.gone += 1
+        else:
+            listed.append((obj.key, instance, modified))
+
+    def one(item: tuple[str, str, float]) -> Seen | str | None:
+        key, instance, modified = item
         where = f"{store.uri}/{key}"
         try:
-            return Heartbeat.loads(store.read(key).data, where)
+            return Seen(Heartbeat.loads(store.read(key).data, where, fleet=fleet, instance=instance), modified)
         except ObjectNotFound:
             return None  # deleted between the listing and the read
+        except NewerSchema as e:
+            out.newer += 1
+            return str(e)
         except ValueError as e:
             return str(e)
         except ModelfleetError as e:
             return f"{where}: {e}"
 
-    beats: list[Heartbeat] = []
-    problems: list[str] = []
-    if not keys:
-        return beats, problems
-    with ThreadPoolExecutor(max_workers=min(READERS, len(keys)), thread_name_prefix="modelfleet-status") as pool:
-        for found in pool.map(one, keys):
-            if isinstance(found, Heartbeat):
-                beats.append(found)
+    if not listed:
+        return out
+    with ThreadPoolExecutor(max_workers=min(READERS, len(listed)), thread_name_prefix="modelfleet-status") as pool:
+        for found in pool.map(one, listed):
+            if isinstance(found, Seen):
+                out.seen.append(found)
             elif isinstance(found, str):
-                problems.append(found)
-    return beats, problems
+                out.problems.append(found)
+    return out
 
 
-def instance_status(beat: Heartbeat, model: str, desired: int | None, now: float) -> InstanceStatus:
+def instance_status(seen: Seen, model: str, desired: int | None, now: float) -> InstanceStatus:
     """One instance's state for ``model``: ``serving`` (the desired version, AVAILABLE, under the fleet's label),
-    ``failed``, ``stale``/``stopped``, or what it is doing (TF Serving's state of the desired version, lower case:
-    ``loading``; ``draining``; ``pending`` before it has picked the version up)."""
-    age = now - beat.at
+    ``failed``, ``stale``/``stopped``, ``pending`` (it has not seen the desired version yet: whatever it said before
+    about that version, a failure included, predates the change), or what it is doing (TF Serving's state of the
+    desired version, lower case: ``loading``; ``draining``)."""
+    beat = seen.beat
+    age = seen.age(now)
     report = beat.models.get(model)
     serving = report.serving if report is not None else None
 
     def make(state: str, detail: str | None) -> InstanceStatus:
         return InstanceStatus(
-            beat.instance, beat.fleet, beat.zone, beat.fresh(now), state, serving, detail, age, beat.agent_version, beat
+            beat.instance, beat.fleet, beat.zone, seen.fresh(now), state, serving, detail, age, beat.agent_version, beat
         )
 
     if beat.stopping:
         return make(STOPPED, "the agent stopped")
-    if beat.stale(now):
+    if seen.stale(now):
         return make(STALE, f"last heartbeat {age:.0f} s ago (every {beat.interval:g} s)")
     if report is None:
         return make("not-following", f"the agent does not follow model {model!r}")
-    if desired is not None and desired in report.failed:
-        return make(FAILED, f"v{desired}: {report.failed[desired]}")
     if desired is not None and serving == desired and report.states.get(desired) == "AVAILABLE":
         return make(SERVING, report.degraded)
+    if report.desired != desired:
+        return make("pending", f"has not seen v{desired} yet (its manifest says v{report.desired})")
+    if desired is not None and desired in report.failed:
+        return make(FAILED, f"v{desired}: {report.failed[desired]}")
     if report.draining:
         return make("draining", report.draining)
     if desired is not None and desired in report.states:
         return make(report.states[desired].lower(), report.problem or report.degraded)
-    if report.desired != desired:
-        return make("pending", f"has not seen v{desired} yet (its manifest says {report.desired})")
     return make("pending", report.problem or report.degraded)
 
 
-def traffic(beats: Sequence[Heartbeat], model: str, window: float, now: float) -> Traffic:
+def traffic(seen: Sequence[Seen], model: str, window: float, now: float) -> Traffic | None:
     """Requests of ``model`` on the fresh instances over the last ``window`` seconds (each instance from its sample
-    at or before ``now - window``, or its oldest one)."""
+    at or before ``now - window``, or its oldest one); ``None`` when no instance has two samples yet. Latency is
+    summed only over instances with TF Serving's usual buckets (another build's buckets cannot be added up)."""
     total = Delta()
-    bounds: Sequence[float] = TFS_LATENCY_BOUNDS_US
     span = 0.0
-    for beat in beats:
-        report = beat.models.get(model)
-        if not beat.fresh(now) or report is None or not report.samples:
+    measured = False
+    for one in seen:
+        report = one.beat.models.get(model)
+        if not one.fresh(now) or report is None or len(report.samples) < 2:
             continue
         last = report.samples[-1]
         base = sample_at(report.samples, last.at - window) or report.samples[0]
         if base is last:
-            continue  # one sample: nothing to subtract from yet
+            continue
         d = delta(base, last)
+        if not standard_bounds(one.beat.latency_bounds_us):
+            d.latency = []
         total.add(d)
         span = max(span, d.seconds)
-        bounds = beat.latency_bounds_us
-    p50, p99 = (quantile(q, bounds, total.latency) for q in (0.5, 0.99))
+        measured = True
+    if not measured:
+        return None
+    p50, p99 = (quantile(q, TFS_LATENCY_BOUNDS_US, total.latency) for q in (0.5, 0.99))
     return Traffic(
         span,
         total.total,
@@ -248,15 +298,21 @@ def traffic(beats: Sequence[Heartbeat], model: str, window: float, now: float) -
 def fleet_status(
     store: Store, model: str, fleet: str, labels: Mapping[str, int], window: float, now: float | None = None
 ) -> FleetStatus:
-    beats, problems = read_heartbeats(store, fleet)
     now = time.time() if now is None else now
+    found = read_heartbeats(store, fleet, now)
     desired = fleet_desired(labels, fleet)
-    shown = [b for b in beats if now - b.at <= GONE_SECONDS]
     instances = sorted(
-        (instance_status(b, model, desired, now) for b in shown), key=lambda i: (not i.fresh, i.zone or "", i.id)
+        (instance_status(one, model, desired, now) for one in found.seen),
+        key=lambda i: (not i.fresh, i.zone or "", i.id),
     )
     return FleetStatus(
-        fleet, desired, tuple(instances), traffic(shown, model, window, now), len(beats) - len(shown), tuple(problems)
+        fleet,
+        desired,
+        tuple(instances),
+        traffic(found.seen, model, window, now),
+        found.gone,
+        tuple(found.problems),
+        found.newer,
     )
 
 

@@ -22,9 +22,10 @@ running TF Serving, and a reader that sees it change (or a counter go down) star
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -44,8 +45,16 @@ MAX_SAMPLES = 64
 TFS_LATENCY_BOUNDS_US: tuple[float, ...] = tuple(10.0 * 1.8**i for i in range(33))
 
 
+def standard_bounds(bounds: Sequence[float]) -> bool:
+    """``bounds`` are TF Serving's usual latency buckets, as its exporter prints them (6 significant digits)."""
+    return len(bounds) == len(TFS_LATENCY_BOUNDS_US) and all(
+        math.isclose(a, b, rel_tol=1e-5) for a, b in zip(bounds, TFS_LATENCY_BOUNDS_US, strict=True)
+    )
+
+
 class _Wire(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", defer_build=True)
+    # allow_inf_nan=False: an "at" of Infinity would be fresh forever and print as invalid JSON.
+    model_config = ConfigDict(strict=True, extra="ignore", defer_build=True, allow_inf_nan=False)
 
 
 _Count = Annotated[int, Field(ge=0)]
@@ -85,6 +94,10 @@ class WireHeartbeat(_Wire):
     stopping: bool = False
     latency_bounds_us: list[float] | None = None
     models: dict[str, WireModel] = Field(default_factory=dict)
+
+
+class NewerSchema(ValueError):
+    """A heartbeat of a schema this reader does not know: its instance's state is unknown, not absent."""
 
 
 @dataclass(frozen=True)
@@ -146,13 +159,6 @@ class Heartbeat:
     latency_bounds_us: tuple[float, ...] = TFS_LATENCY_BOUNDS_US
     models: Mapping[str, ModelReport] = field(default_factory=dict)
 
-    def stale(self, now: float) -> bool:
-        return now - self.at > STALE_INTERVALS * self.interval
-
-    def fresh(self, now: float) -> bool:
-        """Counts as a live member of its fleet: recent, and not the note of an agent that stopped."""
-        return not self.stopping and not self.stale(now)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
@@ -172,8 +178,10 @@ class Heartbeat:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
 
     @classmethod
-    def loads(cls, data: bytes, where: str) -> Heartbeat:
-        """Parse a heartbeat read from ``where``; ``ValueError`` with one line naming what is wrong."""
+    def loads(cls, data: bytes, where: str, *, fleet: str | None = None, instance: str | None = None) -> Heartbeat:
+        """Parse a heartbeat read from ``where``; ``ValueError`` with one line naming what is wrong. With ``fleet``
+        and ``instance`` (those of its key), the document must name the same: a VM may write anything under
+        ``_fleet/``, and a body that claims another key's identity would show one instance twice."""
         try:
             w = WireHeartbeat.model_validate_json(data)
         except ValidationError as e:
@@ -181,9 +189,20 @@ class Heartbeat:
             loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
             raise ValueError(f"{where}: not a heartbeat ({loc}: {first['msg']})") from None
         if w.schema_ != SCHEMA:
-            raise ValueError(f"{where}: heartbeat schema {w.schema_} is not {SCHEMA} (a newer agent wrote it)")
+            raise NewerSchema(f"{where}: heartbeat schema {w.schema_} is not {SCHEMA} (a newer agent wrote it)")
         if w.fleet not in ROLES:
             raise ValueError(f"{where}: fleet {w.fleet!r} is not one of {', '.join(ROLES)}")
+        if (fleet is not None and w.fleet != fleet) or (instance is not None and w.instance != instance):
+            raise ValueError(f"{where}: names instance {w.instance!r} of fleet {w.fleet!r}, not its key's")
+        bounds = tuple(w.latency_bounds_us) if w.latency_bounds_us else TFS_LATENCY_BOUNDS_US
+        if any(b <= 0 for b in bounds) or any(b2 <= b1 for b1, b2 in itertools.pairwise(bounds)):
+            raise ValueError(f"{where}: latency_bounds_us must be positive and increasing")
+        for name, m in w.models.items():
+            for s in m.samples:
+                if s.latency and len(s.latency) != len(bounds) + 1:
+                    raise ValueError(
+                        f"{where}: models.{name}.samples: {len(s.latency)} latency buckets for {len(bounds)} bounds"
+                    )
         try:
             models = {
                 name: ModelReport(
@@ -202,7 +221,8 @@ class Heartbeat:
             }
         except ValueError:
             raise ValueError(f"{where}: a version key is not a number") from None
-        bounds = tuple(w.latency_bounds_us) if w.latency_bounds_us else TFS_LATENCY_BOUNDS_US
+        if any(v < 1 for m in models.values() for v in (*m.states, *m.failed)):
+            raise ValueError(f"{where}: a version key is below 1")
         return cls(
             w.instance, w.fleet, w.started, w.at, w.interval, w.zone, w.agent_version, w.stopping, bounds, models
         )
@@ -245,19 +265,23 @@ class Delta:
         self.rate += other.rate
 
 
+def restarted(before: Sample, after: Sample) -> bool:
+    """The counters started over between the two samples: TF Serving restarted (``since`` changed, or a counter went
+    down: a restart the agent did not see)."""
+    return (
+        before.since != after.since
+        or after.ok < before.ok
+        or any(after.errors.get(code, 0) < n for code, n in before.errors.items())
+        or (bool(before.latency) and len(after.latency) != len(before.latency))  # () until one request succeeded
+        or any(a < b for a, b in zip(after.latency, before.latency, strict=False))
+    )
+
+
 def delta(before: Sample | None, after: Sample) -> Delta:
     """What happened between ``before`` and ``after`` on one instance. Counters restart with TF Serving: when
     ``since`` changed or any counter went down, everything ``after`` counts (all of it happened since the restart);
     ``before`` ``None`` means from zero."""
-    reset = (
-        before is None
-        or before.since != after.since
-        or after.ok < before.ok
-        or any(after.errors.get(code, 0) < n for code, n in before.errors.items())
-        or len(after.latency) != len(before.latency)
-        or any(a < b for a, b in zip(after.latency, before.latency, strict=False))
-    )
-    if reset or before is None:
+    if before is None or restarted(before, after):
         base = Sample(after.since if after.since is not None else after.at)
         span = after.at - (after.since if after.since is not None else after.at)
     else:
@@ -281,31 +305,18 @@ def sample_at(samples: Sequence[Sample], when: float) -> Sample | None:
 def quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> float | None:
     """The ``q`` quantile of a histogram (``counts[i]`` observations in ``(bounds[i-1], bounds[i]]``, the last count
     above the last bound), interpolated linearly inside its bucket as Prometheus's ``histogram_quantile`` does;
-    ``None`` with no observations. A quantile in the open last bucket is its lower bound."""
+    ``None`` with no observations, or when ``counts`` does not fit ``bounds``. A quantile in the open last bucket is
+    the last bound (nothing finer is known)."""
     total = sum(counts)
-    if total == 0:
+    if total == 0 or not bounds or len(counts) != len(bounds) + 1:
         return None
     rank = q * total
     seen = 0.0
     for i, n in enumerate(counts):
         if n and seen + n >= rank:
-            lower = 0.0 if i == 0 else bounds[i - 1]
-            if i >= len(bounds):
+            if i == len(bounds):
                 return bounds[-1]
+            lower = 0.0 if i == 0 else bounds[i - 1]
             return lower + (bounds[i] - lower) * max(0.0, rank - seen) / n
         seen += n
-    return bounds[-1] if bounds else None
-
-
-def merge_latency(counts: Iterable[Sequence[int]]) -> list[int]:
-    out: list[int] = []
-    for c in counts:
-        if len(out) < len(c):
-            out += [0] * (len(c) - len(out))
-        for i, n in enumerate(c):
-            out[i] += n
-    return out
-
-
-def finite(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) or math.isinf(x) else x
+    return bounds[-1]

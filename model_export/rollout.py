@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from model_export import versions
 from model_export.constants import ROLES, STABLE
-from model_export.errors import BadInput, ModelfleetError
+from model_export.errors import BadInput, ModelfleetError, one_line
 from model_export.fleet_status import FAILED, SERVING, FleetStatus, fleet_desired, fleet_status
 from model_export.manifest import Manifest, actor, update_manifest
 from model_export.store import Store, checked_store
@@ -39,9 +39,12 @@ def affected_fleets(before: Mapping[str, int], after: Mapping[str, int]) -> dict
     return out
 
 
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
+
+
 def check_timeout(timeout: float) -> float:
-    if not timeout > 0:
-        raise BadInput(f"--timeout {timeout:g} is invalid: a number of seconds more than 0")
+    if not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+        raise BadInput(f"--timeout {timeout:g} is invalid: more than 0 and at most a week, in seconds")
     return timeout
 
 
@@ -55,11 +58,15 @@ class WaitOutcome:
 
 def _lagging(f: FleetStatus) -> str:
     bad = [i for i in f.live if i.state != SERVING]
+    unknown = ""
+    if f.unreadable:
+        newer = f", {f.newer} of a newer agent: upgrade modelfleet here" if f.newer else ""
+        unknown = f"; {len(f.unreadable)} heartbeats unreadable{newer}"
     if not f.live:
-        return f"{f.fleet} fleet: no live instance reported (heartbeats: {len(f.instances)} stale or stopped)"
+        return f"{f.fleet} fleet: no live instance reported (heartbeats: {len(f.instances)} stale or stopped{unknown})"
     parts = [f"{i.id} {i.state}" + (f" ({i.detail})" if i.detail else "") for i in bad[:5]]
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return f"{f.fleet} fleet v{f.desired}: {len(bad)}/{len(f.live)} not serving: {'; '.join(parts)}{more}"
+    return f"{f.fleet} fleet v{f.desired}: {len(bad)}/{len(f.live)} not serving: {'; '.join(parts)}{more}{unknown}"
 
 
 def wait_for_fleets(
@@ -78,11 +85,21 @@ def wait_for_fleets(
     check_timeout(timeout)
     st = checked_store(store)
     deadline = clock() + timeout
+    store_error: str | None = None
     while True:
         fleets: dict[str, FleetStatus] = {}
-        for fleet, version in targets.items():
-            # fleet_desired reads the label the fleet follows: both name the target
-            fleets[fleet] = fleet_status(st, model, fleet, {fleet: version, STABLE: version}, window=60.0)
+        try:
+            for fleet, version in targets.items():
+                # fleet_desired reads the label the fleet follows: both name the target
+                fleets[fleet] = fleet_status(st, model, fleet, {fleet: version, STABLE: version}, window=60.0)
+        except BadInput:
+            raise
+        except ModelfleetError as e:  # the store failed this poll: try again until the deadline
+            store_error = one_line(str(e))
+            if clock() >= deadline:
+                return WaitOutcome(False, {}, f"not converged after {timeout:g} s: the store failed: {store_error}")
+            time.sleep(min(poll, max(0.0, deadline - clock())))
+            continue
         failed = {f.fleet: bad for f in fleets.values() if (bad := [i for i in f.live if i.state == FAILED])}
         if failed:
             parts = []
@@ -96,7 +113,7 @@ def wait_for_fleets(
                     f"{first} ({', '.join(i.id for i in bad[:5])})"
                 )
             return WaitOutcome(False, fleets, "; ".join(parts), count)
-        if all(f.converged or (f.fleet not in required and not f.live) for f in fleets.values()):
+        if all(f.converged or (f.fleet not in required and not f.live and not f.newer) for f in fleets.values()):
             summary = ", ".join(f"{f.fleet} v{f.desired} on {len(f.live)} instances" for f in fleets.values())
             return WaitOutcome(True, fleets, f"serving: {summary}")
         if progress is not None:
@@ -107,8 +124,10 @@ def wait_for_fleets(
             progress(f"waiting: {'; '.join(counts)} live instances serve it")
         if clock() >= deadline:
             lagging = "; ".join(
-                _lagging(f) for f in fleets.values() if not f.converged and (f.fleet in required or f.live)
+                _lagging(f) for f in fleets.values() if not f.converged and (f.fleet in required or f.live or f.newer)
             )
+            if store_error is not None:
+                lagging += f" (a store error on the way: {store_error})"
             return WaitOutcome(False, fleets, f"not converged after {timeout:g} s: {lagging}")
         time.sleep(min(poll, max(0.0, deadline - clock())))
 
@@ -173,7 +192,13 @@ def wait_after(
             m.move_label(STABLE, old_stable, "auto-rollback", actor(), reason=reason)
             return True
 
-        rolled, done = update_manifest(st, model, undo, action="auto-rollback")
+        try:
+            rolled, done = update_manifest(st, model, undo, action="auto-rollback")
+        except ModelfleetError as e:
+            raise RolloutFailed(
+                f"{outcome.reason}; rolling stable back to v{old_stable} failed ({one_line(str(e))}): stable is still "
+                f"v{new_stable}, run `modelfleet rollback`"
+            ) from e
         if done:
             raise RolloutFailed(f"{outcome.reason}; rolled stable back to v{old_stable}")
         now_stable = rolled.labels.get(STABLE)

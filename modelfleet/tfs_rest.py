@@ -147,3 +147,18 @@ def model_status(url: str, model: str, *, timeout: float = 10.0) -> list[Version
             f"TF Serving at {base} sent an unreadable status for {model!r}: {e!r}", code="INTERNAL"
         ) from e
     return sorted(out, key=lambda s: s.version)
+
+
+def label_version(url: str, model: str, label: str, *, timeout: float = 10.0) -> int:
+    """The version TF Serving resolves ``label`` of ``model`` to now (``GET /v1/models/NAME/labels/LABEL/metadata``:
+    its ``model_spec.version``, get_model_metadata_impl.cc). Model status ignores labels, and a label in the config
+    file takes effect only when TF Serving has read it: this is the one place that says what the label serves."""
+    check_spec(model, None, label)
+    base = rest_url(url)
+    doc = http_json("GET", base, model_path(model, None, label) + "/metadata", None, timeout)
+    try:
+        return int(doc["model_spec"]["version"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ServingError(
+            f"TF Serving at {base} sent unreadable metadata for {model!r} label {label!r}: {e!r}", code="INTERNAL"
+        ) from e

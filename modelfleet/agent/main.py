@@ -41,7 +41,7 @@ from modelfleet import __version__
 from modelfleet.agent.cache import LocalCache
 from modelfleet.agent.durable import write_atomic
 from modelfleet.agent.health import LIVE_MARKER, AgentHTTPServer, Liveness, liveness_window
-from modelfleet.agent.heartbeat import HeartbeatOptions, HeartbeatWriter
+from modelfleet.agent.heartbeat import COUNTERS_NAME, HeartbeatOptions, HeartbeatWriter
 from modelfleet.agent.identity import default_identity
 from modelfleet.agent.lease import DEFAULT_SKEW_SECONDS, DEFAULT_TTL_SECONDS, DrainLeases, Lease
 from modelfleet.agent.plan import next_entry, startup_version
@@ -265,7 +265,8 @@ class Agent:
             )
             self.status = AgentStatus(options.role, options.models)
             self._observations: dict[str, Observation] = {}  # TF Serving's answers at the last reconcile
-            self._tfs_since: float | None = None  # when the agent first saw the running TF Serving answer
+            self._tfs_seen_down = False  # TF Serving did not answer at the last reconcile that could tell
+            self._label_seen: dict[str, int] = {}  # per model, the version TF Serving serves under the role label
             self.heartbeat: HeartbeatWriter | None = None
             if options.heartbeat_seconds is not None:
                 self.heartbeat = self._heartbeat_writer(options.heartbeat_seconds)
@@ -371,9 +372,9 @@ class Agent:
                 self._loading[name] = listed - obs.available - st.proven - st.failed.keys()
         kinds = {obs.kind for obs in observations.values()}
         if kinds & {"up", "down"}:
-            if "up" in kinds and not self._tfs_up:  # a TF Serving started since: its counters start from zero
-                self._tfs_since = time.time()
-                self.tfs.reset_own_errors(own_before)
+            if "up" in kinds and self._tfs_seen_down and self.heartbeat is not None:
+                self.heartbeat.tfs_restarted(own_before)  # a new TF Serving: its counters start from zero
+            self._tfs_seen_down = "up" not in kinds
             self._tfs_up = "up" in kinds
         self._observations = observations
         if not entries and not self.entries and all(st.target is None for st in self.states.values()):
@@ -387,6 +388,8 @@ class Agent:
             )
             log.info("wrote %s: %s", self.config_path, summary or "no model")
         self.entries = entries
+        if self.heartbeat is not None and "up" in kinds:
+            self._confirm_labels(observations)
         self._save_state()
         if self._store_busy:
             return changed  # the store poll may be downloading into the cache: prune at the next tick
@@ -399,6 +402,36 @@ class Agent:
             if gone:
                 log.info("%s: removed cached versions %s", name, gone)
         return changed
+
+    def _confirm_labels(self, observations: Mapping[str, Observation]) -> None:
+        """Ask TF Serving which version the fleet's label serves, for each model whose written label it has not
+        confirmed yet (it applies a config at its next poll of the file): what the heartbeat reports as serving is
+        TF Serving's answer, not the config the agent wrote."""
+        role = self.options.role
+        for name, entry in self.entries.items():
+            labeled = entry.labels.get(role)
+            obs = observations.get(name)
+            if labeled is None or obs is None or obs.kind != "up" or self._label_seen.get(name) == labeled:
+                continue
+            try:
+                found = self.tfs.label_version(name, role)
+            except TfsUnreachable as e:
+                log.debug("%s", e)
+                continue
+            if found is None:
+                self._label_seen.pop(name, None)
+            else:
+                self._label_seen[name] = found
+
+    def _labels_unconfirmed(self) -> bool:
+        """A written label TF Serving has not been seen serving yet (only watched when heartbeats are on)."""
+        if self.heartbeat is None:
+            return False
+        role = self.options.role
+        return any(
+            e.labels.get(role) is not None and self._label_seen.get(n) != e.labels.get(role)
+            for n, e in self.entries.items()
+        )
 
     def _observe_all(self) -> dict[str, Observation]:
         """One status request per model; once TF Serving is found not listening, the other models are too."""
@@ -704,23 +737,24 @@ class Agent:
             self.options.role,
             options,
             snapshot=self.report,
+            cache_bytes=self.cache.model_bytes,
             scrape=lambda: scrape(self.tfs.url),
             own_errors=self.tfs.own_errors,
-            since=lambda: self._tfs_since,
+            counters_file=self.root / COUNTERS_NAME,
             on_write=self.status.count_heartbeat,
         )
 
     def report(self) -> dict[str, HeartbeatModel]:
-        """What each model's heartbeat says (no counters): desired, target, the version serving under the fleet's
-        label (AVAILABLE at the last reconcile), TF Serving's states and failures, cache use."""
+        """What each model's heartbeat says, but the counters and the cache size: desired, target, the version TF
+        Serving serves under the fleet's label (its answer, and AVAILABLE at the last reconcile), TF Serving's states
+        and failures. Cheap: the heartbeat compares it every 0.25 s, under the agent's lock."""
         with self._lock:
             draining = self._draining()
             out: dict[str, HeartbeatModel] = {}
             for name, st in self.states.items():
                 obs = self._observations.get(name, Observation("unknown"))
-                entry = self.entries.get(name)
-                labeled = entry.labels.get(self.options.role) if entry is not None else None
-                serving = labeled if labeled is not None and obs.states.get(labeled) == AVAILABLE else None
+                seen = self._label_seen.get(name)
+                serving = seen if seen is not None and obs.states.get(seen) == AVAILABLE else None
                 out[name] = HeartbeatModel(
                     desired=st.desired,
                     target=st.target,
@@ -730,7 +764,6 @@ class Agent:
                     degraded=st.degraded,
                     draining=draining.get(name),
                     problem=st.problem,
-                    cache_bytes=self.cache.model_bytes(name),
                 )
             return out
 
@@ -823,7 +856,7 @@ class Agent:
     def settled(self) -> bool:
         """Every model's config is in its steady state (the target alone, labeled); otherwise a transition waits on
         TF Serving, and the loop ticks faster (local status requests only) to finish it."""
-        if self.drain is not None or self._waiting:
+        if self.drain is not None or self._waiting or self._labels_unconfirmed():
             return False
         for name, st in self.states.items():
             entry = self.entries.get(name)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
 
 from model_export.errors import ServingError
-from modelfleet.tfs_rest import model_status
+from modelfleet.tfs_rest import label_version, model_status
 
 AVAILABLE = "AVAILABLE"
 END = "END"
@@ -46,20 +45,18 @@ class TfsClient:
     def __init__(self, url: str, timeout: float = 2.0) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        # Status requests TF Serving answered with an error, per model: they are in its request_count, and the
-        # heartbeat takes them off (modelfleet.agent.tfs_metrics.without_own). Reset when TF Serving restarts.
-        self._own_errors: Counter[str] = Counter()
+        # Status requests TF Serving answered with an error, per model, since the agent started: they are in its
+        # request_count, and the heartbeat takes them off (modelfleet.agent.heartbeat, tfs_metrics.without_own).
+        self._own_errors: Counter[tuple[str, str]] = Counter()  # (model, status code) -> answers
         self._lock = threading.Lock()
 
-    def own_errors(self) -> dict[str, int]:
+    def own_errors(self) -> dict[str, dict[str, int]]:
+        """``{model: {status code: n}}``: the requests of this client TF Serving answered with an error."""
+        out: dict[str, dict[str, int]] = {}
         with self._lock:
-            return dict(self._own_errors)
-
-    def reset_own_errors(self, before: Mapping[str, int]) -> None:
-        """A new TF Serving answered (its counters start from zero): keep only the errors counted since ``before``
-        (``own_errors()`` taken before the requests that found it), which the new TF Serving answered."""
-        with self._lock:
-            self._own_errors = Counter({m: n - before.get(m, 0) for m, n in self._own_errors.items()})
+            for (model, code), n in self._own_errors.items():
+                out.setdefault(model, {})[code] = n
+        return out
 
     def model_status(self, model: str) -> dict[int, str]:
         """``{version: state}`` (LOADING, AVAILABLE, UNLOADING, END, ...); empty when TF Serving has no such model.
@@ -73,10 +70,22 @@ class TfsClient:
         except ServingError as e:
             if e.http_status is not None:
                 with self._lock:
-                    self._own_errors[model] += 1
+                    self._own_errors[(model, e.code)] += 1
             if e.http_status == 404:
                 return VersionStates({})
             if e.not_listening:
                 raise TfsNotRunning(f"TF Serving at {self.url} is not serving (stopped or starting): {e}") from e
             raise TfsUnreachable(f"TF Serving at {self.url} is unreachable: {e}") from e
         return VersionStates({s.version: s.state for s in found}, {s.version: s.error for s in found if s.error})
+
+    def label_version(self, model: str, label: str) -> int | None:
+        """The version TF Serving serves under ``label`` now; ``None`` when it answers an error (it does not know the
+        label yet). ``TfsUnreachable`` when it does not answer."""
+        try:
+            return label_version(self.url, model, label, timeout=self.timeout)
+        except ServingError as e:
+            if e.http_status is None:
+                raise TfsUnreachable(f"TF Serving at {self.url} is unreachable: {e}") from e
+            with self._lock:
+                self._own_errors[(model, e.code)] += 1
+            return None

@@ -10,11 +10,13 @@ TF Serving 2.20 exports (servables/tensorflow/util.cc, util/prometheus_exporter.
   (``Buckets::Exponential(10, 1.8, 33)``), recorded for successful requests only.
 
 So a model's successful inference requests are the ``_count`` of ``request_latency`` over the inference APIs, and its
-failed requests the non-OK ``request_count`` minus the failed status polls the agent made itself (``own_errors``).
+failed requests the non-OK ``request_count`` minus the agent's own requests TF Serving answered with an error
+(status polls, label checks: ``TfsClient.own_errors``), code by code.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.error
 import urllib.request
@@ -42,7 +44,7 @@ class ModelCounters:
         """Per-bucket counts (not cumulative) at ``bounds`` and one above them."""
         out: list[int] = []
         previous = 0
-        for le in (*bounds, float("inf")):
+        for le in (*bounds, math.inf):
             at = self.cumulative.get(le, previous)
             out.append(max(0, at - previous))
             previous = max(previous, at)
@@ -53,6 +55,7 @@ class ModelCounters:
 class Scrape:
     models: Mapping[str, ModelCounters]
     bounds: tuple[float, ...]  # the finite bucket limits TF Serving reported
+    total: int = 0  # every request_count on the page: it only goes down when TF Serving restarted
 
 
 def _unescape(value: str) -> str:
@@ -63,6 +66,7 @@ def parse(text: str) -> Scrape:
     """The per-model counters in a Prometheus text page of TF Serving; lines of other metrics are ignored."""
     models: dict[str, ModelCounters] = {}
     bounds: set[float] = set()
+    total = 0
     for line in text.splitlines():
         if not line.startswith(REQUEST_COUNT) and not line.startswith(REQUEST_LATENCY):
             continue
@@ -72,10 +76,17 @@ def parse(text: str) -> Scrape:
         name, raw_labels, raw_value = m.groups()
         labels = {k: _unescape(v) for k, v in _LABEL.findall(raw_labels or "")}
         model = labels.get("model_name", "")
-        try:
-            value = int(float(raw_value))
+        try:  # a line TF Serving would not write (inf, nan, a bad number) is skipped, not the page
+            number = float(raw_value)
+            value = int(number) if math.isfinite(number) and number >= 0 else None
+            le = labels.get("le")
+            limit = None if le is None else (math.inf if le == "+Inf" else float(le))
         except ValueError:
             continue
+        if value is None or (limit is not None and not (limit > 0)):
+            continue
+        if name == REQUEST_COUNT:
+            total += value
         if not model:
             continue
         counters = models.setdefault(model, ModelCounters())
@@ -86,12 +97,11 @@ def parse(text: str) -> Scrape:
         elif labels.get("API") in INFERENCE_APIS:
             if name == f"{REQUEST_LATENCY}_count":
                 counters.ok += value
-            elif name == f"{REQUEST_LATENCY}_bucket" and "le" in labels:
-                le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
-                counters.cumulative[le] = counters.cumulative.get(le, 0) + value
-                if le != float("inf"):
-                    bounds.add(le)
-    return Scrape(models, tuple(sorted(bounds)))
+            elif name == f"{REQUEST_LATENCY}_bucket" and limit is not None:
+                counters.cumulative[limit] = counters.cumulative.get(limit, 0) + value
+                if limit != math.inf:
+                    bounds.add(limit)
+    return Scrape(models, tuple(sorted(bounds)), total)
 
 
 def scrape(tfs_url: str, timeout: float = 2.0) -> Scrape | None:
@@ -103,12 +113,9 @@ def scrape(tfs_url: str, timeout: float = 2.0) -> Scrape | None:
         return None
 
 
-def without_own(errors: Mapping[str, int], own: int) -> dict[str, int]:
-    """``errors`` less ``own`` failed status polls of the agent: TF Serving answers those NOT_FOUND (a model it has no
-    version of yet), so they come off NOT_FOUND first, then off the other codes; never below 0."""
-    out = dict(errors)
-    for code in sorted(out, key=lambda c: (c != "NOT_FOUND", c)):
-        taken = min(own, out[code])
-        out[code] -= taken
-        own -= taken
+def without_own(errors: Mapping[str, int], own: Mapping[str, int]) -> dict[str, int]:
+    """``errors`` (by status code) less the agent's own requests TF Serving answered with those codes (never below 0):
+    its status polls of a model it has no version of yet (NOT_FOUND), its label checks before TF Serving knows the
+    label (INVALID_ARGUMENT)."""
+    out = {code: n - min(n, own.get(code, 0)) for code, n in errors.items()}
     return {c: n for c, n in out.items() if n > 0}

@@ -37,7 +37,9 @@ def _print_fleet(f: FleetStatus) -> None:
     live = len(f.live)
     verdict = "converged" if f.converged else "NOT converged"
     print(f"{f.fleet} fleet: v{f.desired if f.desired is not None else '-'}, {verdict} ({live} live instances)")
-    if f.instances:
+    if not f.instances:
+        print("  no instance has reported: no agent of this fleet runs, or none can write to the store")
+    else:
         rows = [["  INSTANCE", "ZONE", "SERVING", "STATE", "HEARTBEAT", "CACHE", "DETAIL"]]
         for i in f.instances:
             report = i.heartbeat.models if i.heartbeat is not None else {}
@@ -55,13 +57,18 @@ def _print_fleet(f: FleetStatus) -> None:
             )
         print(table(rows))
     t = f.traffic
-    rate = "-" if t.error_rate is None else f"{t.error_rate:.2%}"
-    print(
-        f"  last {t.seconds:.0f} s: {t.rate:.2f} req/s, {t.requests} requests, errors {rate}, "
-        f"p50 {_ms(t.p50_ms)}, p99 {_ms(t.p99_ms)}"
-    )
+    if t is None:
+        print("  traffic: no counters yet (an instance reports them from its second heartbeat on)")
+    else:
+        rate = "-" if t.error_rate is None else f"{t.error_rate:.2%}"
+        print(
+            f"  last {t.seconds:.0f} s: {t.rate:.2f} req/s, {t.requests} requests, errors {rate}, "
+            f"p50 {_ms(t.p50_ms)}, p99 {_ms(t.p99_ms)}"
+        )
     if f.gone:
         print(f"  {f.gone} heartbeats of instances gone for over an hour not shown")
+    if f.newer:
+        print(f"  {f.newer} heartbeats written by a newer agent: upgrade modelfleet here to read them")
     for problem in f.unreadable:
         print(f"  unreadable: {problem}")
 
@@ -86,10 +93,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     labels = ", ".join(f"{k}=v{v}" for k, v in sorted(status.labels.items())) or "none"
     print(f"model {status.model}  labels: {labels}")
     for f in status.fleets.values():
-        if f.instances or f.fleet == "stable" or f.fleet in status.labels:
-            _print_fleet(f)
-        else:
-            print(f"{f.fleet} fleet: no instance has reported")
+        _print_fleet(f)
     return 0
 
 

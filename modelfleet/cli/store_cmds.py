@@ -10,10 +10,10 @@ from typing import Any
 
 from model_export import versions as ops
 from model_export.constants import STABLE
-from model_export.errors import BadInput, UnknownModel
+from model_export.errors import BadInput, ModelfleetError, UnknownModel
 from model_export.manifest import Manifest
 from model_export.publish import publish
-from model_export.rollout import DEFAULT_TIMEOUT_SECONDS, RolloutFailed, WaitOutcome, change_and_wait, wait_after
+from model_export.rollout import DEFAULT_TIMEOUT_SECONDS, RolloutFailed, WaitOutcome, wait_after
 from model_export.store import Store, checked_store
 from model_export.transfer import DEFAULT_WORKERS, show_progress
 from modelfleet.cli.common import (
@@ -97,9 +97,15 @@ def _wait_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _wait(args: argparse.Namespace, run: Callable[[], WaitOutcome]) -> WaitOutcome:
-    """Run a wait; its outcome on stderr (stdout keeps the command's own output, --json included)."""
+    """Run a wait (the change is made and printed); its outcome on stderr (stdout keeps the command's own output,
+    --json included). Interrupted, it says that the change stands."""
     try:
         outcome = run()
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while waiting for the fleets; the change stands (labels: {_labels_text(args)}), "
+            "nothing was rolled back"
+        ) from None
     finally:
         if not args.json and sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
@@ -107,6 +113,18 @@ def _wait(args: argparse.Namespace, run: Callable[[], WaitOutcome]) -> WaitOutco
         raise RolloutFailed(outcome.reason)
     print(f"{args.model}: {outcome.reason}", file=sys.stderr)
     return outcome
+
+
+class Interrupted(ModelfleetError):
+    exit_code = 130
+
+
+def _labels_text(args: argparse.Namespace) -> str:
+    try:
+        labels = ops.get_manifest(args.store, args.model).labels
+    except ModelfleetError:
+        return "unknown: the store did not answer"
+    return ", ".join(f"{k}=v{v}" for k, v in sorted(labels.items())) or "none"
 
 
 def _meta(text: str) -> str:
@@ -226,12 +244,6 @@ def _change(args: argparse.Namespace, change: Callable[[Store], Manifest]) -> No
         raise BadInput("--rollback-on-failure needs --wait (it acts on what the wait finds)")
     if not args.wait:
         _print_labels(change(checked_store(args.store)), args)
-        return
-    if getattr(args, "rollback_on_failure", False):
-        # the label change, the wait and the undo are one library call; its outcome goes to stderr
-        after, outcome = change_and_wait(args.store, args.model, change, **_wait_kwargs(args))
-        _print_labels(after, args)
-        print(f"{args.model}: {outcome.reason}", file=sys.stderr)
         return
     st = checked_store(args.store)
     before = dict(ops.get_manifest(st, args.model).labels)

@@ -88,7 +88,7 @@ def test_status_shows_every_instance_converged_after_a_promote_and_a_killed_agen
         # A stopped agent says so in its last heartbeat: not live at once, no 3-interval wait.
         vms[CANARY][0].stop()
         beat = Heartbeat.loads(open_store(store).read(layout.heartbeat_key(CANARY, "c0")).data, "c0")
-        assert beat.stopping and not beat.fresh(time.time())
+        assert beat.stopping and not any(i.fresh for i in model_status(store, MODEL).fleets[CANARY].instances)
 
 
 def test_promote_wait_fails_on_a_version_that_does_not_load_and_rolls_back(
@@ -191,7 +191,7 @@ def test_canary_aborts_on_errors_and_on_latency_is_inconclusive_without_traffic_
         assert (code, result["decision"]) == (1, "abort"), result
         assert "error rate" in result["reason"]
         ev = result["evidence"]
-        assert ev["canary_errors"] > 0 and ev["stable_errors"] == 0 and ev["p_value"] < 0.05
+        assert ev["canary_errors"] > 0 and ev["stable_errors"] == 0 and ev["increase_lower_95"] > 0
         assert ev["canary_requests"] >= ev["min_sample"]
         m = get_manifest(store, MODEL)
         assert m.labels == {STABLE: 1}

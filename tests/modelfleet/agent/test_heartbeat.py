@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ from model_export import layout
 from model_export.constants import STABLE
 from model_export.errors import StoreError
 from model_export.heartbeat import Heartbeat
+from model_export.heartbeat import ModelReport as HbModel
 from model_export.publish import publish
 from model_export.store import Store, open_store
 from modelfleet.agent import Agent, identity
+from modelfleet.agent.heartbeat import COUNTERS_NAME, HeartbeatOptions, HeartbeatWriter
 from modelfleet.agent.tfs import TfsClient
-from modelfleet.agent.tfs_metrics import parse, scrape, without_own
+from modelfleet.agent.tfs_metrics import Scrape, parse, scrape, without_own
 from tests.support.agent import MODEL, CountingStore, http_get, make_agent, metrics, serving, wait_until
 from tests.support.servers import free_port
 from tests.support.tfserving_standin import TFServingStandIn
@@ -206,8 +209,18 @@ def test_parse_reads_tf_serving_page_and_own_polls_come_off_not_found_first() ->
     assert m.errors == {"NOT_FOUND": 4, "INTERNAL": 2}
     assert m.latency(got.bounds) == (3, 4, 2) and got.bounds == (10.0, 18.0)
     assert 'q"x' in got.models
-    assert without_own({"NOT_FOUND": 4, "INTERNAL": 2}, 5) == {"INTERNAL": 1}
-    assert without_own({"INTERNAL": 2}, 0) == {"INTERNAL": 2}
+    # the agent's own error answers come off their own code, never another's
+    assert without_own({"NOT_FOUND": 4, "INTERNAL": 2}, {"NOT_FOUND": 5}) == {"INTERNAL": 2}
+    assert without_own({"INVALID_ARGUMENT": 3, "INTERNAL": 2}, {"INVALID_ARGUMENT": 1}) == {
+        "INVALID_ARGUMENT": 2,
+        "INTERNAL": 2,
+    }
+    # a line TF Serving would not write is skipped, not the page
+    odd = parse(
+        page + '\n:tensorflow:serving:request_count{model_name="m",status="ABORTED"} +Inf\n'
+        ':tensorflow:serving:request_latency_bucket{model_name="m",API="predict",entrypoint="REST",le="x"} 1\n'
+    )
+    assert odd.models["m"].errors == m.errors and odd.models["m"].ok == 9
 
 
 class _Metadata(http.server.BaseHTTPRequestHandler):
@@ -268,3 +281,96 @@ def test_bad_heartbeat_options_are_one_line(
                      STABLE, "--listen", "127.0.0.1:0", *bad])  # fmt: skip
         err = capsys.readouterr().err
         assert code == 2 and want in err and len(err.strip().splitlines()) == 1, err
+
+
+# --- the writer on its own: restarts of TF Serving and of the agent, what triggers a write, a failing store ------
+
+
+class Page:
+    """A TF Serving metrics page the test edits: ``ok`` successes and ``errors`` of model m."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.extra_models: list[str] = []
+
+    def __call__(self) -> Scrape:
+        lines = [
+            f':tensorflow:serving:request_count{{model_name="m",status="{c}"}} {n}' for c, n in self.errors.items()
+        ]
+        lines.append(f':tensorflow:serving:request_count{{model_name="m",status="OK"}} {self.ok}')
+        lines.append(
+            f':tensorflow:serving:request_latency_count{{model_name="m",API="predict",entrypoint="REST"}} {self.ok}'
+        )
+        for name in self.extra_models:
+            lines.append(f':tensorflow:serving:request_count{{model_name="{name}",status="NOT_FOUND"}} 1')
+        return parse("\n".join(lines))
+
+
+def writer(
+    tmp_path: Path, store: Store, page: Page, own: dict[str, dict[str, int]], *, interval: float = 30.0
+) -> HeartbeatWriter:
+    return HeartbeatWriter(
+        store, STABLE, HeartbeatOptions("vm-1", None, interval, "t"),
+        snapshot=lambda: {"m": HbModel(desired=1, target=1, serving=1)},
+        cache_bytes=lambda m: 1234, scrape=page, own_errors=lambda: own,
+        counters_file=tmp_path / COUNTERS_NAME,
+    )  # fmt: skip
+
+
+def test_counters_survive_an_agent_restart_and_start_over_with_tf_serving(tmp_path: Path, file_store: str) -> None:
+    store = open_store(file_store)
+    page, own = Page(), {"m": {"NOT_FOUND": 3}}
+    page.ok, page.errors = 100, {"NOT_FOUND": 5}  # 3 of them the agent's own status polls
+    first = writer(tmp_path, store, page, own)
+    first.tfs_restarted({})  # the agent saw TF Serving start
+    assert first.write()
+    s1 = beat(store).models["m"].samples[-1]
+    assert (s1.ok, s1.errors) == (100, {"NOT_FOUND": 2})
+    # The agent restarts; TF Serving runs on. The new agent's client has counted nothing yet: the earlier agent's
+    # polls are still TF Serving's, and this is not a TF Serving restart.
+    page.ok = 150
+    second = writer(tmp_path, store, page, {})
+    assert second.write()
+    s2 = beat(store).models["m"].samples[-1]
+    assert s2.since == s1.since and (s2.ok, s2.errors) == (150, {"NOT_FOUND": 2})
+    # TF Serving restarts while nobody looks: its counters went down. Counting starts over, with no carry.
+    page.ok, page.errors = 7, {"NOT_FOUND": 1}
+    assert second.write()
+    s3 = beat(store).models["m"].samples[-1]
+    assert s3.since is not None and s3.since > (s2.since or 0) and (s3.ok, s3.errors) == (7, {"NOT_FOUND": 1})
+
+
+def test_only_followed_models_are_sampled_and_the_cache_size_never_triggers_a_write(
+    tmp_path: Path, file_store: str
+) -> None:
+    store = open_store(file_store)
+    page = Page()
+    page.extra_models = [f"probe-{i}" for i in range(50)]  # clients asking TF Serving for names it does not serve
+    sizes = iter(range(10**6, 10**7, 4096))
+    w = writer(tmp_path, store, page, {})
+    w._cache_bytes = lambda m: next(sizes)  # a download in progress: the cache grows all the time
+    assert w.write()
+    assert set(beat(store).models) == {"m"} and set(w._samples) == {"m"}
+    assert not w.changed()
+
+
+def test_a_failing_store_backs_off_and_gets_no_last_word(tmp_path: Path, file_store: str) -> None:
+    store = FlakyStore(open_store(file_store))
+    store.down = True
+    state = iter(range(10**6))
+    w = HeartbeatWriter(
+        store, STABLE, HeartbeatOptions("vm-1", None, 3600.0, "t"),
+        snapshot=lambda: {"m": HbModel(desired=next(state))},  # changes at every look
+        cache_bytes=lambda m: None, scrape=lambda: None, own_errors=dict,
+    )  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=w.run, args=(stop,))
+    thread.start()
+    time.sleep(3.5)
+    stop.set()
+    thread.join(timeout=30)
+    # a state that changes at every look, and a store that refuses: 1 s, then 2 s apart, not every second
+    assert 2 <= store.calls["write_failed"] <= 3, store.calls
+    assert KEY not in [k for k in store.keys if not store.down]  # and no "stopped" write after the failures
+    assert store.calls["write_failed"] == len(store.keys)
