@@ -198,9 +198,9 @@ def test_canary_aborts_on_errors_and_on_latency_is_inconclusive_without_traffic_
         assert (m.history[-1].action, m.history[-1].label, m.history[-1].to_version) == ("canary-abort", CANARY, None)
         assert m.history[-1].evidence is not None and m.history[-1].evidence["canary_errors"] == ev["canary_errors"]
 
-        # 2. No failures but 60 ms slower (stable answers in a few ms): p99 ratio over 3, aborted.
-        canary_vm.tfs.degrade(predict_failure_share=0.0, predict_delay_seconds=0.06)
-        with Traffic([stable_vm, canary_vm], rate=40):
+        # 2. No failures but 200 ms slower (stable answers in a few ms, tens under load): p99 ratio over 3, aborted.
+        canary_vm.tfs.degrade(predict_failure_share=0.0, predict_delay_seconds=0.2)
+        with Traffic([stable_vm, canary_vm], rate=40, threads=4):
             code, result = run_canary_cli(store, capsys, 2, bake)
         assert (code, result["decision"]) == (1, "abort"), result
         assert "p99" in result["reason"] and result["evidence"]["p99_ratio"] > 3

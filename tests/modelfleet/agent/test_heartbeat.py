@@ -53,7 +53,7 @@ class FlakyStore(CountingStore):
 
 @contextmanager
 def machine(
-    tmp_path: Path, store: Store, interval: float, **options: Any
+    tmp_path: Path, store: Store, interval: float, config_poll: float = 0.05, **options: Any
 ) -> Iterator[tuple[Agent, TFServingStandIn, str]]:
     port = free_port()
     agent = make_agent(
@@ -71,7 +71,7 @@ def machine(
         agent.run_once()
         tfs = TFServingStandIn(
             faithful=True, grpc=False, rest_api_port=port, model_config_file=agent.config_path,
-            model_config_file_poll_wait_seconds=0.05, load_seconds=0.05, unload_seconds=0.05,
+            model_config_file_poll_wait_seconds=config_poll, load_seconds=0.05, unload_seconds=0.05,
             max_num_load_retries=0, load_retry_interval_micros=1000, file_system_poll_wait_seconds=0.1,
         )  # fmt: skip
         tfs.start()
@@ -128,6 +128,29 @@ def test_heartbeats_go_to_one_key_one_put_each_and_a_change_is_reported_at_once(
     assert set(store.keys) == {KEY} and store.calls["write"] == len(store.keys)
     assert beat(store).stopping
     assert store.calls["list"] == 0 and store.calls["delete"] == 0
+
+
+def test_serving_is_what_tf_serving_resolves_the_label_to_not_the_config_written(
+    tmp_path: Path, file_store: str, savedmodels: dict[str, Path]
+) -> None:
+    """TF Serving applies a config at its next poll of the file (here every 2 s, the fleets' is 5): the heartbeat
+    says v2 serves only once TF Serving's label answers v2, so --wait never returns while the label still serves v1."""
+    publish(savedmodels["v1"], file_store, MODEL, label=STABLE)
+    store = FlakyStore(open_store(file_store))
+    with machine(tmp_path, store, interval=3600.0, config_poll=2.0) as (agent, tfs, _):
+        wait_until("the heartbeat says v1 serves", lambda: serving_version(store) == 1, WAIT)
+        publish(savedmodels["v2"], file_store, MODEL, label=STABLE)
+        seen: list[tuple[int | None, int | None]] = []
+
+        def reported_v2() -> bool:
+            got = serving_version(store)
+            seen.append((got, tfs.labels(MODEL).get(STABLE)))  # the heartbeat's word, then TF Serving's
+            return got == 2
+
+        wait_until("the heartbeat says v2 serves", reported_v2, WAIT)
+        assert all(truth == 2 for said, truth in seen if said == 2), seen
+        # the agent wrote the label's move before TF Serving took it: the heartbeat did not say so then
+        assert agent.entries[MODEL].labels[STABLE] == 2
 
 
 def test_heartbeats_keep_their_interval_when_nothing_changes(
@@ -367,7 +390,7 @@ def test_a_failing_store_backs_off_and_gets_no_last_word(tmp_path: Path, file_st
     stop = threading.Event()
     thread = threading.Thread(target=w.run, args=(stop,))
     thread.start()
-    time.sleep(3.5)
+    time.sleep(5.0)  # tries at 0, 2 (and 6) s
     stop.set()
     thread.join(timeout=30)
     # a state that changes at every look, and a store that refuses: 1 s, then 2 s apart, not every second
