@@ -109,8 +109,11 @@ def test_promote_wait_fails_on_a_version_that_does_not_load_and_rolls_back(
         assert get_manifest(store, MODEL).labels[STABLE] == 2
         assert main(["rollback", "--store", store, "--model", MODEL, "--wait", "--timeout", "60"]) == 0
 
-        # promote --wait --rollback-on-failure: stable goes back to v1, the history says who and why.
-        assert main(["label", "--store", store, "--model", MODEL, CANARY, "2"]) == 0
+        # promote --wait --rollback-on-failure of another bad version (a first attempt: a version tried again shows
+        # TF Serving's earlier END until it reads the new config, which the agent does not take for a new failure):
+        # stable goes back to v1, the history says who and why.
+        bad3 = failing_copy(savedmodels["v2"], tmp_path / "bad3", "INVALID_ARGUMENT: op not registered")
+        publish(bad3, store, MODEL, label=CANARY)
         capsys.readouterr()
         code = main(
             ["promote", "--store", store, "--model", MODEL, "--wait", "--timeout", "60", "--rollback-on-failure"]
@@ -120,9 +123,9 @@ def test_promote_wait_fails_on_a_version_that_does_not_load_and_rolls_back(
         m = get_manifest(store, MODEL)
         assert m.labels[STABLE] == 1
         last = m.history[-1]
-        assert (last.action, last.label, last.from_version, last.to_version) == ("auto-rollback", STABLE, 2, 1)
+        assert (last.action, last.label, last.from_version, last.to_version) == ("auto-rollback", STABLE, 3, 1)
         assert last.reason is not None and last.reason.startswith("auto-rollback: ")
-        assert "instances of the stable fleet failed to load v2" in last.reason and "op not registered" in last.reason
+        assert "instances of the stable fleet failed to load v3" in last.reason and "op not registered" in last.reason
         assert last.by
         wait_until("stable serves v1 again", lambda: converged_on(store, STABLE, 1, 2), WAIT)
 
