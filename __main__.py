@@ -1,12 +1,13 @@
-"""The Pulumi program: read the one validated stack config, build the cloud's stack, export its outputs."""
+"""The Pulumi program: read and check the one stack config, build the cloud's stack, export its outputs."""
 
 import pulumi
 
-from infra.config import PROJECT, ConfigError, from_pulumi
-from infra.stack import build_stack
+from infra.config import PROJECT, ConfigError
+from infra.stack import build_stack, program_config
 
 try:
-    config = from_pulumi(pulumi.get_stack(), pulumi.Config(PROJECT).get)
+    # The keys' rules, the warnings (pulumi.log.warn), then what a deployment cannot use: all before any cloud call.
+    config = program_config(pulumi.get_stack(), pulumi.Config(PROJECT).get)
 except ConfigError as e:
     raise pulumi.RunError(str(e)) from None
 

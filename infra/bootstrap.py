@@ -2,13 +2,15 @@
 
 The GCP stack puts ``render_user_data(args)`` in the instance template's ``user-data`` metadata; the AWS stack
 base64-encodes it into the launch template's ``user_data``. Everything a VM needs is in the document, so any change
-(image, flags, agent wheel hash) changes the template and rolls the fleet.
+(image, flags, agent bundle hash) changes the template and rolls the fleet.
 
-On the VM: Docker runs TF Serving (``tfserving.service``) from local disk only; the modelfleet agent, installed into
-``/opt/modelfleet/venv`` from this repo's wheel in the store, first writes the start-up config from local state with
-no store request (``modelfleet-sync.service``, ordered before TF Serving) and then syncs and serves the health check
-(``modelfleet-agent.service``). On AWS a
-fourth unit (``modelfleet-livez.service``) reports the agent's liveness to the auto scaling group (docs/aws.md).
+On the VM: Docker runs TF Serving (``tfserving.service``) from local disk only, its image pulled from the registry
+the stack names (the stack's own Artifact Registry remote repository or ECR pull-through cache, logged in to with the
+VM's identity, or a mirror); the modelfleet agent, installed into ``/opt/modelfleet/venv`` from the agent bundle in
+the store with no package index (``pip install --no-index --require-hashes``), first writes the start-up config from
+local state with no store request (``modelfleet-sync.service``, ordered before TF Serving) and then syncs and serves
+the health check (``modelfleet-agent.service``). On AWS a fourth unit (``modelfleet-livez.service``) reports the
+agent's liveness to the auto scaling group (docs/aws.md).
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ UNIT_DIR = "/etc/systemd/system"
 TFS_CONTAINER = "tfserving"
 TFS_UNIT, SYNC_UNIT, AGENT_UNIT = "tfserving.service", "modelfleet-sync.service", "modelfleet-agent.service"
 LIVEZ_UNIT = "modelfleet-livez.service"  # AWS only
-LIVEZ_REPORT = f"{AGENT_HOME}/livez_report.py"
+LIVEZ_REPORT = f"{AGENT_HOME}/livez_report.py"  # from the agent bundle (infra.agent_package.BUNDLED_SCRIPTS)
+REGISTRY_LOGIN = f"{AGENT_HOME}/registry_login.py"  # from the agent bundle too
+FETCH_OBJECT = f"{AGENT_HOME}/fetch_object.py"  # the cloud's store fetcher (templates/fetch_gs.py, fetch_s3.py)
+FETCHERS: Mapping[str, str] = {"gcp": "fetch_gs.py", "aws": "fetch_s3.py"}
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # A version that fails to load is retried this often, this far apart. TF Serving's defaults (5 retries, 60 s apart) hold
@@ -104,12 +109,22 @@ FLOATING_TAGS = frozenset({"latest", "latest-gpu", "nightly", "nightly-gpu"})
 # Every value that lands in a systemd ExecStart= line matches this: no quoting, no %-specifiers, no $-expansion.
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_.,:/@+=-]+$")
 _FLAG = re.compile(r"^--([a-z][a-z0-9_]*)(?:=([A-Za-z0-9_.,:/@+=-]*))?$")
-_IMAGE = re.compile(
-    r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+# A Docker image reference, [registry/]repository[:tag][@sha256:digest]. Which first component is a registry host is
+# Docker's own rule (``parse_image``): one with a '.' or a ':', or 'localhost'; else the image is on Docker Hub.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:(?P<registry>[a-z0-9-]+(?:\.[a-z0-9-]+)*(?::[0-9]+)?)/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
 )
+DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+# Registries the VM logs in to with its own identity before pulling (templates/registry_login.py: same patterns).
+_LOGIN_HOSTS = (
+    re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev$"),  # GCP Artifact Registry
+    re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?$"),  # AWS ECR
+)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_WHEEL_NAME = re.compile(r"^modelfleet-[A-Za-z0-9_.+!]+-py3-none-any\.whl$")
+# The agent bundle's file name (infra.agent_package.bundle_name).
+_BUNDLE_NAME = re.compile(r"^modelfleet-[A-Za-z0-9_.+!]+-agent-cp3\d+-manylinux_\d+_\d+_[a-z0-9_]+\.zip$")
 
 
 def _field_error(field: str, value: object, valid: str) -> BadInput:
@@ -119,10 +134,11 @@ def _field_error(field: str, value: object, valid: str) -> BadInput:
 
 @dataclass(frozen=True)
 class AgentWheel:
-    """This repo's wheel in the store (``infra.agent_package.build_agent_wheel`` + ``agent_wheel_uri``)."""
+    """The agent bundle in the store: the agent wheel and its dependency wheels (``infra.agent_package``
+    ``build_agent_bundle`` + ``agent_wheel_uri``); the VM installs it with no package index."""
 
-    uri: str  # gs://bucket/prefix/_agent/<sha256>/modelfleet-0.1.0-py3-none-any.whl
-    sha256: str
+    uri: str  # gs://bucket/prefix/_agent/<sha256>/modelfleet-0.2.0-agent-cp312-manylinux_2_39_x86_64.zip
+    sha256: str  # of the bundle zip
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,10 @@ class BootstrapArgs:
     models: tuple[str, ...]
     role: str  # model_export.constants.ROLES
     agent_wheel: AgentWheel
-    tfs_image: str = DEFAULT_TFS_IMAGE  # pinned tag; the "-gpu" variant when gpu=True
+    # [registry/]repository[:tag][@sha256:digest]: a version tag (the "-gpu" variant when gpu=True) or a digest. The
+    # stacks pass the reference through their own registry (``mirror_image``); the VM logs in to the registries of
+    # ``_LOGIN_HOSTS`` with its own identity.
+    tfs_image: str = DEFAULT_TFS_IMAGE
     gpu: bool = False  # needs a GPU image with the NVIDIA driver, Docker and the NVIDIA container toolkit
     batching: Batching | None = None  # infra.config's; None or enabled=False: --enable_batching off
     model_config_poll_seconds: int = MODEL_CONFIG_POLL_SECONDS  # --model_config_file_poll_wait_seconds
@@ -190,10 +209,13 @@ class BootstrapArgs:
         elif self.aws_region is not None:
             raise _field_error("aws_region", self.aws_region, "leave it unset on gcp")
         _check_uri("agent_wheel.uri", self.agent_wheel.uri, scheme, self.cloud)
-        wheel_name = self.agent_wheel.uri.rsplit("/", 1)[-1]
-        if not _WHEEL_NAME.match(wheel_name):
+        bundle_name = self.agent_wheel.uri.rsplit("/", 1)[-1]
+        if not _BUNDLE_NAME.match(bundle_name):
             raise _field_error(
-                "agent_wheel.uri", self.agent_wheel.uri, "it must end in modelfleet-<version>-py3-none-any.whl"
+                "agent_wheel.uri",
+                self.agent_wheel.uri,
+                "it must name the agent bundle, modelfleet-<version>-agent-<python>-<platform>.zip "
+                "(infra.agent_package.build_agent_bundle)",
             )
         if not _SHA256.match(self.agent_wheel.sha256):
             raise _field_error("agent_wheel.sha256", self.agent_wheel.sha256, "use 64 lowercase hex digits")
@@ -226,10 +248,12 @@ def fleet_bootstrap_args(
     store_uri: str,
     wheel: AgentWheel,
     drain_wait_seconds: int = DEFAULT_DRAIN_WAIT_SECONDS,
+    tfs_image: str | None = None,
 ) -> BootstrapArgs:
     """What a fleet of ``role`` in the stack ``cfg`` boots with (both clouds). ``drain_wait_seconds`` comes from the
     stack's load balancer checks (``drain_wait_seconds(...)``); the fleet size for the drain slots is the role's
-    minimum replica count (never more than what runs: see ``modelfleet.agent.lease``)."""
+    minimum replica count (never more than what runs: see ``modelfleet.agent.lease``). ``tfs_image``: the reference
+    the VMs pull, when the stack serves ``cfg.tfs_image`` through its own registry (``mirror_image``)."""
     size = cfg.stable if role == STABLE else cfg.canary
     return BootstrapArgs(
         cloud=cast(Cloud, cfg.cloud),  # load_config admits only gcp and aws
@@ -238,7 +262,7 @@ def fleet_bootstrap_args(
         models=cfg.models,
         role=role,
         agent_wheel=wheel,
-        tfs_image=cfg.tfs_image,
+        tfs_image=tfs_image or cfg.tfs_image,
         gpu=cfg.gpu,
         batching=cfg.batching,
         model_config_poll_seconds=cfg.model_config_poll_seconds,
@@ -262,15 +286,72 @@ def _check_uri(field: str, uri: str, scheme: str, cloud: str) -> None:
         raise _field_error(field, uri, "use only [A-Za-z0-9_.,:/@+=-] in the path")
 
 
-def _check_image(image: str, gpu: bool) -> None:
-    match = _IMAGE.match(image)
+@dataclass(frozen=True)
+class ImageRef:
+    """A parsed image reference. ``registry`` None: Docker Hub (``path`` then has its ``library/`` namespace)."""
+
+    registry: str | None
+    path: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def on_docker_hub(self) -> bool:
+        return self.registry is None
+
+    @property
+    def version(self) -> str:
+        """``:tag``, ``@digest`` or both, as the reference spells them."""
+        return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+    def __str__(self) -> str:
+        return f"{self.registry + '/' if self.registry else ''}{self.path}{self.version}"
+
+
+def parse_image(image: str, field: str = "tfs_image") -> ImageRef:
+    """Split a reference by Docker's rules; raises ``BadInput`` naming ``field`` if it is not one."""
+    match = IMAGE_REFERENCE.match(image) if isinstance(image, str) else None
     if not match:
-        raise _field_error("tfs_image", image, f"use a Docker reference such as {DEFAULT_TFS_IMAGE!r}")
-    tag = match.group("tag")
+        example = f"{DEFAULT_TFS_IMAGE!r} or 'registry.example.com/tfs/serving:2.20.0@sha256:<64 hex>'"
+        raise _field_error(field, image, f"use a Docker reference such as {example}")
+    registry, path = match.group("registry"), match.group("path")
+    if registry is not None and "." not in registry and ":" not in registry and registry != "localhost":
+        registry, path = None, f"{registry}/{path}"  # 'tensorflow/serving': a Docker Hub namespace, not a host
+    if registry in DOCKER_HUB_HOSTS:
+        registry = None
+    if registry is None and "/" not in path:
+        path = f"library/{path}"  # Docker Hub's official images
+    return ImageRef(registry, path, match.group("tag"), match.group("digest"))
+
+
+def mirror_image(image: str, registry_base: str) -> str:
+    """``image`` (on Docker Hub) pulled through the Docker Hub mirror at ``registry_base`` (``host/path``, e.g. an
+    Artifact Registry remote repository ``europe-west1-docker.pkg.dev/proj/repo`` or an ECR pull-through cache
+    prefix ``123456789012.dkr.ecr.eu-west-1.amazonaws.com/docker-hub``): same path, tag and digest."""
+    ref = parse_image(image)
+    if not ref.on_docker_hub:
+        raise _field_error("tfs_image", image, "only a Docker Hub image can be pulled through the Docker Hub mirror")
+    return f"{registry_base.rstrip('/')}/{ref.path}{ref.version}"
+
+
+def registry_login_host(image: str) -> str | None:
+    """The registry host the VM logs in to before pulling ``image`` (its own registry), or None."""
+    registry = parse_image(image).registry
+    host = registry.split(":", 1)[0] if registry else None
+    return registry if host and any(p.match(host) for p in _LOGIN_HOSTS) else None
+
+
+def _check_image(image: str, gpu: bool) -> None:
+    ref = parse_image(image)
+    tag = ref.tag
+    if tag is None and ref.digest is None:
+        raise _field_error("tfs_image", image, f"pin a version tag or a digest, e.g. {DEFAULT_TFS_IMAGE!r}")
+    if tag in FLOATING_TAGS and ref.digest is None:
+        raise _field_error(
+            "tfs_image", image, f"tag {tag!r} floats; pin a version or a digest, e.g. {DEFAULT_TFS_IMAGE!r}"
+        )
     if tag is None:
-        raise _field_error("tfs_image", image, f"pin a version tag, e.g. {DEFAULT_TFS_IMAGE!r}")
-    if tag in FLOATING_TAGS:
-        raise _field_error("tfs_image", image, f"tag {tag!r} floats; pin a version, e.g. {DEFAULT_TFS_IMAGE!r}")
+        return  # a digest alone: the variant cannot be told from the name
     if gpu and not tag.endswith("-gpu"):
         raise _field_error("tfs_image", image, f"gpu=True needs the -gpu variant, e.g. '{DEFAULT_TFS_IMAGE}-gpu'")
     if not gpu and tag.endswith("-gpu"):
@@ -366,6 +447,11 @@ def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
     ]
 
 
+def _login_lines(host: str) -> list[list[str]]:
+    """Docker's login to the stack's own registry with the VM's identity (templates/registry_login.py)."""
+    return [[f"{AGENT_HOME}/venv/bin/python", REGISTRY_LOGIN, host]]
+
+
 def _livez_lines() -> list[list[str]]:
     """The liveness report's command: URL, lifecycle hook, seconds between probes, failures before Unhealthy."""
     return [
@@ -400,15 +486,18 @@ def units(args: BootstrapArgs) -> dict[str, str]:
     agent_service = template("agent-service.conf")
     command = _exec_line(_agent_lines(args))
     gpu_check = "ExecStartPre=/usr/bin/nvidia-smi --list-gpus\n" if args.gpu else ""
+    login_host = registry_login_host(args.tfs_image)
+    # '-': a failed login must not keep TF Serving down when its image is already on disk (--pull=missing).
+    login = f"ExecStartPre=-{_exec_line(_login_lines(login_host))}\n" if login_host else ""
     aws: dict[str, str] = {}
     if args.cloud == "aws":
         aws[LIVEZ_UNIT] = _fill(LIVEZ_UNIT, agent_service=agent_service, report_command=_exec_line(_livez_lines()))
     return {
         TFS_UNIT: _fill(
             TFS_UNIT,
-            image=args.tfs_image,
             container=TFS_CONTAINER,
             gpu_check=gpu_check,
+            registry_login=login,
             docker_run=_exec_line(_docker_run_lines(args)),
         ),
         SYNC_UNIT: _fill(SYNC_UNIT, agent_service=agent_service, agent_command=command),
@@ -418,7 +507,7 @@ def units(args: BootstrapArgs) -> dict[str, str]:
 
 
 def agent_env(args: BootstrapArgs) -> str:
-    """The agent units' EnvironmentFile (also read by install-agent.sh)."""
+    """The agent units' EnvironmentFile (also read by install-agent.sh: the bundle's URI and sha256)."""
     env = {
         "MODELFLEET_WHEEL_URI": args.agent_wheel.uri,
         "MODELFLEET_WHEEL_SHA256": args.agent_wheel.sha256,
@@ -440,7 +529,8 @@ def cloud_config(args: BootstrapArgs) -> dict[str, Any]:
     """The cloud-config as data (``render_user_data`` serialises it)."""
     files = [
         _file(f"{AGENT_HOME}/install-agent.sh", template("install-agent.sh"), "0755"),
-        _file(f"{AGENT_HOME}/requirements.txt", template("agent-requirements.txt")),
+        # Fetches the agent bundle before anything is installed; the bundle brings the rest (LIVEZ_REPORT too).
+        _file(FETCH_OBJECT, template(FETCHERS[args.cloud]), "0755"),
         _file(AGENT_ENV_FILE, agent_env(args)),
         _file(MONITORING_CONFIG_PATH, monitoring_config()),
         # The agent owns this file from its first sync on; write_files runs on the first boot only.
@@ -448,8 +538,6 @@ def cloud_config(args: BootstrapArgs) -> dict[str, Any]:
     ]
     if args.enabled_batching is not None:
         files.append(_file(BATCHING_CONFIG_PATH, batching_config(args.enabled_batching)))
-    if args.cloud == "aws":
-        files.append(_file(LIVEZ_REPORT, template("livez_report.py"), "0755"))
     files += [_file(f"{UNIT_DIR}/{name}", text) for name, text in units(args).items()]
     started = [TFS_UNIT, AGENT_UNIT] + ([LIVEZ_UNIT] if args.cloud == "aws" else [])
     # GPU images ship Docker (docker-ce) with the NVIDIA toolkit; Ubuntu's docker.io would conflict with it.

@@ -6,6 +6,7 @@
 - ``HealthCheck``: how often and how patiently a health check probes the agent.
 - User data: both fleets take the rendered cloud-config text (``fleet_user_data``) as ``user_data``.
 - ``traffic_weights``: the stable / canary split both load balancers apply.
+- ``canary_traffic_order``: which of the canary's capacity and its traffic changes first in one ``pulumi up``.
 Time settings are ``*_seconds`` everywhere.
 """
 
@@ -20,6 +21,9 @@ from infra.config import FleetSize, StackConfig
 from model_export.constants import CANARY, STABLE
 
 Metric = Literal["cpu", "requests"]
+# "capacity-first": the canary fleet's size changes (and, where the provider can, is waited for) before the load
+# balancer resources that send it traffic; "traffic-first": those resources stop sending it traffic first.
+TrafficOrder = Literal["capacity-first", "traffic-first"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,15 @@ def traffic_weights(canary_weight_percent: int) -> dict[str, int]:
     """``{stable: 100 - w, canary: w}``; refuses a weight outside the ``canaryWeightPercent`` range."""
     config.validate("canaryWeightPercent", canary_weight_percent)
     return {STABLE: 100 - canary_weight_percent, CANARY: canary_weight_percent}
+
+
+def canary_traffic_order(canary_fleet_runs: bool) -> TrafficOrder:
+    """The order of one ``pulumi up`` that changes the canary: a canary fleet that runs (``StackConfig.
+    canary_fleet_runs``) gets its VMs before any weight or label route sends to it (capacity first); one that stops
+    running loses its weight and routes before its VMs go (traffic first). Pulumi updates a resource after the
+    resources it depends on, so each cloud's stack turns this into ``depends_on`` between the canary's capacity
+    resource and the load balancer resources that carry its traffic (docs/gcp.md, docs/aws.md "Canary on and off")."""
+    return "capacity-first" if canary_fleet_runs else "traffic-first"
 
 
 def store_uri(scheme: str, bucket: str, prefix: str) -> str:

@@ -136,6 +136,24 @@ def _models(value: Sequence[str]) -> None:
         raise Invalid(str(e)) from None
 
 
+def _image_reference(value: str) -> None:
+    """``[registry/]repository[:tag][@sha256:digest]`` with a tag or a digest, never a floating tag without a
+    digest: Docker's reference grammar, as ``infra.bootstrap.parse_image`` reads it."""
+    if not value:
+        return
+    from infra.bootstrap import FLOATING_TAGS, IMAGE_REFERENCE  # the bootstrap imports this module
+
+    match = IMAGE_REFERENCE.match(value)
+    example = "'tensorflow/serving:2.20.0@sha256:<64 hex>' or 'registry.example.com/tfs/serving:2.20.0'"
+    if not match:
+        raise Invalid(f"a Docker reference such as {example}")
+    tag, digest = match.group("tag"), match.group("digest")
+    if tag is None and digest is None:
+        raise Invalid(f"pin a version tag or a digest, e.g. {example}")
+    if tag in FLOATING_TAGS and digest is None:
+        raise Invalid(f"tag {tag!r} floats; pin a version or a digest")
+
+
 def _stable_min_replicas(value: int) -> None:
     _between(0, 1000)(value)
     if value < 1:
@@ -182,6 +200,7 @@ def _disk_size(value: int) -> None:
 _PROJECT_ID = r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$"
 _STORE_PREFIX = r"^[a-z0-9][a-z0-9/_.-]*[a-z0-9]$"
 _TAG = r"^\d+\.\d+\.\d+$"  # a release; never `latest`
+_S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 REGIONS: Mapping[str, re.Pattern[str]] = {
     "gcp": re.compile(r"^[a-z]+-[a-z]+\d+$"),
     "aws": re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d$"),  # also us-gov-west-1, ap-southeast-1, us-isob-east-1
@@ -252,7 +271,13 @@ KEYS: tuple[Key, ...] = (
         '4 x the models\' size (3 kept versions + 1 downloading) + 10 % (docs/agent.md "Disk size").',
         check=_disk_size,
     ),
-    Key("gpu", "boolean", False, "Serve with the GPU image of TF Serving (and a GPU on each VM)."),
+    Key(
+        "gpu",
+        "boolean",
+        False,
+        "Serve with the GPU image of TF Serving (and a GPU on each VM). On GCP `pulumi up` refuses it: the GPU machine "
+        'image is not documented to carry Docker and the NVIDIA container toolkit (README "Deploying for real").',
+    ),
     Key(
         "gpuType",
         "string",
@@ -266,6 +291,30 @@ KEYS: tuple[Key, ...] = (
         TFS_VERSION,
         "TF Serving image tag (`tensorflow/serving:<tag>`); never `latest`.",
         check=_matches(_TAG, "pin a release such as 2.20.0 (never latest)"),
+    ),
+    Key(
+        "tfServingImage",
+        "string",
+        "",
+        "TF Serving image, `[registry/]repository[:tag][@sha256:digest]`; empty = `tensorflow/serving:"
+        "<tfServingVersion>[-gpu]`. A Docker Hub image is pulled through the stack's own registry (GCP Artifact "
+        "Registry remote repository, AWS ECR pull-through cache); one with a registry host is used as it is (your "
+        "mirror). Pin a digest.",
+        check=_image_reference,
+    ),
+    Key(
+        "dockerHubCredentialArn",
+        "string",
+        "",
+        "ARN of a Secrets Manager secret named `ecr-pullthroughcache/...` holding a Docker Hub `username` and "
+        "`accessToken` (ECR's pull-through cache of Docker Hub needs one). Empty: the VMs pull a Docker Hub image "
+        "from Docker Hub through the NAT.",
+        ("aws",),
+        check=_matches(
+            r"^arn:aws(-cn|-us-gov)?:secretsmanager:[a-z0-9-]+:\d{12}:secret:ecr-pullthroughcache/[A-Za-z0-9/_+=.@-]+$",
+            "the ARN of a Secrets Manager secret whose name starts with ecr-pullthroughcache/",
+            allow_empty=True,
+        ),
     ),
     Key("stableMinReplicas", "integer", 2, "Minimum VMs of the stable fleet.", check=_stable_min_replicas),
     Key("stableMaxReplicas", "integer", 6, "Maximum VMs of the stable fleet.", check=_between(1, 1000)),
@@ -381,7 +430,7 @@ KEYS: tuple[Key, ...] = (
         "allowedSourceCidrs",
         "array",
         [],
-        "Client CIDRs admitted to the load balancer; empty = nobody.",
+        "Client CIDRs admitted to the load balancer; empty = nobody (`modelfleet plan` and `pulumi up` warn).",
         check=_cidrs,
     ),
     Key("enableHttps", "boolean", False, "Serve HTTPS (and redirect HTTP to it)."),
@@ -391,8 +440,9 @@ KEYS: tuple[Key, ...] = (
         "enableGrpc",
         "boolean",
         False,
-        "Expose TF Serving's gRPC port through a load balancer of the stack (opt-in: on GCP that network load "
-        "balancer also reaches TF Serving's admin API; on AWS it needs `enableHttps`).",
+        "Expose TF Serving's prediction service over gRPC through the stack's load balancer (HTTP/2 over TLS, so it "
+        "needs `enableHttps`; only `/tensorflow.serving.PredictionService/*` is forwarded, never TF Serving's admin "
+        "API). On GCP it needs `autoscalingMetric: cpu`.",
     ),
     Key("existingNetwork", "string", "", "Use this VPC (GCP network self link / AWS VPC id) instead of creating one."),
     Key(
@@ -415,8 +465,24 @@ KEYS: tuple[Key, ...] = (
         "Address range of the VPC the stack creates (GCP: the subnet's).",
         check=_network_cidr,
     ),
-    Key("accessLogsBucket", "string", "", "Bucket for load balancer access logs; empty = off.", ("aws",)),
-    Key("deletionProtection", "boolean", False, "Protect the load balancer and bucket from deletion (prod: true)."),
+    Key(
+        "accessLogsBucket",
+        "string",
+        "",
+        "S3 bucket for the load balancer's access logs; empty = off. It must already exist in the stack's region, "
+        "use SSE-S3 encryption and have a bucket policy that lets Elastic Load Balancing write under "
+        '`modelfleet/<stack>/` (README "Deploying for real"); the stack does not create or check it.',
+        ("aws",),
+        check=_matches(_S3_BUCKET, "expected an S3 bucket name (3-63 of a-z, 0-9, . and -)", allow_empty=True),
+    ),
+    Key(
+        "deletionProtection",
+        "boolean",
+        False,
+        "Protect every resource of the stack (Pulumi `protect`, plus the load balancer's and bucket's own deletion "
+        "protection) except those a routine `pulumi up` replaces; lift it to remove or replace anything else "
+        "(prod: true).",
+    ),
 )
 BY_NAME = {k.name: k for k in KEYS}
 
@@ -440,20 +506,45 @@ def _check_across_keys(cloud: str, v: Mapping[str, Any]) -> None:
                 f"{PROJECT}:{role}MinReplicas = {lo} is greater than {PROJECT}:{role}MaxReplicas = {hi}; "
                 "min must be at most max"
             )
+    if (v["canaryWeightPercent"] > 0 or v["canaryKeepWarm"]) and v["canaryMinReplicas"] == 0:
+        raise ConfigError(
+            f"{PROJECT}:canaryMinReplicas = 0 is invalid; the canary fleet needs at least 1 VM while it runs "
+            "(canaryWeightPercent > 0 or canaryKeepWarm)"
+        )
+    if v["enableGrpc"] and not v["enableHttps"]:
+        why = {
+            "aws": "an ALB takes gRPC only on HTTPS listeners); set enableGrpc to false or enable HTTPS with a "
+            "certificateArn",
+            "gcp": "gRPC clients reach the Application Load Balancer with HTTP/2 over TLS); set enableGrpc to false or "
+            "enable HTTPS with httpsDomains",
+        }
+        raise ConfigError(f"{PROJECT}:enableGrpc = true needs {PROJECT}:enableHttps on {cloud} ({why[cloud]}")
+    if cloud == "gcp" and v["enableGrpc"] and v["autoscalingMetric"] == "requests":
+        from infra.gcp.load_balancer import GRPC_AUTOSCALING  # the gcp module imports this one
+
+        raise ConfigError(
+            f"{PROJECT}:autoscalingMetric = 'requests' cannot work with {PROJECT}:enableGrpc on gcp: "
+            f"{GRPC_AUTOSCALING}; set autoscalingMetric to cpu, or enableGrpc to false"
+        )
     if cloud == "aws":
         ipv6 = [c for c in v["allowedSourceCidrs"] if ":" in c]
         if ipv6:
             raise bad_value("allowedSourceCidrs", ipv6[0], "the AWS load balancer is IPv4-only")
-        if v["enableGrpc"] and not v["enableHttps"]:
-            raise ConfigError(
-                f"{PROJECT}:enableGrpc = true needs {PROJECT}:enableHttps on aws (an ALB takes gRPC only on HTTPS "
-                "listeners); set enableGrpc to false or enable HTTPS with a certificateArn"
-            )
     if v["enableHttps"]:
         if cloud == "gcp" and not v["httpsDomains"]:
             raise ConfigError(f"{PROJECT}:httpsDomains is required when enableHttps is true on gcp: list the domains")
         if cloud == "aws" and not v["certificateArn"].startswith("arn:aws"):
             raise bad_value("certificateArn", v["certificateArn"], "enableHttps on aws needs an ACM certificate ARN")
+    image = v["tfServingImage"]
+    if image:
+        tag = image.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
+        if v["tfServingVersion"] != TFS_VERSION:
+            raise ConfigError(
+                f"{PROJECT}:tfServingImage and {PROJECT}:tfServingVersion are both set; set one (the image's tag or "
+                "digest names the version)"
+            )
+        if tag and tag.endswith("-gpu") != v["gpu"]:
+            raise bad_value("tfServingImage", image, "a -gpu tag goes with gpu: true, and gpu: true needs a -gpu tag")
     if v["existingNetwork"]:
         if not v["existingInstanceSubnets"]:
             raise ConfigError(f"{PROJECT}:existingInstanceSubnets is required when existingNetwork is set")
@@ -516,6 +607,7 @@ class StackConfig:
     gpu: bool
     gpu_type: str
     tfs_image: str
+    docker_hub_credential_arn: str | None  # aws: the secret ECR's pull-through cache of Docker Hub uses
     stable: FleetSize
     canary: FleetSize
     canary_weight_percent: int
@@ -631,7 +723,8 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         disk_size_gb=v["diskSizeGb"] or DEFAULT_DISK_GB[cloud, v["gpu"]],
         gpu=v["gpu"],
         gpu_type=v["gpuType"],
-        tfs_image=f"{TFS_IMAGE_REPOSITORY}:{v['tfServingVersion']}{suffix}",
+        tfs_image=v["tfServingImage"] or f"{TFS_IMAGE_REPOSITORY}:{v['tfServingVersion']}{suffix}",
+        docker_hub_credential_arn=v["dockerHubCredentialArn"] or None,
         stable=FleetSize(v["stableMinReplicas"], v["stableMaxReplicas"]),
         canary=FleetSize(v["canaryMinReplicas"], v["canaryMaxReplicas"]),
         canary_weight_percent=v["canaryWeightPercent"],
@@ -664,6 +757,81 @@ def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
         access_logs_bucket=v["accessLogsBucket"] or None,
         deletion_protection=v["deletionProtection"],
     )
+
+
+# --- values that validate but cannot be deployed ----------------------------------------------------------------
+
+# The example values the shipped stack files (stacks/) carry where every user must put their own. They pass the keys'
+# rules, so `modelfleet plan` draws the example's graph; `pulumi up` refuses them before any cloud call
+# (`infra.stack.check_deployable`), naming each key to set.
+EXAMPLE_AWS_ACCOUNT = "123456789012"  # the account AWS's documentation uses in its example ARNs
+EXAMPLE_DOMAINS = ("example.com", "example.net", "example.org")  # reserved for documentation (RFC 2606)
+EXAMPLE_VALUES: Mapping[str, tuple[str, ...]] = {
+    "gcpProject": ("acme-ml-staging", "acme-ml-prod"),
+    "accessLogsBucket": ("acme-lb-access-logs",),
+}
+
+
+def _example_domain(domain: str) -> bool:
+    host = domain.lower().rstrip(".")
+    return any(host == d or host.endswith(f".{d}") for d in EXAMPLE_DOMAINS)
+
+
+def example_values(cfg: StackConfig) -> list[str]:
+    """What still carries an example value, one finding per key: ``modelfleet:<key> <value> is ...: set ...``."""
+    found: list[str] = []
+    if cfg.gcp_project in EXAMPLE_VALUES["gcpProject"]:
+        found.append(f"{PROJECT}:gcpProject {cfg.gcp_project!r} is an example value: set your GCP project id")
+    examples = [d for d in cfg.https_domains if _example_domain(d)]
+    if examples:
+        found.append(
+            f"{PROJECT}:httpsDomains {examples[0]!r} is a documentation domain no certificate is issued for: "
+            "set the domains your clients call"
+        )
+    account = f":{EXAMPLE_AWS_ACCOUNT}:"
+    for key, value, what in (
+        ("certificateArn", cfg.certificate_arn, "ACM certificate"),
+        ("kmsKey", cfg.kms_key, "KMS key"),
+    ):
+        if value and account in value:
+            found.append(
+                f"{PROJECT}:{key} {value!r} names AWS's documentation account {EXAMPLE_AWS_ACCOUNT}: "
+                f"set the ARN of your {what} in {cfg.region}"
+            )
+    if cfg.access_logs_bucket in EXAMPLE_VALUES["accessLogsBucket"]:
+        found.append(
+            f"{PROJECT}:accessLogsBucket {cfg.access_logs_bucket!r} is an example value: set an existing S3 bucket "
+            f"in {cfg.region}, encrypted with SSE-S3, whose bucket policy lets Elastic Load Balancing write logs "
+            '(README "Deploying for real"), or "" for no access logs'
+        )
+    return found
+
+
+# What an empty client allow-list does on each cloud's load balancer.
+NOBODY_ADMITTED: Mapping[str, str] = {
+    "gcp": "Cloud Armor answers 403 to every request",
+    "aws": "its security group drops every connection",
+}
+
+
+def config_warnings(cfg: StackConfig) -> list[str]:
+    """Valid, deployable settings that are probably not what was meant: `plan` prints them, `pulumi up` warns."""
+    out = []
+    if not cfg.allowed_source_cidrs:
+        out.append(
+            f"{PROJECT}:allowedSourceCidrs is empty: the load balancer admits no client "
+            f"({NOBODY_ADMITTED[cfg.cloud]}); list your clients' ranges, e.g. pulumi config set --path "
+            "'allowedSourceCidrs[0]' 203.0.113.0/24"
+        )
+    from infra.bootstrap import parse_image
+
+    if cfg.cloud == "aws" and cfg.docker_hub_credential_arn is None and parse_image(cfg.tfs_image).on_docker_hub:
+        out.append(
+            f"{PROJECT}:dockerHubCredentialArn is empty: every VM pulls {cfg.tfs_image} from Docker Hub through the "
+            "NAT (one anonymous pull quota for the whole fleet); set it (ECR then caches the image in the stack's "
+            f"account) or set {PROJECT}:tfServingImage to your mirror"
+        )
+    return out
 
 
 # --- where values come from -------------------------------------------------------------------------------------

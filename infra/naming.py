@@ -9,6 +9,16 @@
 
 Renaming a resource makes Pulumi replace it. The stacks pass the names a component had before (``renamed_from``)
 as aliases, so an existing stack keeps its resources (see docs/gcp.md and docs/aws.md, "Names").
+
+One stack, one set of cloud names: the slug of a stack name that is already a cloud name (lowercase letters,
+digits, '-') is the name itself, so two such stacks never share a slug (long ones are cut with a hash of the whole
+name). A name that is not (``prod_eu``, ``Prod``) shares its slug with the one that is (``prod-eu``, ``prod``:
+``canonical_stack_name``). On GCP the service account ids and the default bucket name come from the slug, so the
+second of two such stacks would fail with 409: ``infra.stack.check_deployable`` refuses the name before any cloud
+call and says how to rename the stack without renaming anything in the cloud. A suffix that made such names unique
+was not chosen: an existing stack with such a name would get new account ids and a new, empty bucket. AWS autonames
+every name two such stacks could share (Pulumi's random suffix, S3's bucket prefix) and keeps the exact stack name in
+IAM paths and tags, so there they are accepted.
 """
 
 from __future__ import annotations
@@ -54,6 +64,11 @@ def shorten(text: str, limit: int, seed: str | None = None) -> str:
 def slug(text: str, limit: int = STACK_SLUG_MAX) -> str:
     """``text`` (a stack name) as a name fragment: ``normalize``d, at most ``limit`` characters."""
     return shorten(normalize(text) or "stack", limit, seed=text)
+
+
+def canonical_stack_name(stack: str) -> str:
+    """The stack name that is its own slug and that ``stack`` shares its slug with: ``Prod`` -> ``prod``."""
+    return normalize(stack) or "stack"
 
 
 def stack_prefix(stack: str) -> str:

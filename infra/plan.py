@@ -1,9 +1,14 @@
-"""`modelfleet plan`: the resource tree of a stack file with its key settings, evaluated offline."""
+"""`modelfleet plan`: the resource tree of a stack file with its key settings, evaluated offline, and the peak of
+vCPUs a rolling update needs (``rolling_update_peak``) with the quotas to check for it."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from infra.config import StackConfig
@@ -100,6 +105,222 @@ def _short_type(type_: str) -> str:
     return f"{parts[0]}:{parts[-1]}" if len(parts) == 3 else type_
 
 
+# --- the vCPUs a rolling update needs ---------------------------------------------------------------------------
+#
+# While a new template rolls in, a fleet runs its old VMs and the new ones beside them: a GCP regional MIG creates up
+# to `maxSurgeFixed` VMs above its target size (and removes none first: maxUnavailable 0), one per VM it replaces;
+# an AWS instance refresh and the instance maintenance policy keep up to `maxHealthyPercentage` (200 %) of the
+# desired capacity in service or pending. At the top of its range a fleet therefore needs (max + surge) VMs, and both
+# fleets roll at once when a change reaches both templates (a TF Serving or agent upgrade). The numbers come from the
+# planned graph (autoscaler / group maximum, update policy, machine type), not from the config.
+
+# vCPUs of GCP machine types whose name does not end with the count (`<family>-<kind>-<vCPUs>`, `*-custom-<vCPUs>-*`).
+GCP_VCPUS: Mapping[str, int] = {
+    "e2-micro": 2,
+    "e2-small": 2,
+    "e2-medium": 2,
+    "f1-micro": 1,
+    "g1-small": 1,
+    **{f"a2-highgpu-{n}g": 12 * n for n in (1, 2, 4, 8)},
+    "a2-megagpu-16g": 96,
+    **{f"a2-ultragpu-{n}g": 12 * n for n in (1, 2, 4, 8)},
+    **{f"a3-highgpu-{n}g": 26 * n for n in (1, 2, 4, 8)},
+    "a3-megagpu-8g": 208,
+    "a3-edgegpu-8g": 208,
+}
+# vCPUs of AWS sizes below `large` (x86 burstable types); from `large` on: large 2, xlarge 4, <n>xlarge 4n.
+AWS_SMALL_VCPUS: Mapping[str, int] = {
+    **{f"t2.{size}": 1 for size in ("nano", "micro", "small")},
+    "t2.medium": 2,
+    **{f"{family}.{size}": 2 for family in ("t3", "t3a") for size in ("nano", "micro", "small", "medium")},
+}
+_GCP_COUNT = re.compile(r"^(?:[a-z0-9]+-)?(?:custom-(\d+)-\d+(?:-ext)?|[a-z0-9]+-[a-z]+-(\d+)(?:-lssd)?)$")
+_AWS_SIZE = re.compile(r"^[a-z0-9-]+\.(?:(\d*)xlarge|large)$")
+
+
+def vcpus(cloud: str, machine_type: str) -> int | None:
+    """The vCPUs of a machine type, from the name where it says so, else from the tables above; None if unknown."""
+    if cloud == "gcp":
+        if machine_type in GCP_VCPUS:
+            return GCP_VCPUS[machine_type]
+        m = _GCP_COUNT.match(machine_type)
+        return int(m.group(1) or m.group(2)) if m else None
+    if machine_type in AWS_SMALL_VCPUS:
+        return AWS_SMALL_VCPUS[machine_type]
+    m = _AWS_SIZE.match(machine_type)
+    if not m:
+        return None
+    if m.group(1) is None:
+        return 2  # large
+    return 4 * int(m.group(1) or 1)
+
+
+# AWS's vCPU-based On-Demand quotas, by the instance family's leading letters (Service Quotas, "Amazon EC2").
+_AWS_QUOTAS = (
+    ("trn", "Running On-Demand Trn instances"),
+    ("hpc", "Running On-Demand HPC instances"),
+    ("inf", "Running On-Demand Inf instances"),
+    ("dl", "Running On-Demand DL instances"),
+    ("vt", "Running On-Demand G and VT instances"),
+    ("g", "Running On-Demand G and VT instances"),
+    ("p", "Running On-Demand P instances"),
+    ("x", "Running On-Demand X instances"),
+    ("f", "Running On-Demand F instances"),
+    ("u", "Running On-Demand High Memory instances"),
+)
+AWS_STANDARD_QUOTA = "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"
+GCP_SHARED_CPU_FAMILIES = ("e2", "n1", "f1", "g1")  # counted against the regional CPUS quota
+
+
+def cpu_quota(cloud: str, machine_type: str) -> str:
+    """The regional vCPU quota a machine type counts against."""
+    if cloud == "gcp":
+        family = machine_type.split("-", 1)[0]
+        if family == "custom":
+            family = "n1"
+        return "CPUS" if family in GCP_SHARED_CPU_FAMILIES else f"{family.upper()}_CPUS"
+    family = machine_type.split(".", 1)[0]
+    for prefix, quota in _AWS_QUOTAS:
+        if family.startswith(prefix):
+            return quota
+    return AWS_STANDARD_QUOTA
+
+
+@dataclass(frozen=True)
+class FleetPeak:
+    fleet: str
+    machine_type: str | None
+    vcpus_per_vm: int | None
+    max_vms: int
+    surge_vms: int
+    peak_vms: int
+    peak_vcpus: int | None
+    quota: str | None
+
+
+def _number(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def _fleet_peak(cloud: str, fleet: str, members: list[PlannedResource]) -> FleetPeak:
+    by_type = {r.type.rsplit(":", 1)[-1]: r.inputs for r in members}
+    if cloud == "gcp":
+        machine = by_type.get("InstanceTemplate", {}).get("machineType")
+        max_vms = _number((by_type.get("RegionAutoscaler", {}).get("autoscalingPolicy") or {}).get("maxReplicas"))
+        surge = _number((by_type.get("RegionInstanceGroupManager", {}).get("updatePolicy") or {}).get("maxSurgeFixed"))
+        surge = min(surge, max_vms)  # one new VM per VM replaced, at most
+    else:
+        machine = by_type.get("LaunchTemplate", {}).get("instanceType")
+        group = by_type.get("Group", {})
+        max_vms = _number(group.get("maxSize"))
+        prefs = (group.get("instanceRefresh") or {}).get("preferences") or {}
+        healthy = _number(prefs.get("maxHealthyPercentage")) or 100
+        surge = math.ceil(max_vms * healthy / 100) - max_vms
+    per_vm = vcpus(cloud, machine) if isinstance(machine, str) else None
+    peak = max_vms + surge
+    return FleetPeak(
+        fleet,
+        machine if isinstance(machine, str) else None,
+        per_vm,
+        max_vms,
+        surge,
+        peak,
+        None if per_vm is None else peak * per_vm,
+        cpu_quota(cloud, machine) if isinstance(machine, str) else None,
+    )
+
+
+def rolling_update_peak(cfg: StackConfig, plan: Plan) -> list[FleetPeak]:
+    """Per fleet (``modelfleet:<cloud>:ServingFleet`` component): its VMs and vCPUs at the top of a rolling update."""
+    fleets = {r.urn: r.name for r in plan.resources if not r.custom and r.type.endswith(":ServingFleet")}
+    members: dict[str, list[PlannedResource]] = defaultdict(list)
+    for r in plan.resources:
+        if r.parent in fleets:
+            members[r.parent].append(r)
+    peaks = [_fleet_peak(cfg.cloud, name.rsplit("-", 1)[-1], members[urn]) for urn, name in fleets.items()]
+    return sorted(peaks, key=lambda p: p.fleet, reverse=True)  # stable, then canary
+
+
+# GCP GPU quotas of machine types that bring their GPUs (the longest matching prefix wins), and GPUs per VM of G2.
+GCP_GPU_QUOTAS: Mapping[str, str] = {
+    "g2-": "NVIDIA_L4_GPUS",
+    "a2-ultragpu-": "NVIDIA_A100_80GB_GPUS",
+    "a2-": "NVIDIA_A100_GPUS",
+    "a3-megagpu-": "NVIDIA_H100_MEGA_GPUS",
+    "a3-": "NVIDIA_H100_GPUS",
+}
+G2_GPUS = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}
+
+
+def gcp_gpus(cfg: StackConfig, machine_type: str) -> tuple[str, int] | None:
+    """(GPU quota, GPUs per VM) of a GCP fleet VM, or None without GPUs (N1: the one ``gpuType`` accelerator)."""
+    if not cfg.gpu:
+        return None
+    if machine_type.startswith("n1-"):
+        model = cfg.gpu_type.removeprefix("nvidia-").removeprefix("tesla-").replace("-", "_").upper()
+        return f"NVIDIA_{model}_GPUS", 1
+    prefix = max((p for p in GCP_GPU_QUOTAS if machine_type.startswith(p)), key=len, default=None)
+    if prefix is None:
+        return None
+    count = re.search(r"-(\d+)g$", machine_type)
+    per_vm = int(count.group(1)) if count else G2_GPUS.get(vcpus("gcp", machine_type) or 0, 1)
+    return GCP_GPU_QUOTAS[prefix], per_vm
+
+
+@dataclass(frozen=True)
+class QuotaNeed:
+    quota: str
+    amount: int
+    unit: str  # vCPUs, GPUs, GB, TiB
+
+
+def quotas_to_check(cfg: StackConfig, peaks: list[FleetPeak]) -> list[QuotaNeed]:
+    """What the rolling update peak of both fleets needs of each quota of the region (project / account), free on
+    top of what else runs there."""
+    need: dict[tuple[str, str], int] = defaultdict(int)
+    disk_gb = 0
+    for peak in peaks:
+        if not peak.peak_vms or peak.machine_type is None:
+            continue
+        disk_gb += peak.peak_vms * cfg.disk_size_gb
+        if peak.quota is not None and peak.peak_vcpus:
+            need[peak.quota, "vCPUs"] += peak.peak_vcpus
+            if cfg.cloud == "gcp":
+                need["CPUS_ALL_REGIONS", "vCPUs"] += peak.peak_vcpus
+        gpus = gcp_gpus(cfg, peak.machine_type) if cfg.cloud == "gcp" else None
+        if gpus is not None:
+            need[gpus[0], "GPUs"] += gpus[1] * peak.peak_vms
+            need["GPUS_ALL_REGIONS", "GPUs"] += gpus[1] * peak.peak_vms
+    if disk_gb:
+        if cfg.cloud == "gcp":
+            need["SSD_TOTAL_GB", "GB"] += disk_gb  # pd-balanced boot disks count as SSD
+        else:
+            need["Storage for General Purpose SSD (gp3) volumes", "TiB"] += math.ceil(disk_gb / 1024)
+    return [QuotaNeed(quota, amount, unit) for (quota, unit), amount in sorted(need.items())]
+
+
+def _peak_lines(cfg: StackConfig, plan: Plan) -> list[str]:
+    peaks = rolling_update_peak(cfg, plan)
+    if not peaks:
+        return []
+    lines = ["rolling update peak (each fleet at its maximum, old and new VMs side by side):"]
+    for p in peaks:
+        if not p.peak_vms:
+            lines.append(f"  {p.fleet}: not running (0 VMs)")
+            continue
+        per_vm = "? vCPUs" if p.vcpus_per_vm is None else f"{p.vcpus_per_vm} vCPUs"
+        total = "? vCPUs (unknown machine type: check its vCPUs)" if p.peak_vcpus is None else f"{p.peak_vcpus} vCPUs"
+        lines.append(
+            f"  {p.fleet}: ({p.max_vms} max + {p.surge_vms} surge) x {p.machine_type} ({per_vm}) = {p.peak_vms} VMs, "
+            f"{total}"
+        )
+    needs = quotas_to_check(cfg, peaks)
+    if needs:
+        lines.append(f"quotas to check in {cfg.region} (free, on top of what else runs there):")
+        lines += [f"  {n.quota}: {n.amount} {n.unit}" for n in needs]
+    return lines
+
+
 def render_text(cfg: StackConfig, plan: Plan) -> str:
     children: dict[str | None, list[PlannedResource]] = defaultdict(list)
     urns = {r.urn for r in plan.resources}
@@ -109,6 +330,13 @@ def render_text(cfg: StackConfig, plan: Plan) -> str:
         f"stack {plan.stack} ({cfg.cloud}, {cfg.region}): {len(plan.resources)} resources, "
         f"models {', '.join(cfg.models)}, canary weight {cfg.canary_weight_percent}%",
     ]
+    protected = [r for r in plan.resources if r.protect]
+    if protected:
+        open_ = sorted(r.name for r in plan.resources if not r.protect)
+        lines.append(
+            f"deletion protection: {len(protected)} of {len(plan.resources)} resources protected"
+            + (f" (routinely replaced, not protected: {', '.join(open_)})" if open_ else "")
+        )
 
     def walk(parent: str | None, depth: int) -> None:
         for r in sorted(children[parent], key=lambda r: (r.custom, r.type, r.name)):
@@ -119,17 +347,33 @@ def render_text(cfg: StackConfig, plan: Plan) -> str:
     walk(None, 1)
     lines.append("outputs:")
     lines += [f"  {k}: {_short(v)}" for k, v in sorted(plan.outputs.items())]
+    lines += _peak_lines(cfg, plan)
     return "\n".join(lines)
 
 
 def render_json(cfg: StackConfig, plan: Plan) -> dict[str, Any]:
+    peaks = rolling_update_peak(cfg, plan)
     return {
         "stack": plan.stack,
         "cloud": cfg.cloud,
         "region": cfg.region,
         "resources": [
-            {"type": r.type, "name": r.name, "parent": r.parent_name, "settings": key_settings(r)}
+            {
+                "type": r.type,
+                "name": r.name,
+                "parent": r.parent_name,
+                "protected": r.protect,
+                "settings": key_settings(r),
+            }
             for r in plan.resources
         ],
         "outputs": plan.outputs,
+        "rollingUpdatePeak": {
+            "fleets": [_camel(asdict(p)) for p in peaks],
+            "quotas": [asdict(n) for n in quotas_to_check(cfg, peaks)],
+        },
     }
+
+
+def _camel(d: dict[str, Any]) -> dict[str, Any]:
+    return {re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): v for k, v in d.items()}

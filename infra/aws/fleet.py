@@ -1,7 +1,9 @@
 """One serving fleet (stable or canary): a launch template and an auto scaling group behind the load balancer.
 
-- Launch template: Ubuntu 24.04 (or a GPU image), IMDSv2 only with hop limit 2 (Docker's bridge adds a hop),
-  no public IP, encrypted gp3 root volume, the fleet's instance profile, its cloud-config (``user_data``, base64).
+- Launch template: Ubuntu 24.04 (or a GPU image), IMDSv2 only with hop limit 1 (nothing in a container needs the
+  instance's credentials: the agent, the store fetch, the health report and the registry login run on the host, and
+  a container on Docker's bridge is one hop further, so TF Serving's cannot reach the metadata service), no public
+  IP, encrypted gp3 root volume, the fleet's instance profile, its cloud-config (``user_data``, base64).
   `update_default_version` so the template's default is always what the group runs.
 - Auto scaling group: private subnets, the template's `latest_version` (a number, so a new version triggers the
   instance refresh; `$Latest` would not), EC2 health with the configured grace, a rolling refresh that launches
@@ -14,6 +16,10 @@
   out of service until it has been live (ready) once, so refreshes, scale-outs and replacements still wait for ready
   VMs and VMs that never get ready never displace ready ones (docs/aws.md "Health: readiness and liveness").
 - Target tracking on CPU or on requests per VM (per minute, as ALB publishes it).
+- Traffic order (``infra.components.canary_traffic_order``): the provider waits, on an update that changes the
+  group's minimum, for that many in-service VMs (in service = ready once, through the lifecycle hook), up to
+  ``wait_for_capacity_timeout``; the stack makes the load balancer's weights and label routes depend on a starting
+  canary's group (``capacity``), and a stopping canary's group depend on them (``capacity_after``).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from model_export.constants import ROLES
 
 TYPE = "modelfleet:aws:ServingFleet"
 ROOT_DEVICE = "/dev/sda1"  # Ubuntu's and the Deep Learning AMIs' root device
-IMDS_HOP_LIMIT = 2
+IMDS_HOP_LIMIT = 1  # the host only: no container needs (or gets) the instance's credentials
 _M = aws.autoscaling.Metric
 # Group metrics are free at 1-minute granularity: capacity and refresh progress on a dashboard.
 GROUP_METRICS = (
@@ -45,6 +51,10 @@ GROUP_METRICS = (
 )
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 HOOK_TIMEOUT_RANGE = (30, 7200)  # what AWS accepts for a lifecycle hook's heartbeat timeout
+# How long `pulumi up` waits for a group's new minimum of VMs to be in service, beyond their boot grace: the launch,
+# the hook's completion and the registration. Never below the provider's default (10 minutes).
+LAUNCH_MARGIN_SECONDS = 300
+MIN_CAPACITY_WAIT_SECONDS = 600
 
 
 def ready_hook_timeout(health_check_initial_delay_seconds: int) -> int:
@@ -52,6 +62,14 @@ def ready_hook_timeout(health_check_initial_delay_seconds: int) -> int:
     range for a lifecycle hook."""
     lo, hi = HOOK_TIMEOUT_RANGE
     return min(max(health_check_initial_delay_seconds, lo), hi)
+
+
+def capacity_wait_seconds(health_check_initial_delay_seconds: int) -> int:
+    """How long the provider waits, on a change of the group's minimum, for that many VMs to be in service (ready
+    once): one VM's whole launch, up to its hook's timeout, plus a margin; never less than the provider's default."""
+    return max(
+        ready_hook_timeout(health_check_initial_delay_seconds) + LAUNCH_MARGIN_SECONDS, MIN_CAPACITY_WAIT_SECONDS
+    )
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,9 @@ class ServingFleetArgs:
     root_volume_gib: int = 50
     detailed_monitoring: bool = True  # 1-minute EC2 metrics: target tracking on CPU reacts in minutes, not 5+
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Resources updated before the group's size changes: for a fleet that stops running, the load balancer resources
+    # that stop sending it traffic (infra.components.canary_traffic_order).
+    capacity_after: Sequence[pulumi.Resource] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -156,6 +177,9 @@ def _target_tracking(
 
 
 class ServingFleet(pulumi.ComponentResource):
+    # The resource whose update adds or removes the fleet's VMs, and waits for added ones to be in service: what the
+    # load balancer's routes to a starting fleet depend on.
+    capacity: aws.autoscaling.Group
     group_name: pulumi.Output[str]
     group_arn: pulumi.Output[str]
     launch_template_id: pulumi.Output[str]
@@ -165,7 +189,7 @@ class ServingFleet(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         role_tags = {**args.tags, naming.ROLE_LABEL: args.role}
         template = self._launch_template(name, args, role_tags)
-        group = self._group(name, args, role_tags, template)
+        group = self.capacity = self._group(name, args, role_tags, template)
         self._ready_hook(name, args, group)
         self._scaling_policy(name, args, group)
 
@@ -231,7 +255,6 @@ class ServingFleet(pulumi.ComponentResource):
     def _group(
         self, name: str, args: ServingFleetArgs, role_tags: Mapping[str, str], template: aws.ec2.LaunchTemplate
     ) -> aws.autoscaling.Group:
-        child = pulumi.ResourceOptions(parent=self)
         grace = args.health_check_initial_delay_seconds
         min_size, max_size = args.capacity.bounds
         return aws.autoscaling.Group(
@@ -240,6 +263,9 @@ class ServingFleet(pulumi.ComponentResource):
             min_size=min_size,
             max_size=max_size,
             desired_capacity=None if args.capacity.running else 0,
+            # A change of the minimum (a starting canary: 0 -> canaryMinReplicas) returns once that many VMs are in
+            # service, i.e. ready once (the lifecycle hook); the routes to a starting fleet depend on this group.
+            wait_for_capacity_timeout=f"{capacity_wait_seconds(grace)}s",
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)
             ),
@@ -261,7 +287,9 @@ class ServingFleet(pulumi.ComponentResource):
                     skip_matching=True,
                     # Not auto_rollback: the provider moves the group to the new version before it starts the
                     # refresh, so a "rollback" relaunches the same bad version (terraform-provider-aws#34189).
-                    # With min 100 % healthy a bad version never takes capacity away; the next `pulumi up` fixes it.
+                    # With min 100 % healthy the refresh itself never takes capacity away, but the group launches the
+                    # new version from now on: scale-outs and repairs during and after a failed refresh get VMs that
+                    # never go in service (the ready hook), until the next `pulumi up` (docs/aws.md).
                     auto_rollback=False,
                 ),
             ),
@@ -271,7 +299,7 @@ class ServingFleet(pulumi.ComponentResource):
                 aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
                 for key, value in sorted({**role_tags, "Name": f"{name}-vm"}.items())
             ],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.capacity_after)),
         )
 
     def _ready_hook(

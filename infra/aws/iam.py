@@ -17,7 +17,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from model_export.layout import FLEET_PREFIX
+from model_export.layout import AGENT_PREFIX, FLEET_PREFIX
 
 TYPE = "modelfleet:aws:StoreAccess"
 SESSION_MANAGER_POLICY = "AmazonSSMManagedInstanceCore"
@@ -120,16 +120,32 @@ def fleet_health_policy(group_arns: Sequence[str]) -> dict[str, Any]:
     }
 
 
+# What a publisher may do to objects under the prefix, and may not do under ``<prefix>/_agent/``.
+PUBLISHER_WRITES = ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
+
+
 def publisher_policy(bucket_arn: str, prefix: str, region: str, kms_key_arn: str | None = None) -> dict[str, Any]:
     """Publish, label, promote, roll back and prune: conditional puts, reads, deletes (delete markers) under the
-    prefix, and listing the prefix (which is also how ``Store.check()`` probes the bucket)."""
+    prefix, and listing the prefix (which is also how ``Store.check()`` probes the bucket). An explicit deny keeps
+    publishers from writing or deleting ``<prefix>/_agent/*``, what the VMs install at boot (the agent wheel): only
+    the identity that runs `pulumi up` writes there. An explicit deny wins over any allow, this policy's or another
+    one the publisher's role has."""
     statements: list[dict[str, Any]] = [_list_prefix(bucket_arn, prefix)]
     statements.append(
         {
             "Sid": "WriteStoreObjects",
             "Effect": "Allow",
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            "Action": ["s3:GetObject", *PUBLISHER_WRITES],
             "Resource": _objects(bucket_arn, prefix),
+        }
+    )
+    agent = f"{prefix}/{AGENT_PREFIX}" if prefix else AGENT_PREFIX
+    statements.append(
+        {
+            "Sid": "DenyAgentArtefactWrites",
+            "Effect": "Deny",
+            "Action": list(PUBLISHER_WRITES),
+            "Resource": f"{bucket_arn}/{agent}/*",
         }
     )
     if kms_key_arn:

@@ -9,10 +9,15 @@
   with grpc.health.v1 (only with HTTPS: ALB speaks gRPC on HTTPS listeners only).
 - Listeners forward with weights: stable 100 - w, canary w (``infra.components.traffic_weights``). With HTTPS,
   HTTP answers 301 to HTTPS. TF Serving's metrics path (on its REST port) answers 404 at the load balancer.
-- Rules on the serving listener, lowest priority first: gRPC (content-type ``application/grpc*``) to the gRPC
-  groups by weight; ``/monitoring/*`` 404; while the canary fleet runs (weight > 0 or kept warm), the label routes:
+- Rules on the serving listener, lowest priority first: gRPC calls of ``tensorflow.serving.PredictionService``
+  (content-type ``application/grpc*`` and that path) to the gRPC groups by weight; every other gRPC call (TF Serving's
+  ``ModelService`` with its config reloads, the health service...) a fixed 404, which gRPC clients read as
+  UNIMPLEMENTED; ``/monitoring/*`` 404; while the canary fleet runs (weight > 0 or kept warm), the label routes
   ``/v1/models/*/labels/<role>`` (exact, ``:*``, ``/*``) to that role's REST group, whatever the weights.
-See docs/aws.md for the gRPC choice.
+- Two steps (``LoadBalancer`` then ``route``): the listeners and rules carry the canary's traffic, so the stack
+  creates them after a starting canary's group (which waits for its VMs), or before a stopping one's
+  (``infra.components.canary_traffic_order``).
+See docs/aws.md for the gRPC choice and the traffic order.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ HTTP_PORT, HTTPS_PORT = 80, 443
 SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 GRPC_HEALTH_PATH = "/grpc.health.v1.Health/Check"  # TF Serving: --enable_grpc_healthcheck_service=true
 GRPC_CONTENT_TYPE = "application/grpc*"
+# The only gRPC service clients may call: TF Serving registers ModelService (config reloads) on the same port.
+GRPC_SERVICE = "tensorflow.serving.PredictionService"
+GRPC_PATHS = (f"/{GRPC_SERVICE}/*",)
 GRPC_RULE_PRIORITY = 10
+GRPC_REFUSED_RULE_PRIORITY = 11  # any other gRPC call: 404, which gRPC clients read as UNIMPLEMENTED
 # TF Serving serves its Prometheus metrics on the REST port; clients have no business there.
 INTERNAL_PATHS = ("/monitoring/*",)
 INTERNAL_RULE_PRIORITY = 20
@@ -150,7 +159,8 @@ class LoadBalancer(pulumi.ComponentResource):
         alb_sg, instance_sg = self._security_groups(name, args)
         alb = self._alb(name, args, alb_sg)
         rest, grpc = self._target_groups(name, args)
-        self._listeners(name, args, alb, rest, grpc)
+        # The listeners and rules come with `route`, once the stack knows their order against the canary's group.
+        self._name, self._args, self._alb_resource, self._rest, self._grpc = name, args, alb, rest, grpc
 
         self.arn = alb.arn
         self.arn_suffix = alb.arn_suffix
@@ -332,6 +342,13 @@ class LoadBalancer(pulumi.ComponentResource):
                 )
         return rest, grpc
 
+    def route(self, after: Sequence[pulumi.Resource] = ()) -> list[pulumi.Resource]:
+        """The listeners and their rules: HTTP (or HTTPS + an HTTP redirect) forwarding by weight, the gRPC rules, the
+        internal paths' 404 and the label routes. Each resource that sends traffic by weight or label depends on
+        ``after`` (a starting canary's group, which waits for its VMs); returns them, for a stopping canary's group
+        to depend on (``infra.components.canary_traffic_order``)."""
+        return self._listeners(self._name, self._args, self._alb_resource, self._rest, self._grpc, list(after))
+
     def _listeners(
         self,
         name: str,
@@ -339,10 +356,11 @@ class LoadBalancer(pulumi.ComponentResource):
         alb: aws.lb.LoadBalancer,
         rest: Mapping[str, aws.lb.TargetGroup],
         grpc: Mapping[str, aws.lb.TargetGroup],
-    ) -> None:
-        """HTTP (or HTTPS + an HTTP redirect) forwarding by weight, the gRPC rule, the internal paths' 404, and while
-        the canary fleet runs the label routes."""
+        after: list[pulumi.Resource],
+    ) -> list[pulumi.Resource]:
         child = pulumi.ResourceOptions(parent=self)
+        # The resources that carry the canary's traffic: after a starting canary's VMs (``after``).
+        carrier = pulumi.ResourceOptions(parent=self, depends_on=after)
         weights = args.weights
 
         def tags(suffix: str) -> dict[str, str]:
@@ -361,6 +379,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 ),
             )
 
+        carriers: list[pulumi.Resource] = []
         if args.enable_https:
             serving = https = aws.lb.Listener(
                 f"{name}-https",
@@ -371,7 +390,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 certificate_arn=args.certificate_arn,
                 default_actions=[forward(rest)],
                 tags=tags("https"),
-                opts=child,
+                opts=carrier,
             )
             aws.lb.Listener(
                 f"{name}-http",
@@ -390,31 +409,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 opts=child,
             )
             if grpc:
-                aws.lb.ListenerRule(
-                    f"{name}-grpc",
-                    listener_arn=https.arn,
-                    priority=GRPC_RULE_PRIORITY,
-                    conditions=[
-                        aws.lb.ListenerRuleConditionArgs(
-                            http_header=aws.lb.ListenerRuleConditionHttpHeaderArgs(
-                                http_header_name="content-type", values=[GRPC_CONTENT_TYPE]
-                            )
-                        )
-                    ],
-                    actions=[
-                        aws.lb.ListenerRuleActionArgs(
-                            type="forward",
-                            forward=aws.lb.ListenerRuleActionForwardArgs(
-                                target_groups=[
-                                    aws.lb.ListenerRuleActionForwardTargetGroupArgs(arn=grpc[r].arn, weight=weights[r])
-                                    for r in ROLES
-                                ]
-                            ),
-                        )
-                    ],
-                    tags=tags("grpc"),
-                    opts=child,
-                )
+                carriers.append(self._grpc_rules(name, args, https, grpc, carrier))
         else:
             serving = aws.lb.Listener(
                 f"{name}-http",
@@ -423,8 +418,9 @@ class LoadBalancer(pulumi.ComponentResource):
                 protocol="HTTP",
                 default_actions=[forward(rest)],
                 tags=tags("http"),
-                opts=child,
+                opts=carrier,
             )
+        carriers.insert(0, serving)
         aws.lb.ListenerRule(
             f"{name}-internal-paths",
             listener_arn=serving.arn,
@@ -446,7 +442,66 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=child,
         )
         if args.canary_fleet_runs:
-            self._label_rules(name, args, serving, rest)
+            carriers += self._label_rules(name, args, serving, rest, carrier)
+        return carriers
+
+    def _grpc_rules(
+        self,
+        name: str,
+        args: LoadBalancerArgs,
+        https: aws.lb.Listener,
+        grpc: Mapping[str, aws.lb.TargetGroup],
+        carrier: pulumi.ResourceOptions,
+    ) -> aws.lb.ListenerRule:
+        """gRPC calls of the prediction service to the gRPC groups by weight; every other gRPC call a 404 (ALB rules
+        match all their conditions; lowest priority first). Returns the rule that carries traffic."""
+        weights = args.weights
+        grpc_call = aws.lb.ListenerRuleConditionArgs(
+            http_header=aws.lb.ListenerRuleConditionHttpHeaderArgs(
+                http_header_name="content-type", values=[GRPC_CONTENT_TYPE]
+            )
+        )
+        predict = aws.lb.ListenerRule(
+            f"{name}-grpc",
+            listener_arn=https.arn,
+            priority=GRPC_RULE_PRIORITY,
+            conditions=[
+                grpc_call,
+                aws.lb.ListenerRuleConditionArgs(
+                    path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=list(GRPC_PATHS))
+                ),
+            ],
+            actions=[
+                aws.lb.ListenerRuleActionArgs(
+                    type="forward",
+                    forward=aws.lb.ListenerRuleActionForwardArgs(
+                        target_groups=[
+                            aws.lb.ListenerRuleActionForwardTargetGroupArgs(arn=grpc[r].arn, weight=weights[r])
+                            for r in ROLES
+                        ]
+                    ),
+                )
+            ],
+            tags=self._tags(name, args, "grpc"),
+            opts=carrier,
+        )
+        aws.lb.ListenerRule(
+            f"{name}-grpc-refused",
+            listener_arn=https.arn,
+            priority=GRPC_REFUSED_RULE_PRIORITY,
+            conditions=[grpc_call],
+            actions=[
+                aws.lb.ListenerRuleActionArgs(
+                    type="fixed-response",
+                    fixed_response=aws.lb.ListenerRuleActionFixedResponseArgs(
+                        content_type="text/plain", message_body="unimplemented\n", status_code="404"
+                    ),
+                )
+            ],
+            tags=self._tags(name, args, "grpc-refused"),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return predict
 
     def _label_rules(
         self,
@@ -454,20 +509,27 @@ class LoadBalancer(pulumi.ComponentResource):
         args: LoadBalancerArgs,
         serving: aws.lb.Listener,
         rest: Mapping[str, aws.lb.TargetGroup],
-    ) -> None:
-        """``/v1/models/*/labels/<role>...`` to that role's REST group alone, after the gRPC rule (gRPC paths are
-        ``/<package>.<Service>/<Method>``, never ``/v1/models/...``) and the internal paths (disjoint)."""
+        carrier: pulumi.ResourceOptions,
+    ) -> list[pulumi.Resource]:
+        """``/v1/models/*/labels/<role>...`` to that role's REST group alone, while the canary fleet runs, after the
+        gRPC rules (gRPC paths are ``/<package>.<Service>/<Method>``, never ``/v1/models/...``) and the internal paths
+        (disjoint). When the canary stops, Pulumi deletes them at the end of the update, after the canary's group has
+        shrunk: label requests to the canary meet no VM for those seconds (docs/aws.md "Canary on and off")."""
+        rules: list[pulumi.Resource] = []
         for i, role in enumerate(ROLES):
-            aws.lb.ListenerRule(
-                f"{name}-label-{role}",
-                listener_arn=serving.arn,
-                priority=LABEL_RULE_PRIORITY + i,
-                conditions=[
-                    aws.lb.ListenerRuleConditionArgs(
-                        path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=label_path_patterns(role))
-                    )
-                ],
-                actions=[aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=rest[role].arn)],
-                tags=self._tags(name, args, f"label-{role}"),
-                opts=pulumi.ResourceOptions(parent=self),
+            rules.append(
+                aws.lb.ListenerRule(
+                    f"{name}-label-{role}",
+                    listener_arn=serving.arn,
+                    priority=LABEL_RULE_PRIORITY + i,
+                    conditions=[
+                        aws.lb.ListenerRuleConditionArgs(
+                            path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=label_path_patterns(role))
+                        )
+                    ],
+                    actions=[aws.lb.ListenerRuleActionArgs(type="forward", target_group_arn=rest[role].arn)],
+                    tags=self._tags(name, args, f"label-{role}"),
+                    opts=carrier,
+                )
             )
+        return rules

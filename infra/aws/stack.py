@@ -19,11 +19,12 @@ from infra.aws.fleet import RequestMetric, ServingFleet, ServingFleetArgs
 from infra.aws.iam import StoreAccess, StoreAccessArgs
 from infra.aws.load_balancer import LoadBalancer, LoadBalancerArgs
 from infra.aws.network import ExistingNetwork, Network, NetworkArgs
+from infra.aws.registry import DockerHubCredential, ImageRegistry, ImageRegistryArgs
 from infra.aws.store import ModelStore, ModelStoreArgs, bucket_prefix_for
-from infra.bootstrap import AgentWheel, fleet_bootstrap_args, render_user_data
-from infra.components import autoscaling_target, fleet_capacity
+from infra.bootstrap import AgentWheel, fleet_bootstrap_args, parse_image, render_user_data
+from infra.components import autoscaling_target, canary_traffic_order, fleet_capacity
 from infra.config import DEFAULT_DISK_GB, PROJECT, StackConfig
-from model_export.constants import ROLES
+from model_export.constants import CANARY, ROLES
 
 # Canonical's and AWS's public SSM parameters: the current image, resolved at `pulumi up` (see docs/aws.md).
 UBUNTU_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
@@ -56,9 +57,9 @@ def _named(opts: pulumi.ResourceOptions | None, part: str) -> pulumi.ResourceOpt
 
 
 def _user_data(cfg: StackConfig, role: str, wheel_sha256: str, drain_wait: int, resolved: list[Any]) -> str:
-    store_uri, wheel_uri = resolved
+    store_uri, wheel_uri, tfs_image = resolved
     wheel = AgentWheel(str(wheel_uri), wheel_sha256)
-    return render_user_data(fleet_bootstrap_args(cfg, role, str(store_uri), wheel, drain_wait))
+    return render_user_data(fleet_bootstrap_args(cfg, role, str(store_uri), wheel, drain_wait, str(tfs_image)))
 
 
 def build(cfg: StackConfig) -> dict[str, Any]:
@@ -73,6 +74,8 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     access = _store_access(cfg, store, tags, opts)
     network = _network(cfg, tags, opts)
     lb = _load_balancer(cfg, network, tags, opts)
+    registry = _image_registry(cfg, access, tags, opts)
+    tfs_image = registry.image(cfg.tfs_image) if registry is not None else pulumi.Output.from_input(cfg.tfs_image)
     image_id = aws.ssm.get_parameter_output(
         name=GPU_AMI_PARAMETER if cfg.gpu else UBUNTU_AMI_PARAMETER,
         region=cfg.region,
@@ -81,10 +84,14 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     wheel_uri = store.agent_wheel_uri
     if wheel_uri is None:  # pragma: no cover - the stack always passes the wheel to the store
         raise RuntimeError("the model store did not upload the agent wheel")
+    # The canary's traffic and capacity change in a safe order (docs/aws.md "Canary on and off"): a stopping canary's
+    # routes lose it before its group shrinks; a starting canary's group has its VMs in service before the routes.
+    traffic_first = canary_traffic_order(cfg.canary_fleet_runs) == "traffic-first"
+    routes = lb.route() if traffic_first else []
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
         targets = lb.targets[role]
-        user_data = pulumi.Output.all(store.store_uri, wheel_uri).apply(
+        user_data = pulumi.Output.all(store.store_uri, wheel_uri, tfs_image).apply(
             functools.partial(_user_data, cfg, role, wheel.sha256, lb.drain_wait_seconds)
         )
         fleets[role] = ServingFleet(
@@ -104,9 +111,12 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 health_check_initial_delay_seconds=cfg.health_check_initial_delay_seconds,
                 root_volume_gib=cfg.disk_size_gb,
                 tags=tags,
+                capacity_after=routes if role == CANARY else [],
             ),
             _named(opts, role),
         )
+    if not traffic_first:
+        lb.route(after=[fleets[CANARY].capacity])
     access.allow_health_reports([fleet.group_arn for fleet in fleets.values()])
     return _outputs(cfg, store, access, network, lb, fleets)
 
@@ -142,6 +152,32 @@ def _store_access(
             tags=tags,
         ),
         _named(opts, naming.IAM),
+    )
+
+
+def _image_registry(
+    cfg: StackConfig, access: StoreAccess, tags: dict[str, str], opts: pulumi.ResourceOptions
+) -> ImageRegistry | None:
+    """The stack's Docker Hub mirror (an ECR pull-through cache) when the image is on Docker Hub and a Docker Hub
+    credential is configured (ECR needs one for Docker Hub); a reference to another registry (a user's mirror) is
+    pulled as it is (docs/bootstrap.md "TF Serving's image")."""
+    if not parse_image(cfg.tfs_image).on_docker_hub:
+        return None
+    if cfg.docker_hub_credential_arn is None:
+        # ECR needs a credential for Docker Hub: the VMs pull from Docker Hub through the NAT (docs/bootstrap.md);
+        # config_warnings says so at plan and pulumi up.
+        return None
+    credential = DockerHubCredential(secret_arn=cfg.docker_hub_credential_arn)
+    return ImageRegistry(
+        naming.component_name(cfg.stack, "registry"),
+        ImageRegistryArgs(
+            region=cfg.region,
+            prefix=naming.shorten(f"{naming.stack_prefix(cfg.stack)}-dockerhub", 30),
+            fleet_role_name=access.fleet_role_name,
+            credential=credential,
+            tags=tags,
+        ),
+        opts,
     )
 
 

@@ -23,6 +23,10 @@ TYPE = "modelfleet:aws:ModelStore"
 # Incomplete multipart uploads (a publish that died half-way) are aborted after this many days.
 ABORT_MULTIPART_DAYS = 7
 _BUCKET_PREFIX_MAX = 37  # S3's bucket_prefix limit (63 minus the provider's unique suffix)
+# A lifecycle rule for every object: a filter with an explicit empty prefix. An empty `filter {}` is deprecated by the
+# provider ("Invalid Attribute Combination ... will be an error in a future version", terraform-provider-aws#41710,
+# #42714); both mean the whole bucket to S3.
+WHOLE_BUCKET = aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix="")
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ class ModelStore(pulumi.ComponentResource):
                 aws.s3.BucketLifecycleConfigurationRuleArgs(
                     id="expire-noncurrent-versions",
                     status="Enabled",
-                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(),
+                    filter=WHOLE_BUCKET,
                     noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
                         noncurrent_days=args.noncurrent_version_days
                     ),
@@ -194,7 +198,7 @@ class ModelStore(pulumi.ComponentResource):
                 aws.s3.BucketLifecycleConfigurationRuleArgs(
                     id="abort-incomplete-multipart-uploads",
                     status="Enabled",
-                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(),
+                    filter=WHOLE_BUCKET,
                     abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
                         days_after_initiation=ABORT_MULTIPART_DAYS
                     ),

@@ -11,10 +11,11 @@
   + warmup).
 - The autoscaler owns the group's size (the MIG sets no ``target_size``). A fleet that does not run
   (``FleetCapacity.running`` false: the canary while it gets no traffic) has min = max = 0: GCP accepts that.
-- With ``target_pool`` the group also keeps its VMs in a target pool (health-checked on the agent's endpoint), the
-  backend of the stack's gRPC passthrough Network Load Balancer. A pool, not a second backend service: an
-  autoscaler cannot scale on load-balancer utilisation for a group that is in more than one backend service
-  (``MORE_THAN_ONE_BACKEND_SERVICE``), and the group is already the ALB's backend (docs/gcp.md "gRPC").
+- Two steps (``ServingFleet`` then ``autoscale``): the autoscaler comes once the load balancer exists, so a fleet
+  that stops running can scale to zero only after the URL map stopped sending it traffic
+  (``infra.components.canary_traffic_order``). The other direction has no waiter on GCP: the MIG's
+  ``wait_for_instances`` runs only when the MIG itself changes, and the size is the autoscaler's, a resource that
+  needs the MIG first; a canary starts with ``canaryKeepWarm`` before it gets weight (docs/gcp.md "Canary on and off").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from infra.bootstrap import LIVENESS_FAILURES, LIVENESS_INTERVAL_SECONDS
 from infra.components import AutoscalingTarget, FleetCapacity, HealthCheck
 from infra.config import DEFAULT_DISK_GB
 from infra.gcp.health import agent_health_check
-from model_export.constants import AGENT_PORT, HEALTH_PATH, LIVE_PATH, TFS_GRPC_PORT, TFS_REST_PORT
+from model_export.constants import LIVE_PATH, TFS_GRPC_PORT, TFS_REST_PORT
 
 UBUNTU_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
 # Ubuntu 24.04 with the NVIDIA driver (Google's Deep Learning VM base image); see docs/gcp.md "GPU".
@@ -51,7 +52,6 @@ AUTOHEALING_CHECK = HealthCheck(
     healthy_threshold=2,
     unhealthy_threshold=LIVENESS_FAILURES,
 )
-POOL_CHECK = HealthCheck(interval_seconds=5, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=2)
 # "requests": the load balancer backend's max_rate_per_instance is the target requests per second, so a utilisation
 # target of 1.0 keeps each VM at that rate.
 LB_UTILIZATION_TARGET = 1.0
@@ -78,8 +78,7 @@ class ServingFleetArgs:
     gpu_type: str | None = None  # attach one accelerator of this type (N1); None when the machine type has its GPU
     image: str | None = None  # default: Ubuntu 24.04 LTS, or GPU_IMAGE with a GPU
     root_volume_gib: int | None = None  # the stack passes `diskSizeGb`; default: ROOT_VOLUME_GIB[gpu]
-    name_grpc_port: bool = True  # also name TF Serving's gRPC port on the group
-    target_pool: bool = False  # keep the VMs in a target pool for an L4 (gRPC) passthrough load balancer
+    name_grpc_port: bool = True  # also name TF Serving's gRPC port on the group (the ALB's gRPC backend services)
     autohealing: HealthCheck = AUTOHEALING_CHECK
     # Resources the VMs need before they boot (the agent wheel object, the bucket grant that lets them read it).
     boot_dependencies: Sequence[pulumi.Resource] = ()
@@ -89,7 +88,6 @@ class ServingFleet(pulumi.ComponentResource):
     instance_group: pulumi.Output[str]  # the regional instance group's URL (a load balancer backend)
     instance_group_manager: pulumi.Output[str]
     instance_template: pulumi.Output[str]
-    target_pool: pulumi.Output[str] | None  # the pool's self link (with args.target_pool)
     rest_port_name: str
     grpc_port_name: str | None
 
@@ -97,9 +95,9 @@ class ServingFleet(pulumi.ComponentResource):
         super().__init__("modelfleet:gcp:ServingFleet", name, None, opts)
         self.health_check = self._autohealing_check(name, args)
         self.template = self._template(name, args)
-        self.target_pool = self._target_pool(name, args) if args.target_pool else None
         self.manager = self._group(name, args)
-        self.autoscaler = self._autoscaler(name, args)
+        self._name, self._args = name, args
+        self.autoscaler: gcp.compute.RegionAutoscaler | None = None  # `autoscale`
 
         self.instance_group = self.manager.instance_group
         self.instance_group_manager = self.manager.self_link
@@ -111,7 +109,6 @@ class ServingFleet(pulumi.ComponentResource):
                 "instance_group": self.instance_group,
                 "instance_group_manager": self.instance_group_manager,
                 "instance_template": self.instance_template,
-                "target_pool": self.target_pool,
                 "rest_port_name": self.rest_port_name,
                 "grpc_port_name": self.grpc_port_name,
             }
@@ -173,31 +170,6 @@ class ServingFleet(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _target_pool(self, name: str, args: ServingFleetArgs) -> pulumi.Output[str]:
-        child = pulumi.ResourceOptions(parent=self)
-        hc = POOL_CHECK
-        # Target pools take only legacy HTTP health checks.
-        self.pool_health_check = gcp.compute.HttpHealthCheck(
-            f"{name}-pool-hc",
-            description=f"modelfleet {args.role} target pool: the agent's {HEALTH_PATH}",
-            port=AGENT_PORT,
-            request_path=HEALTH_PATH,
-            check_interval_sec=hc.interval_seconds,
-            timeout_sec=hc.timeout_seconds,
-            healthy_threshold=hc.healthy_threshold,
-            unhealthy_threshold=hc.unhealthy_threshold,
-            opts=child,
-        )
-        self.pool = gcp.compute.TargetPool(
-            f"{name}-pool",
-            description=f"modelfleet {args.role} fleet, L4 (gRPC)",
-            region=args.region,
-            health_checks=self.pool_health_check.self_link,
-            session_affinity="NONE",
-            opts=child,
-        )
-        return self.pool.self_link
-
     def _group(self, name: str, args: ServingFleetArgs) -> gcp.compute.RegionInstanceGroupManager:
         named_ports = [gcp.compute.RegionInstanceGroupManagerNamedPortArgs(name=REST_PORT_NAME, port=TFS_REST_PORT)]
         if args.name_grpc_port:
@@ -235,12 +207,22 @@ class ServingFleet(pulumi.ComponentResource):
                 force_update_on_repair="YES",
                 default_action_on_failure="REPAIR",
             ),
-            target_pools=[self.target_pool] if self.target_pool is not None else None,
+            # No wait here: this MIG changes before its autoscaler (which owns the size) and the load balancer.
             wait_for_instances=False,
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.boot_dependencies)),
         )
 
-    def _autoscaler(self, name: str, args: ServingFleetArgs) -> gcp.compute.RegionAutoscaler:
+    def autoscale(self, after: Sequence[pulumi.Resource] = ()) -> gcp.compute.RegionAutoscaler:
+        """The fleet's autoscaler, updated after ``after``: for a fleet that stops running (min = max = 0), the URL map
+        that stops sending it traffic. Called once, after the load balancer exists."""
+        if self.autoscaler is not None:
+            raise RuntimeError(f"{self._name}: autoscale() was called twice")
+        self.autoscaler = self._autoscaler(self._name, self._args, after)
+        return self.autoscaler
+
+    def _autoscaler(
+        self, name: str, args: ServingFleetArgs, after: Sequence[pulumi.Resource]
+    ) -> gcp.compute.RegionAutoscaler:
         target = args.autoscaling
         min_replicas, max_replicas = args.capacity.bounds
         policy = gcp.compute.RegionAutoscalerAutoscalingPolicyArgs(
@@ -264,5 +246,5 @@ class ServingFleet(pulumi.ComponentResource):
             region=args.region,
             target=self.manager.self_link,
             autoscaling_policy=policy,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )

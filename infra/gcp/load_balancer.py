@@ -1,25 +1,28 @@
 """How clients reach the fleets, and who may.
 
-REST: a global external Application Load Balancer (``EXTERNAL_MANAGED``). One backend service per fleet, both
-behind a Cloud Armor policy that admits only ``allowed_source_cidrs`` (default rule: deny 403); the URL map splits
-traffic by weight (stable = 100 - w, canary = w: ``infra.components.traffic_weights``). While the canary fleet runs
-(weight > 0 or kept warm), route rules send ``/v1/models/<m>/labels/<role>...`` to that role's fleet whatever the
-weights (``label_route_rules``), so a label can be reached through the load balancer. With HTTPS, a
-Google-managed certificate serves 443 and port 80 only redirects.
+One global external Application Load Balancer (``EXTERNAL_MANAGED``) for REST and gRPC. Per fleet a REST backend
+service (HTTP/1.1 to TF Serving's REST port) and, with gRPC, a gRPC one (``H2C``: HTTP/2 in cleartext to TF Serving's
+gRPC port), all behind a Cloud Armor policy that admits only ``allowed_source_cidrs`` (default rule: deny 403) and
+health-checked on the agent's readiness. The URL map splits traffic by weight (stable = 100 - w, canary = w:
+``infra.components.traffic_weights``), for REST and gRPC alike. Its route rules send gRPC calls of
+``tensorflow.serving.PredictionService`` (and only those) to the gRPC backend services: every other gRPC path, TF
+Serving's ``ModelService`` with its config reloads included, takes the REST default and gets TF Serving's REST 404,
+which a gRPC client reads as UNIMPLEMENTED. While the canary fleet runs (weight > 0 or kept warm), route rules also
+send ``/v1/models/<m>/labels/<role>...`` to that role's fleet whatever the weights (``label_route_rules``). With HTTPS,
+a Google-managed certificate serves 443 and port 80 only redirects; gRPC needs HTTPS (clients speak HTTP/2 through TLS
+and ALPN), so without it gRPC is not exposed.
 
-gRPC: a regional external passthrough Network Load Balancer on TF Serving's gRPC port in front of the stable fleet
-(its target pool, see ``fleet.py``). The ALB would speak HTTP/2 to backends only over TLS, and TF Serving's gRPC port
-is plaintext, so it cannot carry gRPC without TLS on the VMs. A passthrough NLB keeps client addresses, so the VPC
-firewall is the allowlist there (``allowed_source_cidrs`` on the gRPC port only). No weighted split at L4: gRPC goes
-to the stable fleet; canary A/B runs on REST. docs/gcp.md has the whole argument.
+Each fleet's group is then the backend of two backend services, and the autoscaler cannot scale on load-balancer
+utilisation (``MORE_THAN_ONE_BACKEND_SERVICE``): with gRPC, the fleets scale on CPU (``grpc_autoscaling``).
+docs/gcp.md has the whole argument.
 
-Firewall: the VMs admit the serving and agent ports only from Google's front ends and health checkers (and the gRPC
-port from the allowed clients); there is no rule from 0.0.0.0/0.
+Firewall: the VMs admit the serving and agent ports only from Google's front ends and health checkers; there is no
+rule from 0.0.0.0/0, and nothing reaches a VM's ports from a client directly.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,14 +30,12 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra import config
-from infra.components import HealthCheck, traffic_weights
+from infra.components import AutoscalingTarget, HealthCheck, traffic_weights
 from infra.gcp.health import agent_health_check
 from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, ROLES, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
 
 # Google Front Ends (ALB proxies) and the health checkers of proxy load balancers (gcp.compute.get_lbip_ranges).
 GFE_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
-# Health checkers of passthrough Network Load Balancers (and of target pools' legacy HTTP health checks).
-NLB_HEALTH_CHECK_RANGES = ("35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22")
 DEFAULT_RULE_PRIORITY = 2147483647
 ALLOW_RULE_PRIORITY = 1000
 ARMOR_RANGES_PER_RULE = 10  # Cloud Armor's limit for a basic src_ip_ranges match
@@ -43,16 +44,19 @@ HTTP_PORT, HTTPS_PORT = 80, 443
 # Route rule priorities are unique within a path matcher, 0 to 2147483647, lowest first.
 LABEL_MATCHER = "labels"
 LABEL_ROUTE_PRIORITY = 100
+# gRPC: the one service clients may call (TF Serving registers ModelService, config reloads, on the same port), by
+# path prefix and gRPC content type; before the label routes (disjoint paths anyway).
+GRPC_SERVICE = "tensorflow.serving.PredictionService"
+GRPC_PATH_PREFIX = f"/{GRPC_SERVICE}/"
+GRPC_CONTENT_TYPE_PREFIX = "application/grpc"
+GRPC_ROUTE_PRIORITY = 10
+# HTTP/2 in cleartext to the backends: TF Serving's gRPC port speaks no TLS.
+GRPC_BACKEND_PROTOCOL = "H2C"
+# The port-80 forwarding rule's description, whatever `enableHttps`: a description is immutable (a change replaces the
+# rule, and a second rule on the same address and port is refused).
+HTTP_RULE_DESCRIPTION = "modelfleet HTTP"
 # The serving check: a VM stops getting traffic ten seconds after its agent stops answering 200.
 SERVING_CHECK = HealthCheck(interval_seconds=5, timeout_seconds=5, healthy_threshold=2, unhealthy_threshold=2)
-
-
-@dataclass(frozen=True)
-class GrpcArgs:
-    """The gRPC passthrough NLB: regional, in front of the stable fleet's target pool (``ServingFleet``)."""
-
-    region: str
-    target_pool: pulumi.Input[str]
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,10 @@ class LoadBalancerArgs:
     max_rate_per_instance: int  # backend capacity (RATE balancing); the autoscaler's "requests" target
     allowed_source_cidrs: tuple[str, ...] = ()  # empty: nobody
     https_domains: tuple[str, ...] = ()  # non-empty: HTTPS with a managed certificate, HTTP redirects
-    grpc: GrpcArgs | None = None
+    # The MIGs' named port for TF Serving's gRPC port: gRPC through the ALB (with HTTPS only). None: no gRPC.
+    grpc_port_name: str | None = None
+    # The fleets' autoscalers scale on the load balancer's utilisation (autoscalingMetric: requests).
+    lb_utilization_autoscaling: bool = False
     backend_timeout_seconds: int = 60  # above TF Serving's own 30 s REST timeout, so its error reaches the client
     deletion_protection: bool = False
     health_check: HealthCheck = SERVING_CHECK
@@ -78,6 +85,38 @@ class LoadBalancerArgs:
     def __post_init__(self) -> None:
         if self.canary_fleet_runs:
             config.validate("models", self.models)  # the routes need at least one valid model name
+        if self.grpc_exposed and self.lb_utilization_autoscaling:
+            raise ValueError(f"{GRPC_AUTOSCALING}: the fleets must scale on CPU (grpc_autoscaling)")
+
+    @property
+    def grpc_exposed(self) -> bool:
+        """gRPC reaches the fleets: asked for, and HTTPS on (gRPC clients speak HTTP/2 through TLS and ALPN)."""
+        return grpc_exposed(self.grpc_port_name is not None, bool(self.https_domains))
+
+
+GRPC_AUTOSCALING = (
+    "with gRPC on gcp each fleet is the backend of two backend services, REST and gRPC, and an autoscaler cannot scale "
+    "on load-balancer utilisation for such a group (MORE_THAN_ONE_BACKEND_SERVICE)"
+)
+
+
+def grpc_exposed(enable_grpc: bool, enable_https: bool) -> bool:
+    """gRPC goes through the ALB, which gRPC clients reach with HTTP/2 over TLS: exposed with HTTPS only."""
+    return enable_grpc and enable_https
+
+
+def grpc_autoscaling(target: AutoscalingTarget, exposed: bool) -> AutoscalingTarget:
+    """What the fleets' autoscalers can aim at: with gRPC exposed, CPU instead of requests (``GRPC_AUTOSCALING``),
+    with a warning naming the keys. The config should refuse that pair (a rule across keys, for ``infra.config``);
+    until it does, the stack keeps serving both protocols and scales on CPU."""
+    if not (exposed and target.metric == "requests"):
+        return target
+    pulumi.log.warn(
+        f"{config.PROJECT}:autoscalingMetric = 'requests' cannot work here: {GRPC_AUTOSCALING}. The fleets scale on "
+        f"CPU ({config.PROJECT}:targetCpuPercent = {target.target_cpu_percent}); set autoscalingMetric to cpu, or "
+        "enableGrpc to false. See docs/gcp.md."
+    )
+    return dataclasses.replace(target, metric="cpu")
 
 
 def weighted_split(canary_weight_percent: int) -> list[tuple[str, int]]:
@@ -91,6 +130,47 @@ def label_paths(model: str, label: str) -> tuple[str, tuple[str, ...]]:
     no escaping in a path (``[A-Za-z0-9_.-]``, ``[A-Za-z0-9_]``)."""
     path = f"/v1/models/{model}/labels/{label}"
     return path, (f"{path}:", f"{path}/")
+
+
+Target = tuple[pulumi.Input[str] | None, Sequence[tuple[pulumi.Input[str], int]]]
+
+
+def split_target(links: Sequence[tuple[pulumi.Input[str], int]]) -> Target:
+    """``(service, [])`` when one backend service gets everything (a URL map takes no zero weight and a route takes a
+    service or weights, not both), else ``(None, weights)``."""
+    return (links[0][0], []) if len(links) == 1 else (None, list(links))
+
+
+def grpc_route_rule(
+    services: Mapping[str, pulumi.Input[str]], canary_weight_percent: int
+) -> gcp.compute.URLMapPathMatcherRouteRuleArgs:
+    """gRPC calls of ``tensorflow.serving.PredictionService`` (path prefix and gRPC content type) to the gRPC backend
+    services (``services[role]``), with the same weights as REST."""
+    only, weights = split_target([(services[role], w) for role, w in weighted_split(canary_weight_percent)])
+    return gcp.compute.URLMapPathMatcherRouteRuleArgs(
+        priority=GRPC_ROUTE_PRIORITY,
+        match_rules=[
+            gcp.compute.URLMapPathMatcherRouteRuleMatchRuleArgs(
+                prefix_match=GRPC_PATH_PREFIX,
+                header_matches=[
+                    gcp.compute.URLMapPathMatcherRouteRuleMatchRuleHeaderMatchArgs(
+                        header_name="content-type", prefix_match=GRPC_CONTENT_TYPE_PREFIX
+                    )
+                ],
+            )
+        ],
+        service=only,
+        route_action=None
+        if only
+        else gcp.compute.URLMapPathMatcherRouteRuleRouteActionArgs(
+            weighted_backend_services=[
+                gcp.compute.URLMapPathMatcherRouteRuleRouteActionWeightedBackendServiceArgs(
+                    backend_service=link, weight=weight
+                )
+                for link, weight in weights
+            ]
+        ),
+    )
 
 
 def label_route_rules(
@@ -113,10 +193,6 @@ def label_route_rules(
                 )
             )
     return rules
-
-
-def ipv4_only(cidrs: Sequence[str]) -> list[str]:
-    return [c for c in cidrs if ipaddress.ip_network(c).version == 4]
 
 
 def armor_rules(allowed_source_cidrs: Sequence[str]) -> list[gcp.compute.SecurityPolicyRuleArgs]:
@@ -153,26 +229,31 @@ def armor_rules(allowed_source_cidrs: Sequence[str]) -> list[gcp.compute.Securit
 class LoadBalancer(pulumi.ComponentResource):
     address: pulumi.Output[str]  # the ALB's global IPv4 address (point the HTTPS domains' A records here)
     endpoint: pulumi.Output[str]  # http://<address> or https://<first domain>
-    grpc_address: pulumi.Output[str] | None
-    grpc_endpoint: pulumi.Output[str] | None  # <address>:8500
+    grpc_endpoint: pulumi.Output[str] | None  # <first HTTPS domain>:443, with gRPC exposed
     security_policy: pulumi.Output[str]
     url_map: pulumi.Output[str]
+    # What sends traffic to a fleet by weight, label or gRPC route: the serving URL map. A fleet that stops running
+    # scales to zero after it (ServingFleet.autoscale).
+    traffic: list[pulumi.Resource]
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("modelfleet:gcp:LoadBalancer", name, None, opts)
+        if args.grpc_port_name is not None and not args.grpc_exposed:
+            pulumi.log.warn(
+                f"{config.PROJECT}:enableGrpc is on but enableHttps is off: gRPC goes through the Application Load "
+                "Balancer, which clients reach with HTTP/2 over TLS only, so gRPC is not exposed (set enableHttps and "
+                "httpsDomains). See docs/gcp.md.",
+                resource=self,
+            )
         self._keep = "PREVENT" if args.deletion_protection else None
         self.health_check = self._health_check(name, args)
         self.armor = self._armor(name, args)
         self.backends = self._backends(name, args)
+        self.grpc_backends = self._grpc_backends(name, args) if args.grpc_exposed else {}
         self.serving_map = self._url_map(name, args)
         self.ip = self._address(name)
         self._frontends(name, args)
         self.firewalls = [self._allow_load_balancer(name, args)]
-
-        self.grpc_address = None
-        self.grpc_endpoint = None
-        if args.grpc is not None:
-            self._grpc(name, args, args.grpc)
 
         self.address = self.ip.address
         self.endpoint = (
@@ -180,13 +261,16 @@ class LoadBalancer(pulumi.ComponentResource):
             if args.https_domains
             else self.ip.address.apply(lambda ip: f"http://{ip}")
         )
+        self.grpc_endpoint = (
+            pulumi.Output.from_input(f"{args.https_domains[0]}:{HTTPS_PORT}") if args.grpc_exposed else None
+        )
         self.security_policy = self.armor.self_link
         self.url_map = self.serving_map.self_link
+        self.traffic = [self.serving_map]
         self.register_outputs(
             {
                 "address": self.address,
                 "endpoint": self.endpoint,
-                "grpc_address": self.grpc_address,
                 "grpc_endpoint": self.grpc_endpoint,
                 "security_policy": self.security_policy,
                 "url_map": self.url_map,
@@ -210,49 +294,99 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
+    def _backend_service(
+        self,
+        resource_name: str,
+        description: str,
+        args: LoadBalancerArgs,
+        group: pulumi.Input[str],
+        *,
+        protocol: str,
+        port_name: str,
+    ) -> gcp.compute.BackendService:
+        return gcp.compute.BackendService(
+            resource_name,
+            description=description,
+            load_balancing_scheme="EXTERNAL_MANAGED",
+            protocol=protocol,
+            port_name=port_name,
+            timeout_sec=args.backend_timeout_seconds,
+            connection_draining_timeout_sec=30,
+            # The agent's readiness for both protocols: a draining VM leaves gRPC too.
+            health_checks=self.health_check.self_link,
+            security_policy=self.armor.self_link,
+            backends=[
+                gcp.compute.BackendServiceBackendArgs(
+                    group=group,
+                    # RATE: the capacity the "requests" autoscaling metric measures against; with "cpu" it is a
+                    # soft capacity the single-region ALB may exceed. The same mode on both services of a group.
+                    balancing_mode="RATE",
+                    max_rate_per_instance=args.max_rate_per_instance,
+                    capacity_scaler=1.0,
+                )
+            ],
+            log_config=gcp.compute.BackendServiceLogConfigArgs(enable=True, sample_rate=1.0),
+            deletion_policy=self._keep,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _groups(self, args: LoadBalancerArgs) -> dict[str, pulumi.Input[str]]:
+        return {STABLE: args.stable_group, CANARY: args.canary_group}
+
     def _backends(self, name: str, args: LoadBalancerArgs) -> dict[str, gcp.compute.BackendService]:
-        backends: dict[str, gcp.compute.BackendService] = {}
-        for role, group in ((STABLE, args.stable_group), (CANARY, args.canary_group)):
-            backends[role] = gcp.compute.BackendService(
+        return {
+            role: self._backend_service(
                 f"{name}-{role}",
-                description=f"modelfleet {role} fleet, TF Serving REST",
-                load_balancing_scheme="EXTERNAL_MANAGED",
+                f"modelfleet {role} fleet, TF Serving REST",
+                args,
+                group,
                 protocol="HTTP",
                 port_name=args.rest_port_name,
-                timeout_sec=args.backend_timeout_seconds,
-                connection_draining_timeout_sec=30,
-                health_checks=self.health_check.self_link,
-                security_policy=self.armor.self_link,
-                backends=[
-                    gcp.compute.BackendServiceBackendArgs(
-                        group=group,
-                        # RATE: the capacity the "requests" autoscaling metric measures against; with "cpu" it
-                        # is a soft capacity the single-region ALB may exceed.
-                        balancing_mode="RATE",
-                        max_rate_per_instance=args.max_rate_per_instance,
-                        capacity_scaler=1.0,
-                    )
-                ],
-                log_config=gcp.compute.BackendServiceLogConfigArgs(enable=True, sample_rate=1.0),
-                deletion_policy=self._keep,
-                opts=pulumi.ResourceOptions(parent=self),
             )
-        return backends
+            for role, group in self._groups(args).items()
+        }
+
+    def _grpc_backends(self, name: str, args: LoadBalancerArgs) -> dict[str, gcp.compute.BackendService]:
+        """TF Serving's gRPC port, HTTP/2 in cleartext (``H2C``): reached only through ``grpc_route_rule``."""
+        assert args.grpc_port_name is not None
+        return {
+            role: self._backend_service(
+                f"{name}-{role}-grpc",
+                f"modelfleet {role} fleet, TF Serving gRPC ({GRPC_SERVICE} only, by the URL map)",
+                args,
+                group,
+                protocol=GRPC_BACKEND_PROTOCOL,
+                port_name=args.grpc_port_name,
+            )
+            for role, group in self._groups(args).items()
+        }
 
     def _url_map(self, name: str, args: LoadBalancerArgs) -> gcp.compute.URLMap:
         """The weighted split (``default_service`` when one fleet gets all traffic: a URL map takes no zero weight);
-        while the canary fleet runs, a path matcher for every host with the label routes before the same split."""
+        with gRPC or while the canary fleet runs, a path matcher for every host with the gRPC route and the label routes
+        before the same split."""
         split = weighted_split(args.canary_weight_percent)
-        links = [(self.backends[role].self_link, weight) for role, weight in split]
-        only = links[0][0] if len(links) == 1 else None  # a route action with weights otherwise
+        only, weights = split_target([(self.backends[role].self_link, weight) for role, weight in split])
         description = f"all traffic to the {split[0][0]} fleet" if only else " / ".join(f"{r} {w}%" for r, w in split)
-        host_rules = path_matchers = None
+        route_rules: list[gcp.compute.URLMapPathMatcherRouteRuleArgs] = []
+        if self.grpc_backends:
+            description += f"; gRPC {GRPC_SERVICE} only"
+            route_rules.append(
+                grpc_route_rule(
+                    {role: b.self_link for role, b in self.grpc_backends.items()}, args.canary_weight_percent
+                )
+            )
         if args.canary_fleet_runs:
             description += "; /labels/<role> to that fleet"
+            route_rules += label_route_rules(
+                args.models, {role: backend.self_link for role, backend in self.backends.items()}
+            )
+        host_rules = path_matchers = None
+        if route_rules:
             # Route rules need a path matcher, and only a host rule reaches one: "*" matches every host. The URL map's
             # own default (below) still answers requests no host rule matches, with the same split.
             host_rules = [gcp.compute.URLMapHostRuleArgs(hosts=["*"], path_matcher=LABEL_MATCHER)]
-            path_matchers = [self._label_matcher(args, only, links)]
+            path_matchers = [self._path_matcher(only, weights, route_rules)]
         return gcp.compute.URLMap(
             f"{name}-urlmap",
             description=description,
@@ -262,7 +396,7 @@ class LoadBalancer(pulumi.ComponentResource):
             else gcp.compute.URLMapDefaultRouteActionArgs(
                 weighted_backend_services=[
                     gcp.compute.URLMapDefaultRouteActionWeightedBackendServiceArgs(backend_service=link, weight=weight)
-                    for link, weight in links
+                    for link, weight in weights
                 ]
             ),
             host_rules=host_rules,
@@ -271,17 +405,17 @@ class LoadBalancer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def _label_matcher(
+    def _path_matcher(
         self,
-        args: LoadBalancerArgs,
         only: pulumi.Input[str] | None,
-        links: Sequence[tuple[pulumi.Input[str], int]],
+        weights: Sequence[tuple[pulumi.Input[str], int]],
+        route_rules: Sequence[gcp.compute.URLMapPathMatcherRouteRuleArgs],
     ) -> gcp.compute.URLMapPathMatcherArgs:
-        """The label routes, then the URL map's split as the default: one backend service, or a route action with
+        """The route rules, then the URL map's split as the default: one backend service, or a route action with
         weights (a path matcher takes one or the other)."""
         return gcp.compute.URLMapPathMatcherArgs(
             name=LABEL_MATCHER,
-            description="TF Serving labels to the fleet of that role, the rest by weight",
+            description="gRPC prediction calls and TF Serving labels to their backends, the rest by weight",
             default_service=only,
             default_route_action=None
             if only
@@ -290,12 +424,10 @@ class LoadBalancer(pulumi.ComponentResource):
                     gcp.compute.URLMapPathMatcherDefaultRouteActionWeightedBackendServiceArgs(
                         backend_service=link, weight=weight
                     )
-                    for link, weight in links
+                    for link, weight in weights
                 ]
             ),
-            route_rules=label_route_rules(
-                args.models, {role: backend.self_link for role, backend in self.backends.items()}
-            ),
+            route_rules=list(route_rules),
         )
 
     def _address(self, name: str) -> gcp.compute.GlobalAddress:
@@ -314,16 +446,18 @@ class LoadBalancer(pulumi.ComponentResource):
         self.http_proxy = gcp.compute.TargetHttpProxy(
             f"{name}-http-proxy", url_map=http_map.self_link, opts=pulumi.ResourceOptions(parent=self)
         )
+        # The same description with and without HTTPS; stacks created when it said "(redirects to HTTPS)" keep
+        # theirs (ignored), so turning HTTPS on or off never replaces the rule.
         self.http_rule = self._forwarding_rule(
-            f"{name}-http",
-            "modelfleet HTTP" + (" (redirects to HTTPS)" if args.https_domains else ""),
-            self.http_proxy.self_link,
-            HTTP_PORT,
+            f"{name}-http", HTTP_RULE_DESCRIPTION, self.http_proxy.self_link, HTTP_PORT
         )
 
     def _forwarding_rule(
         self, resource_name: str, description: str, target: pulumi.Input[str], port: int
     ) -> gcp.compute.GlobalForwardingRule:
+        """A rule holds its address and port alone: a replacement must delete the old rule before it creates the new
+        one (GCP refuses a second rule on the same address and port), so it is ``delete_before_replace``; and
+        ``description``, immutable, is ignored once the rule exists."""
         return gcp.compute.GlobalForwardingRule(
             resource_name,
             description=description,
@@ -333,7 +467,7 @@ class LoadBalancer(pulumi.ComponentResource):
             port_range=str(port),
             load_balancing_scheme="EXTERNAL_MANAGED",
             deletion_policy=self._keep,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=["description"]),
         )
 
     def _https(self, name: str, args: LoadBalancerArgs) -> gcp.compute.URLMap:
@@ -376,70 +510,15 @@ class LoadBalancer(pulumi.ComponentResource):
         return self.redirect_map
 
     def _allow_load_balancer(self, name: str, args: LoadBalancerArgs) -> gcp.compute.Firewall:
+        ports = [TFS_REST_PORT, AGENT_PORT, *([TFS_GRPC_PORT] if args.grpc_exposed else [])]
         return gcp.compute.Firewall(
             f"{name}-allow-lb",
-            description="Google front ends and health checkers to TF Serving REST and the agent's health port",
+            description="Google front ends and health checkers to TF Serving (REST, and gRPC when exposed) and the "
+            "agent's health port",
             network=args.network,
             direction="INGRESS",
             source_ranges=list(GFE_RANGES),
             target_service_accounts=[args.backend_service_account],
-            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(TFS_REST_PORT), str(AGENT_PORT)])],
+            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(p) for p in ports])],
             opts=pulumi.ResourceOptions(parent=self),
         )
-
-    def _grpc(self, name: str, args: LoadBalancerArgs, grpc: GrpcArgs) -> None:
-        child = pulumi.ResourceOptions(parent=self)
-        self.grpc_ip = gcp.compute.Address(
-            f"{name}-grpc-ip",
-            description="modelfleet gRPC",
-            region=grpc.region,
-            address_type="EXTERNAL",
-            network_tier="PREMIUM",
-            deletion_policy=self._keep,
-            opts=child,
-        )
-        self.grpc_rule = gcp.compute.ForwardingRule(
-            f"{name}-grpc-rule",
-            description="modelfleet gRPC (TF Serving PredictionService), passthrough to the stable fleet",
-            region=grpc.region,
-            load_balancing_scheme="EXTERNAL",
-            ip_protocol="TCP",
-            port_range=str(TFS_GRPC_PORT),
-            ip_address=self.grpc_ip.address,
-            target=grpc.target_pool,
-            network_tier="PREMIUM",
-            deletion_policy=self._keep,
-            opts=child,
-        )
-        self.firewalls.append(
-            gcp.compute.Firewall(
-                f"{name}-allow-grpc-hc",
-                description="target pool health checkers to the agent's health port",
-                network=args.network,
-                direction="INGRESS",
-                source_ranges=list(NLB_HEALTH_CHECK_RANGES),
-                target_service_accounts=[args.backend_service_account],
-                allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(AGENT_PORT)])],
-                opts=child,
-            )
-        )
-        ipv4_clients = ipv4_only(args.allowed_source_cidrs)
-        if ipv4_clients:
-            # The NLB's address is IPv4 (and a rule cannot mix families), so IPv6 client ranges do not apply here.
-            # The passthrough NLB keeps the client's address: this rule is the gRPC allowlist. Logged, since there
-            # is no Cloud Armor or request log in front of it.
-            self.firewalls.append(
-                gcp.compute.Firewall(
-                    f"{name}-allow-grpc-clients",
-                    description="allowed clients (modelfleet:allowedSourceCidrs) to TF Serving gRPC",
-                    network=args.network,
-                    direction="INGRESS",
-                    source_ranges=ipv4_clients,
-                    target_service_accounts=[args.backend_service_account],
-                    allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(TFS_GRPC_PORT)])],
-                    log_config=gcp.compute.FirewallLogConfigArgs(metadata="INCLUDE_ALL_METADATA"),
-                    opts=child,
-                )
-            )
-        self.grpc_address = self.grpc_ip.address
-        self.grpc_endpoint = self.grpc_ip.address.apply(lambda ip: f"{ip}:{TFS_GRPC_PORT}")

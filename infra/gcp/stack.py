@@ -13,13 +13,14 @@ import pulumi_gcp as gcp
 
 from infra import agent_package, naming
 from infra.agent_package import AgentWheelFile, agent_wheel_uri
-from infra.bootstrap import AgentWheel, drain_wait_seconds, fleet_bootstrap_args, render_user_data
-from infra.components import autoscaling_target, fleet_capacity, store_uri
+from infra.bootstrap import AgentWheel, drain_wait_seconds, fleet_bootstrap_args, parse_image, render_user_data
+from infra.components import AutoscalingTarget, autoscaling_target, canary_traffic_order, fleet_capacity, store_uri
 from infra.config import PROJECT, ConfigError, StackConfig
-from infra.gcp.fleet import POOL_CHECK, ServingFleet, ServingFleetArgs
+from infra.gcp.fleet import ServingFleet, ServingFleetArgs
 from infra.gcp.iam import ServiceAccounts, ServiceAccountsArgs
-from infra.gcp.load_balancer import SERVING_CHECK, GrpcArgs, LoadBalancer, LoadBalancerArgs
+from infra.gcp.load_balancer import SERVING_CHECK, LoadBalancer, LoadBalancerArgs, grpc_autoscaling, grpc_exposed
 from infra.gcp.network import Network, NetworkArgs
+from infra.gcp.registry import ImageRegistry, ImageRegistryArgs
 from infra.gcp.store import ModelStore, ModelStoreArgs
 from model_export.constants import CANARY, ROLES, STABLE
 
@@ -74,13 +75,16 @@ def build(cfg: StackConfig) -> dict[str, Any]:
     )
     store = _store(cfg, bucket, accounts, wheel, opts)
     network = _network(cfg, opts)
+    registry = _image_registry(cfg, prefix, accounts, opts)
+    tfs_image = registry.image(cfg.tfs_image) if registry is not None else cfg.tfs_image
 
-    # A draining VM waits until every load balancer that routes to it has seen its 503: the ALB's check, and with gRPC
-    # the target pool's.
-    drain_wait = drain_wait_seconds(SERVING_CHECK, *([POOL_CHECK] if cfg.enable_grpc else []))
+    # A draining VM waits until the load balancer that routes to it (REST and gRPC alike) has seen its 503.
+    drain_wait = drain_wait_seconds(SERVING_CHECK)
+    # With gRPC each group is in two backend services: the autoscalers cannot scale on requests (docs/gcp.md "gRPC").
+    autoscaling = grpc_autoscaling(autoscaling_target(cfg), grpc_exposed(cfg.enable_grpc, cfg.enable_https))
     fleets: dict[str, ServingFleet] = {}
     for role in ROLES:
-        boot = fleet_bootstrap_args(cfg, role, uri, AgentWheel(wheel_uri, wheel.sha256), drain_wait)
+        boot = fleet_bootstrap_args(cfg, role, uri, AgentWheel(wheel_uri, wheel.sha256), drain_wait, tfs_image)
         fleets[role] = ServingFleet(
             naming.component_name(cfg.stack, role),
             ServingFleetArgs(
@@ -91,19 +95,22 @@ def build(cfg: StackConfig) -> dict[str, Any]:
                 subnetwork=network.subnetwork,
                 user_data=render_user_data(boot),
                 capacity=fleet_capacity(cfg, role),
-                autoscaling=autoscaling_target(cfg),
+                autoscaling=autoscaling,
                 health_check_initial_delay_seconds=cfg.health_check_initial_delay_seconds,
                 gpu=cfg.gpu,
                 gpu_type=gpu_type,
                 root_volume_gib=cfg.disk_size_gb,
                 name_grpc_port=cfg.enable_grpc,
-                target_pool=cfg.enable_grpc and role == STABLE,  # gRPC goes to the stable fleet only
-                boot_dependencies=[store],
+                boot_dependencies=[store, *([registry] if registry is not None else [])],
             ),
             opts,
         )
 
-    lb = _load_balancer(cfg, network, accounts, fleets, opts)
+    lb = _load_balancer(cfg, network, accounts, fleets, autoscaling, opts)
+    # A stopping canary scales to zero after the URL map stopped sending it traffic (docs/gcp.md "Canary on and off").
+    traffic_first = canary_traffic_order(cfg.canary_fleet_runs) == "traffic-first"
+    for role, fleet in fleets.items():
+        fleet.autoscale(after=lb.traffic if traffic_first and role == CANARY else [])
     return _outputs(cfg, uri, wheel_uri, store, accounts, network, lb, fleets)
 
 
@@ -128,6 +135,25 @@ def _store(
     )
 
 
+def _image_registry(
+    cfg: StackConfig, prefix: str, accounts: ServiceAccounts, opts: pulumi.ResourceOptions
+) -> ImageRegistry | None:
+    """The stack's Docker Hub mirror (an Artifact Registry remote repository) when the image is on Docker Hub; a
+    reference to another registry (a user's mirror) is pulled as it is (docs/bootstrap.md "TF Serving's image")."""
+    if not parse_image(cfg.tfs_image).on_docker_hub:
+        return None
+    return ImageRegistry(
+        naming.component_name(cfg.stack, "registry"),
+        ImageRegistryArgs(
+            project=cfg.gcp_project or "",
+            location=cfg.region,
+            repository_id=f"{prefix}-dockerhub",
+            reader_members=[accounts.fleet_member],
+        ),
+        opts,
+    )
+
+
 def _network(cfg: StackConfig, opts: pulumi.ResourceOptions) -> Network:
     return Network(
         naming.component_name(cfg.stack, naming.NETWORK),
@@ -146,9 +172,9 @@ def _load_balancer(
     network: Network,
     accounts: ServiceAccounts,
     fleets: dict[str, ServingFleet],
+    autoscaling: AutoscalingTarget,
     opts: pulumi.ResourceOptions,
 ) -> LoadBalancer:
-    pool = fleets[STABLE].target_pool
     return LoadBalancer(
         naming.component_name(cfg.stack, naming.LOAD_BALANCER),
         LoadBalancerArgs(
@@ -161,7 +187,8 @@ def _load_balancer(
             max_rate_per_instance=cfg.target_requests_per_second,
             allowed_source_cidrs=cfg.allowed_source_cidrs,
             https_domains=cfg.https_domains if cfg.enable_https else (),
-            grpc=GrpcArgs(region=cfg.region, target_pool=pool) if pool is not None else None,
+            grpc_port_name=fleets[STABLE].grpc_port_name,  # exposed with HTTPS only
+            lb_utilization_autoscaling=autoscaling.metric == "requests",
             deletion_protection=cfg.deletion_protection,
             health_check=SERVING_CHECK,  # what the fleets' drain wait was computed from
             canary_fleet_runs=cfg.canary_fleet_runs,  # label routes to each fleet while both run

@@ -6,7 +6,11 @@ Roles are granted on the bucket only (never on the project):
 - publishers (training jobs): ``roles/storage.objectUser`` (create, read, overwrite, delete objects: publishing
   writes new files, replaces ``manifest.json`` under a generation precondition (a replace needs
   ``storage.objects.delete``), prune deletes). ``Store.check()`` probes the bucket with a one-object listing, so
-  no bucket-level permission (``storage.buckets.get``) is needed by either.
+  no bucket-level permission (``storage.buckets.get``) is needed by either. The grant holds under an IAM condition
+  (``publisher_condition``) for every name except those under ``<store prefix>/_agent/``
+  (``model_export.layout.AGENT_PREFIX``): the agent wheel every VM installs (and whatever else the deploying
+  identity puts there for the boot) is written only by whoever runs `pulumi up`. Listing is a request on the bucket
+  (``projects/_/buckets/<bucket>``), which the condition admits.
 - lease writers (the fleets' service account again): ``roles/storage.objectUser`` under an IAM condition on the
   object name, ``<store prefix>/_fleet/`` only (``model_export.layout.FLEET_PREFIX``): the objects the VMs write
   themselves, drain-slot leases (``_fleet/<fleet>/drain/<slot>.json``, created and overwritten under generation
@@ -23,7 +27,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.agent_package import AgentWheelFile
-from model_export.layout import FLEET_PREFIX
+from model_export.layout import AGENT_PREFIX, FLEET_PREFIX
 
 READER_ROLES = ("roles/storage.objectViewer",)
 PUBLISHER_ROLES = ("roles/storage.objectUser",)
@@ -39,6 +43,19 @@ def fleet_objects_prefix(store_prefix: str) -> str:
 def lease_condition(bucket_name: str, store_prefix: str) -> str:
     """The IAM condition (CEL) that limits a grant to the objects under ``fleet_objects_prefix``."""
     return f'resource.name.startsWith("projects/_/buckets/{bucket_name}/objects/{fleet_objects_prefix(store_prefix)}")'
+
+
+def agent_objects_prefix(store_prefix: str) -> str:
+    """Where the deploying identity puts what the VMs install at boot: ``<store prefix>/_agent/`` (or ``_agent/``)."""
+    return "/".join(part for part in (store_prefix, AGENT_PREFIX) if part) + "/"
+
+
+def publisher_condition(bucket_name: str, store_prefix: str) -> str:
+    """The IAM condition (CEL) that keeps a grant off the objects under ``agent_objects_prefix``. Object names in
+    conditions are ``projects/_/buckets/<bucket>/objects/<name>`` (IAM Conditions, resource attributes); conditions
+    on a bucket's objects need uniform bucket-level access, which the bucket has."""
+    agent = f"projects/_/buckets/{bucket_name}/objects/{agent_objects_prefix(store_prefix)}"
+    return f'!resource.name.startsWith("{agent}")'
 
 
 @dataclass(frozen=True)
@@ -89,21 +106,36 @@ class ModelStore(pulumi.ComponentResource):
             opts=child,
         )
         self.grants: list[gcp.storage.BucketIAMMember] = []
-        for who, group, roles in (
-            ("reader", args.reader_members, READER_ROLES),
-            ("publisher", args.publisher_members, PUBLISHER_ROLES),
-        ):
-            for i, member in enumerate(group):
-                for role in roles:
-                    self.grants.append(
-                        gcp.storage.BucketIAMMember(
-                            f"{name}-{who}{i}-{role.rsplit('.', 1)[-1].lower()}",
-                            bucket=self.bucket.name,
-                            role=role,
-                            member=member,
-                            opts=child,
-                        )
+        for i, member in enumerate(args.reader_members):
+            for role in READER_ROLES:
+                self.grants.append(
+                    gcp.storage.BucketIAMMember(
+                        f"{name}-reader{i}-{role.rsplit('.', 1)[-1].lower()}",
+                        bucket=self.bucket.name,
+                        role=role,
+                        member=member,
+                        opts=child,
                     )
+                )
+        for i, member in enumerate(args.publisher_members):
+            for role in PUBLISHER_ROLES:
+                # A new name, not a changed condition on the earlier unconditional grant: a changed condition would
+                # replace that grant (and a protected stack refuses replacements). The new grant is created while the
+                # program runs, the earlier one deleted after it, so publishers keep their access throughout.
+                self.grants.append(
+                    gcp.storage.BucketIAMMember(
+                        f"{name}-publisher{i}-{role.rsplit('.', 1)[-1].lower()}-no-agent",
+                        bucket=self.bucket.name,
+                        role=role,
+                        member=member,
+                        condition=gcp.storage.BucketIAMMemberConditionArgs(
+                            title="modelfleet store, not the agent artefacts",
+                            description="Publishers write the models; only the deploying identity writes _agent/",
+                            expression=publisher_condition(args.bucket_name, args.store_prefix),
+                        ),
+                        opts=child,
+                    )
+                )
 
         for i, member in enumerate(args.lease_writer_members):
             self.grants.append(

@@ -63,6 +63,9 @@ class PlannedResource:
     # Earlier names this resource answers to (`aliases=[pulumi.Alias(name=...)]`): what keeps an existing stack's
     # resource through a rename instead of replacing it.
     aliases: tuple[str, ...] = ()
+    # Pulumi's `protect` and `retain_on_delete` as the registration carries them (stack transformations included).
+    protect: bool = False
+    retain_on_delete: bool = False
 
     @property
     def parent_name(self) -> str | None:
@@ -108,7 +111,7 @@ class OfflineProvider(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The SDK's mock monitor, also keeping each registration's inputs, state and parent, in order."""
+    """The SDK's mock monitor, also keeping each registration's inputs, state, parent and options, in order."""
 
     def __init__(self, provider: OfflineProvider) -> None:
         super().__init__(provider)
@@ -131,6 +134,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                         request.parent or None,
                         dict(state),
                         _alias_names(request),
+                        bool(request.protect),
+                        bool(request.retainOnDelete),
                     )
                 )
         return response

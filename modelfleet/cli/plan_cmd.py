@@ -64,7 +64,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     Runs from your modelfleet project (the directory holding Pulumi.yaml, or one below it; or pass --project-dir),
     reads the stack file Pulumi.<STACK>.yaml (in the project's stacks/) with the same validation as `pulumi up`;
-    needs the `infra` extra (pip install 'modelfleet[infra]'), no credentials and no Pulumi CLI.
+    needs the `infra` extra (pip install 'modelfleet[infra]'), no credentials and no Pulumi CLI. Ends with the vCPUs
+    a rolling update needs at the fleets' maximum and the quotas to check for them. What `pulumi up` would warn about,
+    or refuse (example values of the shipped stack files, ...), goes to stderr as warnings (and into --json).
 
     Example:
       modelfleet plan --stack staging
@@ -75,16 +77,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         with project_on_path(project):
             from infra.plan import render_json, render_text
-            from infra.stack import plan_stack, stacks_dir_of
+            from infra.stack import deploy_warnings, not_deployable, plan_stack, stacks_dir_of
         # A cloud's provider SDK is imported only when that cloud's stack is built, inside plan_stack.
         cfg, plan = plan_stack(args.stack, stacks_dir_of(project / PROJECT_FILE))
+        warnings = deploy_warnings(cfg)
+        refused = not_deployable(cfg)
     except ModuleNotFoundError as e:
         if (e.name or "").partition(".")[0] == "infra":
             raise BadInput(f"{project}/infra is not this modelfleet's Pulumi program: no module {e.name!r}") from None
         # pulumi, PyYAML or a provider SDK is not installed.
         raise BadInput(f"modelfleet plan needs the infra extra: {INFRA_EXTRA} (no module named {e.name!r})") from None
+    for warning in [*warnings, *([f"pulumi up refuses this stack: {refused}"] if refused else [])]:
+        print(f"modelfleet: warning: {warning}", file=sys.stderr)
     if args.json:
-        emit_json(render_json(cfg, plan))
+        emit_json({**render_json(cfg, plan), "warnings": warnings, "notDeployable": refused})
     else:
         print(render_text(cfg, plan))
     return 0

@@ -249,7 +249,10 @@ def test_publisher_policy_writes_only_under_the_prefix_and_cannot_erase_history(
     assert not any("*" in a or "Version" in a for a in actions)  # no s3:*, no DeleteObjectVersion
     for s in found:
         for resource in as_list(s["Resource"]):
-            assert resource in (bucket_arn, f"{bucket_arn}/{cfg.store_prefix}/*")
+            if s["Effect"] == "Allow":
+                assert resource in (bucket_arn, f"{bucket_arn}/{cfg.store_prefix}/*")
+            else:  # a deny only narrows what the allows grant, inside the store
+                assert resource.startswith(f"{bucket_arn}/{cfg.store_prefix}/"), resource
     assert plan.outputs["publisherPolicyArn"].startswith("arn:aws:iam::")
 
 
@@ -287,7 +290,9 @@ def test_launch_templates_require_imdsv2_and_give_no_public_ip(planned: tuple[St
         i = lt.inputs
         assert i["metadataOptions"]["httpTokens"] == "required"
         assert i["metadataOptions"]["httpEndpoint"] == "enabled"
-        assert i["metadataOptions"]["httpPutResponseHopLimit"] == 2
+        # 1: the host only. A container on Docker's bridge is one hop further and gets no instance credentials; nothing
+        # in one needs them (the agent, the store fetch, the health report and the registry login run on the host).
+        assert i["metadataOptions"]["httpPutResponseHopLimit"] == 1
         [nic] = i["networkInterfaces"]
         assert nic["associatePublicIpAddress"] == "false"
         assert [sg.rsplit("-", 1)[0] for sg in nic["securityGroups"]] == [instances_sg.name]
@@ -343,6 +348,13 @@ def test_groups_run_the_templates_latest_version_with_ec2_health_and_refresh(
             assert "desiredCapacity" not in i
         else:
             assert (i["minSize"], i["maxSize"], i["desiredCapacity"]) == (0, 0, 0)
+        # A change of the minimum waits for that many VMs in service (ready once, the hook): the whole hook timeout
+        # plus the launch (tests/infra/test_traffic_order.py has what depends on that wait). Never the provider's
+        # "0", which turns every capacity wait off; never less than its 10-minute default.
+        wait = i["waitForCapacityTimeout"]
+        assert re.fullmatch(r"\d+s", wait), wait
+        assert int(wait[:-1]) >= max(600, cfg.health_check_initial_delay_seconds + 300)
+        assert "waitForElbCapacity" not in i and "minElbCapacity" not in i  # docs/aws.md: they would deadlock a create
 
 
 def test_new_vms_go_in_service_only_once_ready(planned: tuple[StackConfig, Plan]) -> None:
@@ -505,11 +517,19 @@ def test_listeners_split_traffic_by_the_configured_weights(planned: tuple[StackC
     assert internal["conditions"] == [{"pathPattern": {"values": ["/monitoring/*"]}}]
     assert internal["actions"][0]["fixedResponse"]["statusCode"] == "404"
     if cfg.enable_grpc and cfg.enable_https:
+        # gRPC calls of the prediction service by weight, every other gRPC call a 404 (tests/infra/test_grpc_paths.py).
+        grpc_call = {"httpHeader": {"httpHeaderName": "content-type", "values": ["application/grpc*"]}}
         rule = rules.pop(f"{lb(plan)}-grpc")
-        [condition] = rule.inputs["conditions"]
-        assert condition["httpHeader"] == {"httpHeaderName": "content-type", "values": ["application/grpc*"]}
+        assert rule.inputs["conditions"] == [
+            grpc_call,
+            {"pathPattern": {"values": ["/tensorflow.serving.PredictionService/*"]}},
+        ]
         [grpc_action] = rule.inputs["actions"]
         assert weights(grpc_action["forward"]) == expected
+        refused = rules.pop(f"{lb(plan)}-grpc-refused")
+        assert refused.inputs["conditions"] == [grpc_call]
+        assert refused.inputs["actions"][0]["fixedResponse"]["statusCode"] == "404"
+        assert int(rule.inputs["priority"]) < int(refused.inputs["priority"]) < int(internal["priority"])
         assert plan.outputs["grpcEndpoint"].endswith(":443")
     else:
         assert "grpcEndpoint" not in plan.outputs
@@ -619,7 +639,7 @@ def test_canary_at_weight_zero_scales_to_zero_unless_kept_warm(keep_warm: bool, 
 def test_a_new_agent_wheel_changes_the_launch_templates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config()
     before = {r: lt.inputs["userData"] for r, lt in by_role(plan_of(cfg), T_LT).items()}
-    other = tmp_path / "modelfleet-0.1.0-py3-none-any.whl"
+    other = tmp_path / "modelfleet-0.1.0-agent-cp312-manylinux_2_17_x86_64.zip"  # infra.agent_package.bundle_name
     other.write_bytes(b"another build")
     replacement: Callable[[], AgentWheelFile] = lambda: AgentWheelFile(other, "ab" * 32)  # noqa: E731
     monkeypatch.setattr(agent_package, "deployed_agent_wheel", replacement)

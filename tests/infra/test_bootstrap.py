@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from google.protobuf.message import Message
 from tensorflow_serving.config import model_server_config_pb2
 
-from infra import bootstrap
+from infra import agent_package, bootstrap
 from infra.bootstrap import AgentWheel, BootstrapArgs, render_user_data
 from infra.config import Batching, check_region
 from model_export.constants import (
@@ -31,7 +32,10 @@ from model_export.constants import (
 from model_export.errors import BadInput
 
 SHA = "3f" * 32
-WHEEL_NAME = "modelfleet-0.1.0-py3-none-any.whl"
+WHEEL_NAME = "modelfleet-0.2.0-agent-cp312-manylinux_2_39_x86_64.zip"  # the agent bundle (infra.agent_package)
+DIGEST = "sha256:" + "5e" * 32
+AR_IMAGE = f"europe-west1-docker.pkg.dev/acme-ml/mf-prod-dockerhub/tensorflow/serving:2.20.0@{DIGEST}"
+ECR_IMAGE = f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/mf-prod-dockerhub/tensorflow/serving:2.20.0-gpu@{DIGEST}"
 
 
 def wheel(scheme: str) -> AgentWheel:
@@ -67,7 +71,10 @@ AWS_REGION = {"aws_region": "eu-west-1"}
 THREE = ("digits", "iris", "wine.v2")
 GPU = {"gpu": True, "tfs_image": "tensorflow/serving:2.20.0-gpu"}
 CASES: dict[str, dict[str, Any]] = {
-    "gcp-cpu-batching-stable-1": {"batching": batching(max_batch_size=64, batch_timeout_micros=2000)},
+    "gcp-cpu-batching-stable-1": {
+        "batching": batching(max_batch_size=64, batch_timeout_micros=2000),
+        "tfs_image": AR_IMAGE,  # the stack's Artifact Registry remote repository, pinned by digest
+    },
     "gcp-gpu-batching-canary-3": {
         **GPU,
         "role": CANARY,
@@ -83,6 +90,7 @@ CASES: dict[str, dict[str, Any]] = {
         **AWS,
         **AWS_REGION,
         **GPU,
+        "tfs_image": ECR_IMAGE,  # the stack's ECR pull-through cache
         "role": CANARY,
         "models": THREE,
         "agent_poll_seconds": 5,
@@ -96,6 +104,7 @@ CASES: dict[str, dict[str, Any]] = {
         "models": THREE,
         "batching": batching(batch_timeout_micros=0),
         "extra_tfs_flags": ("--enable_serialization_as_tensor_content=true", "--rest_api_timeout_in_ms=5000"),
+        "tfs_image": ECR_IMAGE.replace("-gpu@", "@"),  # the longest image reference a stack writes
     },
     "aws-cpu-nobatch-stable-1": {
         **AWS,
@@ -221,7 +230,7 @@ def _verify_units(files: dict[str, str], tmp_path: Path) -> subprocess.Completed
         if path.startswith("/etc/systemd/system/"):
             (root / path[1:]).write_text(text)
             names.append(str(root / path[1:]))
-    assert len(names) == (4 if bootstrap.LIVEZ_REPORT in files else 3)
+    assert len(names) == (4 if f"{bootstrap.UNIT_DIR}/{bootstrap.LIVEZ_UNIT}" in files else 3)
     return run(["systemd-analyze", "verify", f"--root={root}", *names])
 
 
@@ -463,18 +472,19 @@ def test_start_ordering_sync_before_tf_serving_and_agent(rendered: Rendered) -> 
 
 def test_aws_vms_report_their_liveness_to_their_group_and_gcp_vms_do_not(rendered: Rendered) -> None:
     path = f"/etc/systemd/system/{bootstrap.LIVEZ_UNIT}"
+    # The report travels in the agent bundle (AWS's 16 KB user-data limit), installed beside the venv.
+    assert bootstrap.LIVEZ_REPORT not in rendered.files
+    assert bootstrap.LIVEZ_REPORT.rsplit("/", 1)[1] in agent_package.BUNDLED_SCRIPTS
     if rendered.args.cloud == "gcp":  # GCP's autohealing probes LIVE_PATH from outside
-        assert path not in rendered.files and bootstrap.LIVEZ_REPORT not in rendered.files
+        assert path not in rendered.files
         return
-    assert rendered.files[bootstrap.LIVEZ_REPORT] == (bootstrap.TEMPLATES / "livez_report.py").read_text()
-    (entry,) = [f for f in rendered.doc["write_files"] if f["path"] == bootstrap.LIVEZ_REPORT]
-    assert entry["permissions"] == "0755"
     unit = rendered.unit(bootstrap.LIVEZ_UNIT)
     assert bootstrap.AGENT_UNIT in words(unit, "Unit", "After")
     assert values(unit, "Service", "Restart") == ["always"]
     assert values(unit, "Service", "User") == ["modelfleet"]
     assert values(unit, "Service", "EnvironmentFile") == [bootstrap.AGENT_ENV_FILE]  # AWS_DEFAULT_REGION
-    assert values(unit, "Service", "ExecStartPre") == ["+/opt/modelfleet/install-agent.sh"]  # its venv and boto3
+    # its venv and boto3, and the report itself, come from the bundle this step installs
+    assert values(unit, "Service", "ExecStartPre") == ["+/opt/modelfleet/install-agent.sh"]
     assert values(unit, "Install", "WantedBy") == ["multi-user.target"]
     argv = rendered.exec_start(bootstrap.LIVEZ_UNIT)
     assert argv[:2] == [f"{bootstrap.AGENT_HOME}/venv/bin/python", bootstrap.LIVEZ_REPORT]
@@ -582,16 +592,151 @@ def test_packages_and_the_agent_user(rendered: Rendered) -> None:
     assert rendered.doc["users"][1]["name"] == "modelfleet"
 
 
-def test_agent_delivery_pins_the_wheel_and_its_dependencies(rendered: Rendered) -> None:
+def test_agent_delivery_names_the_bundle_and_installs_with_no_index(rendered: Rendered) -> None:
     args = rendered.args
     env = dict(line.split("=", 1) for line in rendered.files[bootstrap.AGENT_ENV_FILE].splitlines())
     assert env["MODELFLEET_WHEEL_URI"] == args.agent_wheel.uri
     assert env["MODELFLEET_WHEEL_SHA256"] == args.agent_wheel.sha256
-    assert env.get("AWS_DEFAULT_REGION") == args.aws_region
-    requirements = rendered.files["/opt/modelfleet/requirements.txt"]
-    assert requirements == (bootstrap.TEMPLATES / "agent-requirements.txt").read_text()
-    pins = [line for line in requirements.splitlines() if line and not line.startswith("#")]
-    assert pins and all("==" in pin for pin in pins)
+    assert env.get("AWS_DEFAULT_REGION") == args.aws_region  # the S3 fetcher signs for the bucket's region
+    # No requirements list in the user-data any more: the hashed one is in the bundle, checked by its sha256.
+    assert "/opt/modelfleet/requirements.txt" not in rendered.files
+    fetcher = rendered.files[bootstrap.FETCH_OBJECT]
+    assert fetcher == (bootstrap.TEMPLATES / bootstrap.FETCHERS[args.cloud]).read_text()
+    (entry,) = [f for f in rendered.doc["write_files"] if f["path"] == bootstrap.FETCH_OBJECT]
+    assert entry["permissions"] == "0755"
+    compile(fetcher, bootstrap.FETCH_OBJECT, "exec")
+    # Standard library only: it runs before anything is installed.
+    imported = {line.split()[1].split(".")[0] for line in fetcher.splitlines() if line.startswith(("import ", "from "))}
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+    script = rendered.files["/opt/modelfleet/install-agent.sh"]
+    installs = _pip_installs(script)
+    assert len(installs) == 1, installs
+    (install,) = installs
+    for flag in ("--no-index", "--require-hashes", "--only-binary=:all:", "--isolated", "--no-cache-dir"):
+        assert flag in install, flag
+    assert "--find-links" in install and "--requirement" in install
+    assert '"$python" "$home/fetch_object.py" "$MODELFLEET_WHEEL_URI" "$bundle"' in script
+    assert "sha256sum --check" in script
+
+
+def _pip_installs(script: str) -> list[list[str]]:
+    """Every ``pip install`` command of a shell script, continuation lines joined, as words."""
+    joined = script.replace("\\\n", " ")
+    commands = [line for line in joined.splitlines() if not line.lstrip().startswith("#")]
+    return [shlex.split(line) for line in commands if 'pip" install' in line or "pip install" in line]
+
+
+PYPI = ("pypi", "pythonhosted", "index-url", "pip download")
+# Docker Hub by name ("docker.io" alone is Ubuntu's Docker package, in `packages`).
+DOCKER_HUB = ("docker.io/", "registry-1.docker.io", "index.docker.io", "hub.docker.com")
+
+
+def boot_path_public_registries(rendered: Rendered) -> list[str]:
+    """What of PyPI and Docker Hub the user-data names, the image TF Serving pulls included."""
+    text = rendered.text.lower()
+    found = [word for word in (*PYPI, *DOCKER_HUB) if word in text]
+    argv = rendered.exec_start(bootstrap.TFS_UNIT)
+    (image,) = [arg for arg in argv if arg == rendered.args.tfs_image]
+    if bootstrap.parse_image(image).on_docker_hub:
+        found.append(f"Docker Hub image {image}")
+    return found
+
+
+def test_the_boot_path_names_no_public_registry(rendered: Rendered) -> None:
+    """No PyPI in any case; no Docker Hub unless the image itself is a Docker Hub reference (the stacks pass their
+    own registry's: tests/infra/test_registry.py)."""
+    found = boot_path_public_registries(rendered)
+    if bootstrap.parse_image(rendered.args.tfs_image).on_docker_hub:
+        assert found == [f"Docker Hub image {rendered.args.tfs_image}"]
+    else:
+        assert found == []
+
+
+def test_the_public_registry_check_sees_docker_hub_and_pypi() -> None:
+    """Proves the check above looks: a Docker Hub image and a PyPI install line are reported."""
+    rendered = Rendered(make_args(tfs_image="docker.io/tensorflow/serving:2.20.0"))
+    assert "docker.io/" in boot_path_public_registries(rendered)
+    rendered.text += "\npip install --index-url https://pypi.org/simple agent\n"
+    assert {"pypi", "index-url"} <= set(boot_path_public_registries(rendered))
+
+
+def test_registry_login_before_the_pull_only_for_the_stacks_own_registry(rendered: Rendered) -> None:
+    pre = values(rendered.unit(bootstrap.TFS_UNIT), "Service", "ExecStartPre")
+    logins = [line for line in pre if bootstrap.REGISTRY_LOGIN in line]
+    host = bootstrap.registry_login_host(rendered.args.tfs_image)
+    if host is None:
+        assert logins == []
+        return
+    # '-': a failed login must not keep TF Serving down when its image is already on disk.
+    assert logins == [f"-{bootstrap.AGENT_HOME}/venv/bin/python {bootstrap.REGISTRY_LOGIN} {host}"]
+    assert rendered.args.tfs_image.startswith(f"{host}/")
+    assert bootstrap.REGISTRY_LOGIN.rsplit("/", 1)[1] in agent_package.BUNDLED_SCRIPTS
+
+
+IMAGES: list[tuple[str, tuple[str | None, str, str | None, str | None], str | None]] = [
+    # reference, (registry, path, tag, digest), the registry the VM logs in to
+    ("tensorflow/serving:2.20.0", (None, "tensorflow/serving", "2.20.0", None), None),
+    ("docker.io/tensorflow/serving:2.20.0", (None, "tensorflow/serving", "2.20.0", None), None),
+    ("ubuntu:24.04", (None, "library/ubuntu", "24.04", None), None),
+    (f"tensorflow/serving@{DIGEST}", (None, "tensorflow/serving", None, DIGEST), None),
+    (
+        "registry.example.com:5000/tfs/serving:2.20.0",
+        ("registry.example.com:5000", "tfs/serving", "2.20.0", None),
+        None,
+    ),
+    ("localhost/tfs:1.0", ("localhost", "tfs", "1.0", None), None),
+    (
+        AR_IMAGE,
+        ("europe-west1-docker.pkg.dev", "acme-ml/mf-prod-dockerhub/tensorflow/serving", "2.20.0", DIGEST),
+        "europe-west1-docker.pkg.dev",
+    ),
+    (
+        ECR_IMAGE,
+        ("123456789012.dkr.ecr.eu-west-1.amazonaws.com", "mf-prod-dockerhub/tensorflow/serving", "2.20.0-gpu", DIGEST),
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+    ),
+]
+
+
+@pytest.mark.parametrize(("image", "parts", "login"), IMAGES, ids=[i for i, _, _ in IMAGES])
+def test_image_references_are_parsed_by_dockers_rules(
+    image: str, parts: tuple[str | None, str, str | None, str | None], login: str | None
+) -> None:
+    ref = bootstrap.parse_image(image)
+    assert (ref.registry, ref.path, ref.tag, ref.digest) == parts
+    assert bootstrap.registry_login_host(image) == login
+
+
+@pytest.mark.parametrize(
+    ("image", "mirrored"),
+    [
+        ("tensorflow/serving:2.20.0", "eu-docker.pkg.dev/p/r/tensorflow/serving:2.20.0"),
+        (f"tensorflow/serving:2.20.0-gpu@{DIGEST}", f"eu-docker.pkg.dev/p/r/tensorflow/serving:2.20.0-gpu@{DIGEST}"),
+        (f"docker.io/tensorflow/serving@{DIGEST}", f"eu-docker.pkg.dev/p/r/tensorflow/serving@{DIGEST}"),
+        ("ubuntu:24.04", "eu-docker.pkg.dev/p/r/library/ubuntu:24.04"),  # official images: Docker Hub's library/
+    ],
+)
+def test_a_docker_hub_image_through_the_stacks_mirror_keeps_its_path_tag_and_digest(image: str, mirrored: str) -> None:
+    assert bootstrap.mirror_image(image, "eu-docker.pkg.dev/p/r/") == mirrored
+    with pytest.raises(BadInput, match="only a Docker Hub image"):
+        bootstrap.mirror_image("registry.example.com/tfs/serving:2.20.0", "eu-docker.pkg.dev/p/r")
+
+
+@pytest.mark.parametrize(
+    ("image", "gpu"),
+    [
+        (f"tensorflow/serving@{DIGEST}", False),  # a digest alone pins it; the variant cannot be told from the name
+        (f"tensorflow/serving@{DIGEST}", True),
+        (f"tensorflow/serving:2.20.0@{DIGEST}", False),
+        (f"tensorflow/serving:latest@{DIGEST}", False),  # the digest pins what the floating tag would not
+        (AR_IMAGE, False),
+        (ECR_IMAGE, True),
+    ],
+)
+def test_a_digest_pins_the_image(image: str, gpu: bool) -> None:
+    args = make_args(tfs_image=image, gpu=gpu)
+    assert image in Rendered(args).exec_start(bootstrap.TFS_UNIT)
 
 
 def test_a_new_agent_wheel_changes_the_user_data() -> None:
@@ -622,7 +767,10 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         {"tfs_image": "tensorflow/serving:latest"},
         r"^bootstrap tfs_image = 'tensorflow/serving:latest'.*'latest' floats",
     ),
-    ({"tfs_image": "tensorflow/serving"}, r"^bootstrap tfs_image = 'tensorflow/serving'.*pin a version tag"),
+    ({"tfs_image": "tensorflow/serving"}, r"^bootstrap tfs_image = 'tensorflow/serving'.*pin a version tag or a dig"),
+    ({"tfs_image": "tensorflow/serving@sha256:abc"}, r"^bootstrap tfs_image = .*use a Docker reference"),
+    ({"tfs_image": f"tensorflow/serving:2.20.0@{DIGEST.upper()}"}, r"^bootstrap tfs_image = .*use a Docker reference"),
+    ({"tfs_image": f"tensorflow/serving:2.20.0-gpu@{DIGEST}"}, r"^bootstrap tfs_image = .*needs gpu=True"),
     ({"tfs_image": "tensorflow/serving:latest-gpu", "gpu": True}, r"^bootstrap tfs_image = .*'latest-gpu' floats"),
     ({"tfs_image": "tensorflow/serving:2.20.0", "gpu": True}, r"^bootstrap tfs_image = .*gpu=True needs the -gpu"),
     ({"tfs_image": "tensorflow/serving:2.20.0-gpu"}, r"^bootstrap tfs_image = .*needs gpu=True"),
@@ -641,7 +789,11 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         {"agent_wheel": AgentWheel(f"s3://mf-store/_agent/{SHA}/{WHEEL_NAME}", SHA)},
         r"^bootstrap agent_wheel.uri = 's3://.*gs://",
     ),
-    ({"agent_wheel": AgentWheel("gs://mf-store/_agent/x.whl", SHA)}, r"^bootstrap agent_wheel.uri = .*py3-none-any"),
+    ({"agent_wheel": AgentWheel("gs://mf-store/_agent/x.whl", SHA)}, r"^bootstrap agent_wheel.uri = .*agent bundle"),
+    (
+        {"agent_wheel": AgentWheel(f"gs://mf-store/_agent/{SHA}/modelfleet-0.2.0-py3-none-any.whl", SHA)},
+        r"^bootstrap agent_wheel.uri = .*modelfleet-<version>-agent-<python>-<platform>\.zip",
+    ),
     ({"agent_wheel": AgentWheel(f"gs://mf-store/{WHEEL_NAME}", "abc")}, r"^bootstrap agent_wheel.sha256 = 'abc'.*64"),
     ({"extra_tfs_flags": ("--port=9000",)}, r"^bootstrap extra_tfs_flags = '--port=9000'.*set by the bootstrap"),
     ({"extra_tfs_flags": ("--flag=$(reboot)",)}, r"^bootstrap extra_tfs_flags = '--flag=\$\(reboot\)'"),

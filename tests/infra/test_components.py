@@ -12,7 +12,7 @@ from infra import components, naming
 from infra.aws.load_balancer import NAME_LIMIT, LoadBalancerArgs
 from infra.config import ConfigError, FleetSize, load_config, read_stack_file
 from infra.gcp import fleet as gcp_fleet
-from infra.gcp.load_balancer import ipv4_only, weighted_split
+from infra.gcp.load_balancer import grpc_autoscaling, grpc_exposed, weighted_split
 from infra.stack import STACKS_DIR
 from model_export.constants import CANARY, ROLES, STABLE
 
@@ -97,7 +97,8 @@ def test_user_data_is_the_bootstrap_cloud_config() -> None:
 
     cfg = stack_config()
     store = "gs://acme-models/models"
-    wheel = AgentWheel(f"{store}/_agent/{'ab' * 32}/modelfleet-0.1.0-py3-none-any.whl", "ab" * 32)
+    bundle = "modelfleet-0.1.0-agent-cp312-manylinux_2_17_x86_64.zip"  # infra.agent_package.bundle_name
+    wheel = AgentWheel(f"{store}/_agent/{'ab' * 32}/{bundle}", "ab" * 32)
     text = components.fleet_user_data(cfg, CANARY, store, wheel)
     assert text.startswith("#cloud-config\n")
     assert "--role canary" in text and f"--store {store}" in text and wheel.uri in text
@@ -114,8 +115,36 @@ def test_store_uri(scheme: str, bucket: str, prefix: str, uri: str) -> None:
     assert components.store_uri(scheme, bucket, prefix) == uri
 
 
-def test_ipv4_only_keeps_order_and_drops_ipv6() -> None:
-    assert ipv4_only(["198.51.100.0/24", "2001:db8::/32", "10.0.0.0/8"]) == ["198.51.100.0/24", "10.0.0.0/8"]
+# --- traffic order and gRPC ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("weight", "keep_warm", "order"),
+    [
+        (0, False, "traffic-first"),
+        (0, True, "capacity-first"),
+        (10, False, "capacity-first"),
+        (100, True, "capacity-first"),
+    ],
+)
+def test_canary_traffic_order(weight: int, keep_warm: bool, order: str) -> None:
+    """A canary fleet that runs gets its VMs before its traffic; one that stops loses its traffic first."""
+    cfg = stack_config(canaryWeightPercent=weight, canaryKeepWarm=keep_warm)
+    assert components.canary_traffic_order(cfg.canary_fleet_runs) == order
+
+
+@pytest.mark.parametrize(("grpc", "https", "exposed"), [(True, True, True), (True, False, False), (False, True, False)])
+def test_gcp_grpc_is_exposed_with_https_only(grpc: bool, https: bool, exposed: bool) -> None:
+    assert grpc_exposed(grpc, https) is exposed
+
+
+def test_gcp_grpc_turns_request_autoscaling_into_cpu() -> None:
+    """A group in two backend services (REST and gRPC) cannot scale on load-balancer utilisation."""
+    requests = components.AutoscalingTarget("requests", target_cpu_percent=70, target_requests_per_second=80)
+    assert grpc_autoscaling(requests, exposed=True) == components.AutoscalingTarget("cpu", 70, 80)
+    assert grpc_autoscaling(requests, exposed=False) == requests
+    cpu = components.AutoscalingTarget("cpu", 55)
+    assert grpc_autoscaling(cpu, exposed=True) == cpu
 
 
 # --- names that fit -------------------------------------------------------------------------------------------------
@@ -132,9 +161,10 @@ def test_aws_load_balancer_children_fit_the_name_limit(stack: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_gcp_longest_names_are_valid(stack: str) -> None:
-    longest = naming.child_name(naming.component_name(stack, naming.LOAD_BALANCER), "allow-grpc-clients")
-    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", longest)
-    assert len(longest) + naming.AUTONAME_SUFFIX <= 63
+    for part in ("canary-grpc", "https-proxy", "allow-lb", "redirect"):
+        child = naming.child_name(naming.component_name(stack, naming.LOAD_BALANCER), part)
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", child)
+        assert len(child) + naming.AUTONAME_SUFFIX <= 63
 
 
 @pytest.mark.parametrize(

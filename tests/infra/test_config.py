@@ -13,6 +13,8 @@ from infra.config import (
     README_START,
     ConfigError,
     check_region,
+    config_warnings,
+    example_values,
     load_config,
     markdown_table,
     render_pulumi_yaml,
@@ -166,6 +168,24 @@ def test_pulumi_strings_are_parsed() -> None:
         ({"region": None}, "modelfleet:region is required for cloud 'gcp'"),
         ({"region": "eu-west-1"}, "modelfleet:region = 'eu-west-1' is invalid; expected a gcp region such as"),
         ({"tfServingVersion": "latest"}, "modelfleet:tfServingVersion = 'latest' is invalid; pin a release"),
+        (
+            {"tfServingImage": "tensorflow/serving"},
+            "modelfleet:tfServingImage = 'tensorflow/serving' is invalid; pin a",
+        ),
+        (
+            {"tfServingImage": "tensorflow/serving:latest"},
+            "modelfleet:tfServingImage = 'tensorflow/serving:latest' is invalid; tag 'latest' floats",
+        ),
+        ({"tfServingImage": "Bad Image"}, "modelfleet:tfServingImage = 'Bad Image' is invalid; a Docker reference"),
+        (
+            {"tfServingImage": "tensorflow/serving:2.20.0-gpu"},
+            "modelfleet:tfServingImage = 'tensorflow/serving:2.20.0-gpu' is invalid; a -gpu tag goes with gpu: true",
+        ),
+        (
+            {"tfServingImage": "tensorflow/serving:2.19.0", "tfServingVersion": "2.19.0"},
+            "modelfleet:tfServingImage and modelfleet:tfServingVersion are both set; set one",
+        ),
+        ({"dockerHubCredentialArn": "arn:x"}, "modelfleet:dockerHubCredentialArn applies only to aws, not cloud 'gcp'"),
         ({"allowedSourceCidrs": ["0.0.0.0/33"]}, "modelfleet:allowedSourceCidrs = '0.0.0.0/33' is invalid"),
         ({"certificateArn": "arn:aws:acm:x"}, "modelfleet:certificateArn applies only to aws, not cloud 'gcp'"),
         ({"enableHttps": True}, "modelfleet:httpsDomains is required when enableHttps is true on gcp"),
@@ -200,6 +220,12 @@ def test_bad_values_fail_with_their_message(change: dict[str, Any], message: str
             {"networkCidr": "10.0.0.0/26"},
             "modelfleet:networkCidr = '10.0.0.0/26' is invalid; use an IPv4 range from /16",
         ),
+        (
+            {"accessLogsBucket": "Acme_Logs"},
+            r"^modelfleet:accessLogsBucket = 'Acme_Logs' is invalid; expected an S3 bucket name \(3-63 of a-z, 0-9, "
+            r"\. and -\)$",
+        ),
+        ({"accessLogsBucket": "s3://acme-logs"}, r"^modelfleet:accessLogsBucket = 's3://acme-logs' is invalid"),
     ],
 )
 def test_bad_aws_values(change: dict[str, Any], message: str) -> None:
@@ -216,7 +242,7 @@ def test_stack_files_load() -> None:
         assert stack_config(name).cloud == "aws"
     # gRPC is opt-in: the stacks that served it under the old default (true) say so; aws-staging has no certificate.
     grpc = {name: stack_config(name).enable_grpc for name in ("staging", "prod", "aws-staging", "aws-prod")}
-    assert grpc == {"staging": True, "prod": True, "aws-staging": False, "aws-prod": True}
+    assert grpc == {"staging": False, "prod": True, "aws-staging": False, "aws-prod": True}  # gRPC needs HTTPS
     with pytest.raises(
         ConfigError, match=r"no stack 'qa': .* does not exist \(stacks: aws-prod, aws-staging, prod, staging\)"
     ):
@@ -234,3 +260,87 @@ def test_readme_config_table_is_current() -> None:
     assert README_START in readme and README_END in readme
     table = readme.split(README_START)[1].split(README_END)[0]
     assert table == markdown_table(), "regenerate: python -m infra.config --readme"
+
+
+# --- values that validate but cannot be deployed (infra.stack.check_deployable refuses them; plan draws them) -------
+
+
+@pytest.mark.parametrize(
+    ("values", "finding"),
+    [
+        (
+            {**GCP, "gcpProject": "acme-ml-prod"},
+            "modelfleet:gcpProject 'acme-ml-prod' is an example value: set your GCP project id",
+        ),
+        (
+            {**GCP, "enableHttps": True, "httpsDomains": ["models.acme.io", "api.Example.ORG."]},
+            "modelfleet:httpsDomains 'api.Example.ORG.' is a documentation domain no certificate is issued for: set "
+            "the domains your clients call",
+        ),
+        (
+            {**AWS, "kmsKey": "arn:aws:kms:eu-west-1:123456789012:key/abc"},
+            "modelfleet:kmsKey 'arn:aws:kms:eu-west-1:123456789012:key/abc' names AWS's documentation account "
+            "123456789012: set the ARN of your KMS key in eu-west-1",
+        ),
+        (
+            {**AWS, "accessLogsBucket": "acme-lb-access-logs"},
+            "modelfleet:accessLogsBucket 'acme-lb-access-logs' is an example value: set an existing S3 bucket in "
+            "eu-west-1, encrypted with SSE-S3, whose bucket policy lets Elastic Load Balancing write logs "
+            '(README "Deploying for real"), or "" for no access logs',
+        ),
+    ],
+    ids=["gcpProject", "httpsDomains", "kmsKey", "accessLogsBucket"],
+)
+def test_example_values_validate_but_are_named(values: dict[str, Any], finding: str) -> None:
+    assert example_values(load_config(values, "t")) == [finding]
+
+
+def test_own_values_are_not_examples() -> None:
+    own = {
+        **AWS,
+        "enableHttps": True,
+        "certificateArn": "arn:aws:acm:eu-west-1:210987654321:certificate/x",
+        "kmsKey": "arn:aws:kms:eu-west-1:210987654321:key/abc",
+        "accessLogsBucket": "team-lb-logs",
+    }
+    assert example_values(load_config(own, "t")) == []
+    gcp = {**GCP, "enableHttps": True, "httpsDomains": ["models.notexample.com", "example.company.io"]}
+    assert example_values(load_config(gcp, "t")) == []
+
+
+@pytest.mark.parametrize("values", [GCP, AWS], ids=["gcp", "aws"])
+def test_an_empty_allow_list_is_a_warning(values: dict[str, Any]) -> None:
+    what = {"gcp": "Cloud Armor answers 403 to every request", "aws": "its security group drops every connection"}
+    mirror = "registry.example.net/tfs/serving:2.20.0"  # no Docker Hub warning (tested below)
+    values = {**values, "tfServingImage": mirror}
+    assert config_warnings(load_config(values, "t")) == [
+        f"modelfleet:allowedSourceCidrs is empty: the load balancer admits no client ({what[values['cloud']]}); list "
+        "your clients' ranges, e.g. pulumi config set --path 'allowedSourceCidrs[0]' 203.0.113.0/24"
+    ]
+    assert config_warnings(load_config({**values, "allowedSourceCidrs": ["0.0.0.0/0"]}, "t")) == []
+
+
+def test_image_references_and_the_docker_hub_warning() -> None:
+    digest = "sha256:" + "a" * 64
+    cfg = load_config({**AWS, "tfServingImage": f"tensorflow/serving:2.20.0@{digest}"}, "t")
+    assert cfg.tfs_image == f"tensorflow/serving:2.20.0@{digest}"
+    assert load_config({**GCP, "tfServingImage": f"tensorflow/serving@{digest}"}, "t").tfs_image.endswith(digest)
+    mirror = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/tfs/serving:2.20.0"
+    assert load_config({**AWS, "tfServingImage": mirror}, "t").tfs_image == mirror
+    with pytest.raises(ConfigError, match="dockerHubCredentialArn = 'arn:aws:secretsmanager:eu-west-1:1:secret:x'"):
+        load_config({**AWS, "dockerHubCredentialArn": "arn:aws:secretsmanager:eu-west-1:1:secret:x"}, "t")
+    arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ecr-pullthroughcache/docker-hub-AbCdEf"
+    assert load_config({**AWS, "dockerHubCredentialArn": arn}, "t").docker_hub_credential_arn == arn
+    # a Docker Hub image with no credential on aws: a warning that names the key and the way out
+    warned = config_warnings(load_config({**AWS, "allowedSourceCidrs": ["203.0.113.0/24"]}, "t"))
+    assert warned == [
+        "modelfleet:dockerHubCredentialArn is empty: every VM pulls tensorflow/serving:2.20.0 from Docker Hub through "
+        "the NAT (one anonymous pull quota for the whole fleet); set it (ECR then caches the image in the stack's "
+        "account) or set modelfleet:tfServingImage to your mirror"
+    ]
+    quiet = {**AWS, "allowedSourceCidrs": ["203.0.113.0/24"], "dockerHubCredentialArn": arn}
+    assert config_warnings(load_config(quiet, "t")) == []
+    assert (
+        config_warnings(load_config({**AWS, "allowedSourceCidrs": ["203.0.113.0/24"], "tfServingImage": mirror}, "t"))
+        == []
+    )

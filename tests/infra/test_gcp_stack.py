@@ -1,13 +1,13 @@
 """The GCP stack's resource graph, evaluated offline under Pulumi's mocks (no CLI, no credentials).
 
 Each stack file (staging, prod) is checked for every resource and its hardening, and config variants (canary
-weights, client CIDRs, HTTPS, gRPC off, GPU, an existing network) are built from the staging file's values with
-overrides. The fleets' user-data is read back from the instance templates and checked by ``cloud-init schema``.
+weights, client CIDRs, HTTPS, gRPC on and off, GPU, an existing network) are built from the staging file's values
+with overrides. gRPC goes through the Application Load Balancer (tests/infra/test_grpc_paths.py has its routing).
+The fleets' user-data is read back from the instance templates and checked by ``cloud-init schema``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import shutil
 import subprocess
@@ -25,7 +25,16 @@ from infra.gcp.stack import build
 from infra.offline import Plan, PlannedResource, evaluate
 from infra.stack import STACKS_DIR, plan_stack
 from model_export import layout
-from model_export.constants import AGENT_PORT, CANARY, HEALTH_PATH, LIVE_PATH, STABLE, TFS_GRPC_PORT, TFS_REST_PORT
+from model_export.constants import (
+    AGENT_PORT,
+    CANARY,
+    HEALTH_PATH,
+    LIVE_PATH,
+    ROLES,
+    STABLE,
+    TFS_GRPC_PORT,
+    TFS_REST_PORT,
+)
 from model_export.store import parse_uri
 from tests.support.plan import named, one, parent_type
 
@@ -42,10 +51,11 @@ T_TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
 T_MIG = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
 T_AUTOSCALER = "gcp:compute/regionAutoscaler:RegionAutoscaler"
 T_HC = "gcp:compute/healthCheck:HealthCheck"
+# The passthrough NLB gRPC once had: none of it may come back (it exposed TF Serving's admin API at L4).
 T_LEGACY_HC = "gcp:compute/httpHealthCheck:HttpHealthCheck"
 T_POOL = "gcp:compute/targetPool:TargetPool"
 T_BACKEND = "gcp:compute/backendService:BackendService"
-T_REGION_BACKEND = "gcp:compute/regionBackendService:RegionBackendService"  # must not exist (see the gRPC test)
+T_REGION_BACKEND = "gcp:compute/regionBackendService:RegionBackendService"
 T_ARMOR = "gcp:compute/securityPolicy:SecurityPolicy"
 T_URLMAP = "gcp:compute/uRLMap:URLMap"
 T_HTTP_PROXY = "gcp:compute/targetHttpProxy:TargetHttpProxy"
@@ -57,7 +67,6 @@ T_GLOBAL_RULE = "gcp:compute/globalForwardingRule:GlobalForwardingRule"
 T_RULE = "gcp:compute/forwardingRule:ForwardingRule"
 
 GOOGLE_LB_RANGES = {"35.191.0.0/16", "130.211.0.0/22"}
-GOOGLE_NLB_HC_RANGES = {"35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"}
 READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 STACKS = ("staging", "prod")
 
@@ -68,6 +77,16 @@ STACKS = ("staging", "prod")
 @pytest.fixture(scope="module", params=STACKS)
 def stack(request: pytest.FixtureRequest) -> tuple[StackConfig, Plan]:
     return plan_stack(request.param)
+
+
+def grpc_exposed(cfg: StackConfig) -> bool:
+    """gRPC goes through the ALB, which gRPC clients reach over TLS: with HTTPS only (staging: HTTP, so not exposed)."""
+    return cfg.enable_grpc and cfg.enable_https
+
+
+def scaling_metric(cfg: StackConfig) -> str:
+    """What the autoscalers aim at: with gRPC each group is in two backend services, so `requests` becomes CPU."""
+    return "cpu" if grpc_exposed(cfg) else cfg.autoscaling_metric
 
 
 _variants: dict[tuple[tuple[str, Any], ...], tuple[StackConfig, Plan]] = {}
@@ -137,8 +156,8 @@ def test_every_resource_exists(stack: tuple[StackConfig, Plan]) -> None:
         T_TEMPLATE: 2,
         T_MIG: 2,
         T_AUTOSCALER: 2,
-        T_HC: 3,  # two autohealing checks, one for the ALB
-        T_BACKEND: 2,
+        T_HC: 3,  # two autohealing checks, one for the ALB (REST and gRPC backend services alike)
+        T_BACKEND: 4 if grpc_exposed(cfg) else 2,
         T_ARMOR: 1,
         T_URLMAP: 2 if cfg.enable_https else 1,
         T_HTTP_PROXY: 1,
@@ -146,17 +165,17 @@ def test_every_resource_exists(stack: tuple[StackConfig, Plan]) -> None:
         T_CERT: 1 if cfg.enable_https else 0,
         T_GLOBAL_ADDRESS: 1,
         T_GLOBAL_RULE: 2 if cfg.enable_https else 1,
-        T_LEGACY_HC: 1,
-        T_POOL: 1,
+        T_LEGACY_HC: 0,
+        T_POOL: 0,
         T_REGION_BACKEND: 0,
-        T_ADDRESS: 1,
-        T_RULE: 1,
+        T_ADDRESS: 0,
+        T_RULE: 0,
     }
-    assert cfg.enable_grpc
     got = {type_: len(plan.of_type(type_)) for type_ in counts}
     assert got == counts
     components = {r.type for r in plan.resources if not r.custom}
-    assert components == {
+    assert all(c.startswith("modelfleet:gcp:") for c in components)
+    assert components >= {
         "modelfleet:gcp:ServiceAccounts",
         "modelfleet:gcp:ModelStore",
         "modelfleet:gcp:Network",
@@ -189,7 +208,7 @@ def test_every_gcp_resource_uses_the_stack_provider(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(infra.offline.RecordingMonitor, "RegisterResource", recording)
     cfg, plan = plan_stack("staging")
     gcp_resources = [(t, p) for t, p in seen if t.startswith("gcp:")]
-    assert len(gcp_resources) > 30
+    assert len(gcp_resources) >= 25
     for type_, provider in gcp_resources:
         assert "pulumi:providers:gcp::mf-staging-gcp::" in provider, type_
     settings = one(plan, "pulumi:providers:gcp").inputs
@@ -224,16 +243,20 @@ def test_fleet_reads_and_publisher_writes_only_this_bucket(stack: tuple[StackCon
     }
     fleet, publisher = plan.outputs["fleetIdentity"], plan.outputs["publisherIdentity"]
     leases = f"projects/_/buckets/{bucket}/objects/{cfg.store_prefix}/_fleet/"
-    assert grants == {
+    # The publisher's grant may carry a condition (tests/infra/test_iam_artifacts.py has it): one grant, either way.
+    publisher_grants = {g for g in grants if g[0] == f"serviceAccount:{publisher}"}
+    assert [(m, r) for m, r, _ in publisher_grants] == [(f"serviceAccount:{publisher}", "roles/storage.objectUser")]
+    assert grants - publisher_grants == {
         (f"serviceAccount:{fleet}", "roles/storage.objectViewer", None),
-        (f"serviceAccount:{publisher}", "roles/storage.objectUser", None),
         # The fleet writes its drain-slot leases, and only those: the grant holds for names under _fleet/ alone.
         (f"serviceAccount:{fleet}", "roles/storage.objectUser", f'resource.name.startsWith("{leases}")'),
     }
     assert {g.inputs["bucket"] for g in plan.of_type(T_BUCKET_IAM)} == {bucket}
-    # Nothing is granted anywhere else: no project, folder or organisation IAM resources.
+    # Nothing is granted anywhere else: no project, folder or organisation IAM resources (grants on the stack's own
+    # resources only, e.g. its bucket or image repository).
     iam_types = {r.type for r in plan.resources if "iam" in r.type.lower()}
-    assert iam_types == {T_BUCKET_IAM}
+    assert T_BUCKET_IAM in iam_types
+    assert not any(t.startswith(("gcp:projects/", "gcp:folder/", "gcp:organizations/")) for t in iam_types), iam_types
 
 
 # Keys relative to the store: what the fleet VMs write, and what they must never write.
@@ -323,8 +346,10 @@ def test_outputs(stack: tuple[StackConfig, Plan]) -> None:
     address = state_of(one(plan, T_GLOBAL_ADDRESS), "address")
     assert out["loadBalancerAddress"] == address
     assert out["endpoint"] == (f"https://{cfg.https_domains[0]}" if cfg.enable_https else f"http://{address}")
-    grpc_ip = state_of(one(plan, T_ADDRESS), "address")
-    assert out["grpcEndpoint"] == f"{grpc_ip}:{TFS_GRPC_PORT}"
+    if grpc_exposed(cfg):  # the ALB's HTTPS front end, by the certificate's first domain
+        assert out["grpcEndpoint"] == f"{cfg.https_domains[0]}:443"
+    else:
+        assert "grpcEndpoint" not in out
     assert out["canaryWeightPercent"] == cfg.canary_weight_percent
 
 
@@ -405,7 +430,8 @@ def test_fleets_roll_autoheal_and_name_their_ports(stack: tuple[StackConfig, Pla
         template = by_role(plan, T_TEMPLATE, role)
         assert mig["versions"] == [{"name": role, "instanceTemplate": state_of(template, "selfLinkUnique")}]
         assert mig["region"] == cfg.region
-        assert {p["name"]: p["port"] for p in mig["namedPorts"]} == {"http": TFS_REST_PORT, "grpc": TFS_GRPC_PORT}
+        ports = {"http": TFS_REST_PORT, **({"grpc": TFS_GRPC_PORT} if cfg.enable_grpc else {})}
+        assert {p["name"]: p["port"] for p in mig["namedPorts"]} == ports
         healing = mig["autoHealingPolicies"]
         assert healing["initialDelaySec"] == cfg.health_check_initial_delay_seconds
         check = [h for h in plan.of_type(T_HC) if self_link(h) == healing["healthCheck"]]
@@ -422,10 +448,11 @@ def test_fleets_roll_autoheal_and_name_their_ports(stack: tuple[StackConfig, Pla
 
 def test_the_vms_drain_wait_covers_every_check_that_routes_traffic_to_them(stack: tuple[StackConfig, Plan]) -> None:
     cfg, plan = stack
-    routing = [named(plan, f"mf-{cfg.stack}-lb-hc")]  # the ALB's readiness check
-    if cfg.enable_grpc:
-        routing += plan.of_type(T_LEGACY_HC)  # the gRPC target pool's
-    wait = int(max(c.inputs["checkIntervalSec"] * c.inputs["unhealthyThreshold"] for c in routing))
+    # The ALB's readiness check is the only one that routes traffic to a VM: REST and gRPC backend services share it.
+    routing = named(plan, f"mf-{cfg.stack}-lb-hc")
+    checks = {b.inputs["healthChecks"] for b in plan.of_type(T_BACKEND)}
+    assert checks == {self_link(routing)}
+    wait = int(routing.inputs["checkIntervalSec"] * routing.inputs["unhealthyThreshold"])
     assert wait == 10
     for role in (STABLE, CANARY):
         agent_unit = user_data_files(by_role(plan, T_TEMPLATE, role))[f"{bootstrap.UNIT_DIR}/{bootstrap.AGENT_UNIT}"]
@@ -449,7 +476,7 @@ def assert_autoscalers(cfg: StackConfig, plan: Plan) -> None:
         expected = (size.min_replicas, size.max_replicas) if role == STABLE or cfg.canary_fleet_runs else (0, 0)
         assert (policy["minReplicas"], policy["maxReplicas"]) == expected
         assert policy["mode"] == "ON"
-        if cfg.autoscaling_metric == "cpu":
+        if scaling_metric(cfg) == "cpu":
             assert policy["cpuUtilization"]["target"] == pytest.approx(cfg.target_cpu_percent / 100)
             assert "loadBalancingUtilization" not in policy
         else:
@@ -478,6 +505,18 @@ def test_backend_services_match_the_fleets(stack: tuple[StackConfig, Plan]) -> N
         (b,) = backend["backends"]
         assert b["group"] == state_of(mig, "instanceGroup")
         assert b["balancingMode"] == "RATE" and b["maxRatePerInstance"] == cfg.target_requests_per_second
+        grpc = [r for r in plan.of_type(T_BACKEND) if r.name == f"mf-{cfg.stack}-lb-{role}-grpc"]
+        if not grpc_exposed(cfg):
+            assert grpc == []
+            continue
+        # gRPC: HTTP/2 in cleartext to TF Serving's gRPC port, the same check, armor and balancing as REST.
+        (g,) = grpc
+        grpc_port_names = [p["name"] for p in mig.inputs["namedPorts"] if p["port"] == TFS_GRPC_PORT]
+        assert [g.inputs["portName"]] == grpc_port_names
+        assert g.inputs["protocol"] == "H2C" and g.inputs["loadBalancingScheme"] == "EXTERNAL_MANAGED"
+        assert g.inputs["healthChecks"] == self_link(lb_check)
+        assert g.inputs["securityPolicy"] == self_link(armor)
+        assert g.inputs["backends"] == backend["backends"]
 
 
 def test_url_map_splits_by_the_configured_weight(stack: tuple[StackConfig, Plan]) -> None:
@@ -497,10 +536,10 @@ def assert_split(cfg: StackConfig, plan: Plan) -> None:
         only = STABLE if cfg.canary_weight_percent == 0 else CANARY
         assert backends[urlmap["defaultService"]] == only
         assert "defaultRouteAction" not in urlmap
-    # While the canary fleet runs, a path matcher holds the label routes (tests/infra/test_label_routes.py) before
-    # the same split.
+    # With gRPC or while the canary fleet runs, a path matcher holds the gRPC route (tests/infra/test_grpc_paths.py)
+    # and the label routes (tests/infra/test_label_routes.py) before the same split.
     matchers = urlmap.get("pathMatchers", [])
-    assert len(matchers) == (1 if cfg.canary_fleet_runs else 0)
+    assert len(matchers) == (1 if cfg.canary_fleet_runs or grpc_exposed(cfg) else 0)
     for matcher in matchers:
         for key in ("defaultService", "defaultRouteAction"):
             assert matcher.get(key) == urlmap.get(key)
@@ -519,6 +558,9 @@ def assert_forwarding(cfg: StackConfig, plan: Plan) -> None:
         assert rule["ipAddress"] == address
         assert rule["ipProtocol"] == "TCP"
         assert rule.get("deletionPolicy") == ("PREVENT" if cfg.deletion_protection else None)
+    # The description is immutable (a change replaces the rule, and GCP refuses a second rule on the same address
+    # and port): port 80's says the same with and without HTTPS (tests/infra/test_config_flips.py flips it).
+    assert rules["80"]["description"] == "modelfleet HTTP"
     proxy = one(plan, T_HTTP_PROXY)
     assert rules["80"]["target"] == self_link(proxy)
     serving_map = self_link(named(plan, f"mf-{cfg.stack}-lb-urlmap"))
@@ -564,60 +606,56 @@ def test_firewall_admits_only_google_and_the_allowed_clients(stack: tuple[StackC
 
 
 def assert_firewalls(cfg: StackConfig, plan: Plan) -> None:
+    """Google's front ends and health checkers only, to the serving ports and the agent's: no client reaches a VM
+    directly (the allow-list is Cloud Armor's, at the load balancer), and gRPC's port only when gRPC is exposed."""
     rules = plan.of_type(T_FIREWALL)
     assert rules
-    google = GOOGLE_LB_RANGES | GOOGLE_NLB_HC_RANGES
-    clients = {c for c in cfg.allowed_source_cidrs if ipaddress.ip_network(c).version == 4}
     for rule in rules:
         inputs = rule.inputs
-        sources = set(inputs["sourceRanges"])
-        assert "0.0.0.0/0" not in sources and "::/0" not in sources, rule.name
+        assert set(inputs["sourceRanges"]) == GOOGLE_LB_RANGES, rule.name
         assert inputs["direction"] == "INGRESS"
         assert inputs["targetServiceAccounts"] == [fleet_email(plan)]
-        ports = allowed_ports(rule)
-        if ports & {AGENT_PORT, TFS_REST_PORT}:
-            # The health-checked and proxied ports: Google's front ends and health checkers only.
-            assert sources <= google, rule.name
-        if sources - google:
-            assert sources <= clients and ports == {TFS_GRPC_PORT}, rule.name
-    hc_ports = {p for r in rules if set(r.inputs["sourceRanges"]) == GOOGLE_LB_RANGES for p in allowed_ports(r)}
-    assert {AGENT_PORT, TFS_REST_PORT} <= hc_ports
-    if cfg.enable_grpc:
-        nlb = [r for r in rules if set(r.inputs["sourceRanges"]) == GOOGLE_NLB_HC_RANGES]
-        assert len(nlb) == 1 and allowed_ports(nlb[0]) == {AGENT_PORT}
-        grpc_clients = [r for r in rules if TFS_GRPC_PORT in allowed_ports(r)]
-        assert [set(r.inputs["sourceRanges"]) for r in grpc_clients] == ([clients] if clients else [])
+    ports = {p for r in rules for p in allowed_ports(r)}
+    assert ports == {AGENT_PORT, TFS_REST_PORT, *([TFS_GRPC_PORT] if grpc_exposed(cfg) else [])}
     network = plan.of_type(T_NETWORK)
     expected_network = self_link(network[0]) if network else cfg.existing_network
     assert {r.inputs["network"] for r in rules} == {expected_network}
 
 
-def test_grpc_goes_through_a_passthrough_nlb_to_the_stable_fleet(stack: tuple[StackConfig, Plan]) -> None:
+def test_grpc_goes_through_the_application_load_balancer(stack: tuple[StackConfig, Plan]) -> None:
+    """No passthrough path to TF Serving's gRPC port (it also serves ModelService, config reloads): no target pool,
+    regional address or forwarding rule; the gRPC backend services are reached only through the URL map's route."""
     cfg, plan = stack
-    pool = one(plan, T_POOL)
-    assert pool.parent_name == f"mf-{cfg.stack}-stable"
-    assert pool.inputs["region"] == cfg.region
-    check = one(plan, T_LEGACY_HC)
-    assert pool.inputs["healthChecks"] == self_link(check)
-    assert (check.inputs["port"], check.inputs["requestPath"]) == (AGENT_PORT, HEALTH_PATH)
-    assert by_role(plan, T_MIG, STABLE).inputs["targetPools"] == [self_link(pool)]
-    assert "targetPools" not in by_role(plan, T_MIG, CANARY).inputs
-    rule = one(plan, T_RULE).inputs
-    assert rule["loadBalancingScheme"] == "EXTERNAL" and rule["ipProtocol"] == "TCP"
-    assert rule["portRange"] == str(TFS_GRPC_PORT)
-    assert rule["target"] == self_link(pool)
-    assert rule["ipAddress"] == state_of(one(plan, T_ADDRESS), "address")
+    for type_ in (T_POOL, T_LEGACY_HC, T_ADDRESS, T_RULE, T_REGION_BACKEND):
+        assert plan.of_type(type_) == [], type_
+    assert all("targetPools" not in m.inputs for m in plan.of_type(T_MIG))
+    grpc = {self_link(b) for b in plan.of_type(T_BACKEND) if b.inputs["protocol"] == "H2C"}
+    assert len(grpc) == (len(ROLES) if grpc_exposed(cfg) else 0)
+    if grpc:
+        urlmap = named(plan, f"mf-{cfg.stack}-lb-urlmap").inputs
+        [matcher] = urlmap["pathMatchers"]
+
+        def links(value: Any) -> set[str]:
+            return {x for x in walk(value) if isinstance(x, str)} & grpc
+
+        reaching = [r["priority"] for r in matcher["routeRules"] if links(r)]
+        assert reaching == [10]  # the one gRPC route (tests/infra/test_grpc_paths.py)
+        for key in ("defaultService", "defaultRouteAction"):
+            assert not links(urlmap.get(key)) and not links(matcher.get(key))
 
 
-def test_each_group_is_in_exactly_one_backend_service(stack: tuple[StackConfig, Plan]) -> None:
-    """Load-balancing-utilisation autoscaling refuses a group in two backend services (MORE_THAN_ONE_BACKEND_SERVICE),
-    which is why the gRPC NLB uses a target pool."""
-    _, plan = stack
+def test_each_group_is_in_one_backend_service_per_protocol(stack: tuple[StackConfig, Plan]) -> None:
+    """REST, and gRPC when exposed: a group in two backend services cannot scale on load-balancer utilisation
+    (MORE_THAN_ONE_BACKEND_SERVICE), so with gRPC the autoscalers scale on CPU (test_autoscalers_follow_the_config)."""
+    cfg, plan = stack
     backends = plan.of_type(T_BACKEND) + plan.of_type(T_REGION_BACKEND)
     for role in (STABLE, CANARY):
         group = state_of(by_role(plan, T_MIG, role), "instanceGroup")
-        users = [b.name for b in backends for x in b.inputs["backends"] if x["group"] == group]
-        assert len(users) == 1, (role, users)
+        users = sorted(b.inputs["protocol"] for b in backends for x in b.inputs["backends"] if x["group"] == group)
+        assert users == (["H2C", "HTTP"] if grpc_exposed(cfg) else ["HTTP"]), (role, users)
+        if len(users) > 1:
+            policy = by_role(plan, T_AUTOSCALER, role).inputs["autoscalingPolicy"]
+            assert "loadBalancingUtilization" not in policy
 
 
 def test_network_is_private_with_nat_egress(stack: tuple[StackConfig, Plan]) -> None:
@@ -660,15 +698,19 @@ def test_canary_kept_warm_at_weight_zero_runs_but_gets_no_traffic() -> None:
     assert_split(cfg, plan)
 
 
-def test_allowed_cidrs_open_armor_and_the_grpc_port_only() -> None:
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https-grpc"])
+def test_allowed_cidrs_open_armor_only(https: bool) -> None:
+    """Cloud Armor is the allow-list for REST and gRPC alike (both backend services carry it); the firewall never
+    names a client range."""
     cidrs = [f"198.51.{i}.0/24" for i in range(12)] + ["2001:db8::/32"]
-    cfg, plan = variant(allowedSourceCidrs=cidrs)
+    tls: dict[str, Any] = {"enableHttps": True, "httpsDomains": ["models.example.com"]} if https else {}
+    cfg, plan = variant(allowedSourceCidrs=cidrs, **tls)
     assert_armor(cfg, plan)
     assert len([r for r in armor_rules(plan) if r["action"] == "allow"]) == 2  # 13 ranges, 10 per rule
     assert_firewalls(cfg, plan)
-    (grpc_clients,) = [r for r in plan.of_type(T_FIREWALL) if TFS_GRPC_PORT in allowed_ports(r)]
-    assert set(grpc_clients.inputs["sourceRanges"]) == set(cidrs[:-1])  # IPv4 only: the NLB address is IPv4
-    assert grpc_clients.inputs["logConfig"] == {"metadata": "INCLUDE_ALL_METADATA"}
+    armor = self_link(one(plan, T_ARMOR))
+    assert {b.inputs["securityPolicy"] for b in plan.of_type(T_BACKEND)} == {armor}
+    assert len(plan.of_type(T_BACKEND)) == (4 if grpc_exposed(cfg) else 2)
 
 
 def test_https_with_several_domains_redirects_http() -> None:
@@ -682,10 +724,13 @@ def test_https_with_several_domains_redirects_http() -> None:
     assert plan.outputs["endpoint"] == "https://models.example.com"
 
 
-def test_grpc_disabled_builds_no_nlb() -> None:
-    cfg, plan = variant(enableGrpc=False)
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+def test_grpc_disabled_builds_no_grpc_path(https: bool) -> None:
+    tls: dict[str, Any] = {"enableHttps": True, "httpsDomains": ["models.example.com"]} if https else {}
+    cfg, plan = variant(enableGrpc=False, **tls)
     for type_ in (T_POOL, T_LEGACY_HC, T_ADDRESS, T_RULE):
         assert plan.of_type(type_) == []
+    assert all(b.inputs["protocol"] == "HTTP" for b in plan.of_type(T_BACKEND))
     assert all("targetPools" not in m.inputs for m in plan.of_type(T_MIG))
     assert "grpcEndpoint" not in plan.outputs
     for role in (STABLE, CANARY):

@@ -7,8 +7,9 @@ load balancer inputs against a request, with the provider's documented semantics
 
 - GCP URL map: a host rule picks a path matcher (``*`` matches any host of ``[a-z0-9-.]``), whose route rules are
   tried by ascending priority, each matching when any of its match rules does (``fullPathMatch``: the path without
-  query equals it; ``prefixMatch``: starts with it); otherwise the path matcher's default, and with no host rule the
-  URL map's own default.
+  query equals it; ``prefixMatch``: starts with it; and every ``headerMatches`` entry: the header present and, by its
+  ``exactMatch`` / ``prefixMatch``, equal to or starting with the value, case-sensitive); otherwise the path matcher's
+  default, and with no host rule the URL map's own default.
 - AWS listener: rules by ascending priority, a rule matching when all its conditions do (a path pattern: any of its
   values, ``*`` any characters including ``/``, ``?`` one, case-sensitive; an HTTP header: name and values
   case-insensitive), otherwise the listener's default actions.
@@ -36,7 +37,8 @@ from infra.stack import STACKS_DIR, plan_stack
 from model_export.constants import CANARY, ROLES, STABLE
 from tests.support.plan import one
 
-# What a forward resolves to: {role (GCP) or "<role>-<rest|grpc>" (AWS): weight}; else "redirect" or a status code.
+# What a forward resolves to: {backend: weight}, the backend "<role>" (GCP REST), "<role>-grpc" (GCP gRPC) or
+# "<role>-<rest|grpc>" (AWS); else "redirect" or a status code.
 Route = dict[str, int] | str
 
 T_URLMAP = "gcp:compute/uRLMap:URLMap"
@@ -101,13 +103,23 @@ def gcp_target(holder: Mapping[str, Any], roles: Mapping[str, str], *, default: 
     return split
 
 
-def gcp_match(rule: Mapping[str, Any], path: str) -> bool:
+def gcp_header_match(header: Mapping[str, Any], headers: Mapping[str, str]) -> bool:
+    assert set(header) <= {"headerName", "exactMatch", "prefixMatch"}, f"not modelled: {dict(header)}"
+    assert len(set(header) & {"exactMatch", "prefixMatch"}) == 1, dict(header)
+    value = {k.lower(): v for k, v in headers.items()}.get(header["headerName"].lower())
+    if value is None:
+        return False
+    return value == header["exactMatch"] if "exactMatch" in header else value.startswith(header["prefixMatch"])
+
+
+def gcp_match(rule: Mapping[str, Any], path: str, headers: Mapping[str, str]) -> bool:
     kinds = [k for k in PATH_KINDS if k in rule]
     assert len(kinds) == 1, f"a match rule takes one of {PATH_KINDS}: {dict(rule)}"
-    assert set(rule) <= {"fullPathMatch", "prefixMatch"}, f"match fields the resolver does not model: {dict(rule)}"
+    assert set(rule) <= {"fullPathMatch", "prefixMatch", "headerMatches"}, f"not modelled: {dict(rule)}"
     value: str = rule[kinds[0]]
     assert value.startswith("/") and 1 <= len(value) <= 1024, value
-    return path == value if kinds[0] == "fullPathMatch" else path.startswith(value)
+    path_matches = path == value if kinds[0] == "fullPathMatch" else path.startswith(value)
+    return path_matches and all(gcp_header_match(h, headers) for h in rule.get("headerMatches", []))
 
 
 def gcp_check(urlmap: Mapping[str, Any]) -> None:
@@ -128,7 +140,13 @@ def gcp_check(urlmap: Mapping[str, Any]) -> None:
             assert rule["matchRules"], "a route rule without match rules matches everything"
 
 
-def gcp_resolve(urlmap: Mapping[str, Any], roles: Mapping[str, str], url_path: str, host: str = CLIENT_HOST) -> Route:
+def gcp_resolve(
+    urlmap: Mapping[str, Any],
+    roles: Mapping[str, str],
+    url_path: str,
+    host: str = CLIENT_HOST,
+    headers: Mapping[str, str] | None = None,
+) -> Route:
     gcp_check(urlmap)
     path = path_only(url_path)
     matchers = {m["name"]: m for m in urlmap.get("pathMatchers", [])}
@@ -141,18 +159,26 @@ def gcp_resolve(urlmap: Mapping[str, Any], roles: Mapping[str, str], url_path: s
     matcher = matchers[chosen]
     assert not matcher.get("pathRules"), "the resolver models route rules only"
     for rule in sorted(matcher.get("routeRules", []), key=lambda r: int(r["priority"])):
-        if any(gcp_match(m, path) for m in rule["matchRules"]):
+        if any(gcp_match(m, path, headers or {}) for m in rule["matchRules"]):
             return gcp_target(rule, roles, default=False)
     return gcp_target(matcher, roles, default=True)
 
 
+def gcp_backend(backend: Mapping[str, Any], name: str) -> str:
+    """``<role>`` for a REST backend service, ``<role>-grpc`` for a gRPC one (protocol H2C), the role from the name
+    (``<lb>-<role>[-grpc]``)."""
+    role = next(r for r in ROLES if name.endswith((f"-{r}", f"-{r}-grpc")))
+    return f"{role}-grpc" if backend["protocol"] == "H2C" else role
+
+
 def gcp_frontend(plan: Plan, port: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """The URL map serving ``port`` (forwarding rule -> target proxy -> URL map), and ``{backend self link: role}``."""
+    """The URL map serving ``port`` (forwarding rule -> target proxy -> URL map), and ``{backend self link: backend}``
+    (``gcp_backend``)."""
     [rule] = [r for r in plan.of_type(T_GLOBAL_RULE) if r.inputs["portRange"] == str(port)]
     [proxy] = [p for t in T_PROXIES for p in plan.of_type(t) if p.state["selfLink"] == rule.inputs["target"]]
     [urlmap] = [m for m in plan.of_type(T_URLMAP) if m.state["selfLink"] == proxy.inputs["urlMap"]]
-    roles = {b.state["selfLink"]: b.name.rsplit("-", 1)[1] for b in plan.of_type(T_BACKEND)}
-    assert sorted(roles.values()) == sorted(ROLES)
+    roles = {b.state["selfLink"]: gcp_backend(b.inputs, b.name) for b in plan.of_type(T_BACKEND)}
+    assert set(ROLES) <= set(roles.values()) <= {*ROLES, *(f"{r}-grpc" for r in ROLES)}
     return urlmap.inputs, roles
 
 
@@ -213,12 +239,20 @@ def test_gcp_label_routes_cover_every_model_of_the_stack() -> None:
     assert len(matcher["routeRules"]) == len(cfg.models) * len(ROLES)
 
 
-def test_gcp_without_a_canary_fleet_has_no_label_routes() -> None:
-    """Canary at weight 0 and not kept warm (the prod file): the canary fleet has no VMs, everything goes to stable."""
-    cfg, plan = plan_stack("prod")
+@pytest.mark.parametrize("stack", ["prod", "staging-weight-0"])
+def test_gcp_without_a_canary_fleet_has_no_label_routes(stack: str) -> None:
+    """Canary at weight 0 and not kept warm (the prod file, with gRPC; staging without): the canary fleet has no VMs,
+    every REST path goes to stable; a path matcher exists only for gRPC's route."""
+    if stack == "prod":
+        cfg, plan = plan_stack("prod")
+    else:
+        cfg, plan = gcp_plan(canaryWeightPercent=0)
     assert not cfg.canary_fleet_runs
-    urlmap, roles = gcp_frontend(plan, 443)
-    assert "hostRules" not in urlmap and "pathMatchers" not in urlmap
+    urlmap, roles = gcp_frontend(plan, 443 if cfg.enable_https else 80)
+    grpc = cfg.enable_grpc and cfg.enable_https
+    assert ("pathMatchers" in urlmap) is grpc
+    for matcher in urlmap.get("pathMatchers", []):
+        assert [r["priority"] for r in matcher["routeRules"]] == [10]  # gRPC's route alone, no label routes
     for path in ("/v1/models/digits/labels/canary:predict", "/v1/models/digits/labels/stable/metadata"):
         assert gcp_resolve(urlmap, roles, path) == {STABLE: 100}
 
@@ -355,14 +389,17 @@ def test_aws_label_routes_at_weight_zero_kept_warm_with_https_and_grpc() -> None
     for path, expected in aws_label_cases(cfg):
         assert aws_resolve(plan, 443, path) == expected, path
         assert aws_resolve(plan, 80, path) == "redirect", path  # port 80 only redirects, to 443 and its rules
-    # gRPC calls go to the gRPC groups by weight: their rule comes first, and their paths are /<package.Service>/...
+    # gRPC calls of the prediction service go to the gRPC groups by weight: their rule comes first, and their paths
+    # are /<package.Service>/...; any other gRPC call is refused (tests/infra/test_grpc_paths.py).
     grpc_split = {"stable-grpc": 100, "canary-grpc": 0}
     assert aws_resolve(plan, 443, GRPC_PREDICT, GRPC) == grpc_split
-    assert aws_resolve(plan, 443, "/v1/models/digits/labels/canary:predict", GRPC) == grpc_split
+    assert aws_resolve(plan, 443, "/v1/models/digits/labels/canary:predict", GRPC) == "404"
     # Without the gRPC content type, a gRPC path is neither a label path nor internal: the REST split.
     assert aws_resolve(plan, 443, GRPC_PREDICT) == aws_split(cfg)
     rules = {r.name.rsplit("-lb-", 1)[1]: int(r.inputs["priority"]) for r in plan.of_type(T_RULE)}
-    assert rules["grpc"] < rules["internal-paths"] < rules["label-stable"] < rules["label-canary"]
+    assert (
+        rules["grpc"] < rules["grpc-refused"] < rules["internal-paths"] < rules["label-stable"] < rules["label-canary"]
+    )
 
 
 def test_aws_without_a_canary_fleet_has_no_label_rules() -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.config import KEYS
+from infra.config import KEYS, load_config
+from infra.plan import FleetPeak, QuotaNeed, cpu_quota, quotas_to_check, vcpus
 from infra.stack import STACKS_DIR, stacks_dir_of
 from tests.support import REPO_ROOT
 from tests.support.cli import run_cli
@@ -21,6 +22,18 @@ from tests.support.cli import run_cli
 MINIMAL: dict[str, dict[str, Any]] = {
     "gcp": {"cloud": "gcp", "region": "europe-west1", "gcpProject": "acme-ml-test", "models": ["digits"]},
     "aws": {"cloud": "aws", "region": "eu-west-1", "models": ["digits"]},
+}
+DOCKER_HUB = (
+    "modelfleet:dockerHubCredentialArn is empty: every VM pulls tensorflow/serving:2.20.0 from Docker Hub through the "
+    "NAT (one anonymous pull quota for the whole fleet); set it (ECR then caches the image in the stack's account) or "
+    "set modelfleet:tfServingImage to your mirror"
+)
+NOBODY = {
+    "gcp": "modelfleet:allowedSourceCidrs is empty: the load balancer admits no client (Cloud Armor answers 403 to "
+    "every request); list your clients' ranges, e.g. pulumi config set --path 'allowedSourceCidrs[0]' 203.0.113.0/24",
+    "aws": "modelfleet:allowedSourceCidrs is empty: the load balancer admits no client (its security group drops "
+    "every connection); list your clients' ranges, e.g. pulumi config set --path 'allowedSourceCidrs[0]' "
+    "203.0.113.0/24",
 }
 
 
@@ -101,8 +114,10 @@ def test_a_stack_with_only_the_required_keys_plans(
     project = make_project(tmp_path / "serving", {"minimal": values})
     monkeypatch.chdir(tmp_path)  # outside the project: --project-dir finds it
     code, out, err = run_cli(capsys, "plan", "--project-dir", str(project), "--stack", "minimal", "--json")
-    assert (code, err) == (0, "")
+    warnings = [NOBODY[cloud], *([DOCKER_HUB] if cloud == "aws" else [])]  # no allowedSourceCidrs: nobody gets in
+    assert (code, err) == (0, "".join(f"modelfleet: warning: {w}\n" for w in warnings))
     plan = json.loads(out)
+    assert (plan["warnings"], plan["notDeployable"]) == (warnings, None)
     assert (plan["stack"], plan["cloud"], plan["region"]) == ("minimal", cloud, values["region"])
     assert plan["outputs"]["storeUri"].startswith({"gcp": "gs://", "aws": "s3://"}[cloud])
     assert plan["outputs"].get("grpcEndpoint") is None  # gRPC is opt-in
@@ -176,3 +191,111 @@ def test_without_the_infra_extra_plan_says_so_in_one_line(module: str) -> None:
         "modelfleet: error: modelfleet plan needs the infra extra: pip install 'modelfleet[infra]' "
         f"(no module named {module!r})\n"
     )
+
+
+# --- what `pulumi up` would warn about or refuse ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_plan_draws_an_example_stack_and_says_pulumi_up_refuses_it(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "plan", "--stack", "aws-prod")
+    assert code == 0 and out.startswith("stack aws-prod (aws, eu-west-1): ")
+    assert err.splitlines() == [
+        f"modelfleet: warning: {NOBODY['aws']}",
+        f"modelfleet: warning: {DOCKER_HUB}",
+        "modelfleet: warning: pulumi up refuses this stack: stack 'aws-prod' cannot be deployed as it is: "
+        "modelfleet:certificateArn "
+        "'arn:aws:acm:eu-west-1:123456789012:certificate/00000000-0000-0000-0000-000000000000' "
+        "names AWS's documentation account 123456789012: set the ARN of your ACM certificate in eu-west-1; "
+        "modelfleet:accessLogsBucket 'acme-lb-access-logs' is an example value: set an existing S3 bucket in "
+        "eu-west-1, encrypted with SSE-S3, whose bucket policy lets Elastic Load Balancing write logs (README "
+        '"Deploying for real"), or "" for no access logs',
+    ]
+    code, out, _ = run_cli(capsys, "plan", "--stack", "prod", "--json")
+    plan = json.loads(out)
+    assert plan["warnings"] == [NOBODY["gcp"]]
+    assert plan["notDeployable"].startswith("stack 'prod' cannot be deployed as it is: modelfleet:gcpProject ")
+
+
+# --- the vCPUs a rolling update needs ------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_plan_prints_the_rolling_update_peak_and_the_quotas(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run_cli(capsys, "plan", "--stack", "staging")
+    assert out.splitlines()[-7:] == [
+        "rolling update peak (each fleet at its maximum, old and new VMs side by side):",
+        "  stable: (2 max + 2 surge) x e2-standard-2 (2 vCPUs) = 4 VMs, 8 vCPUs",
+        "  canary: (1 max + 1 surge) x e2-standard-2 (2 vCPUs) = 2 VMs, 4 vCPUs",
+        "quotas to check in europe-west1 (free, on top of what else runs there):",
+        "  CPUS: 12 vCPUs",
+        "  CPUS_ALL_REGIONS: 12 vCPUs",
+        "  SSD_TOTAL_GB: 300 GB",
+    ]
+    _, out, _ = run_cli(capsys, "plan", "--stack", "aws-prod")
+    assert out.splitlines()[-6:] == [
+        "rolling update peak (each fleet at its maximum, old and new VMs side by side):",
+        "  stable: (12 max + 12 surge) x c6i.2xlarge (8 vCPUs) = 24 VMs, 192 vCPUs",
+        "  canary: not running (0 VMs)",
+        "quotas to check in eu-west-1 (free, on top of what else runs there):",
+        "  Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances: 192 vCPUs",
+        "  Storage for General Purpose SSD (gp3) volumes: 2 TiB",
+    ]
+    _, out, _ = run_cli(capsys, "plan", "--stack", "prod", "--json")
+    peak = json.loads(out)["rollingUpdatePeak"]
+    assert peak["fleets"][0] == {
+        "fleet": "stable",
+        "machineType": "n2-standard-8",
+        "vcpusPerVm": 8,
+        "maxVms": 12,
+        "surgeVms": 3,
+        "peakVms": 15,
+        "peakVcpus": 120,
+        "quota": "N2_CPUS",
+    }
+    assert {q["quota"]: q["amount"] for q in peak["quotas"]} == {
+        "N2_CPUS": 120,
+        "CPUS_ALL_REGIONS": 120,
+        "SSD_TOTAL_GB": 750,
+    }
+
+
+@pytest.mark.parametrize(
+    ("cloud", "machine_type", "count", "quota"),
+    [
+        ("gcp", "e2-standard-4", 4, "CPUS"),
+        ("gcp", "e2-medium", 2, "CPUS"),
+        ("gcp", "n2-highmem-16", 16, "N2_CPUS"),
+        ("gcp", "c3-highcpu-22", 22, "C3_CPUS"),
+        ("gcp", "n2-custom-6-24576", 6, "N2_CPUS"),
+        ("gcp", "custom-4-16384", 4, "CPUS"),
+        ("gcp", "n1-standard-8", 8, "CPUS"),
+        ("gcp", "g2-standard-8", 8, "G2_CPUS"),
+        ("gcp", "a2-highgpu-2g", 24, "A2_CPUS"),
+        ("gcp", "m1-megamem-96", 96, "M1_CPUS"),
+        ("gcp", "mystery", None, "MYSTERY_CPUS"),
+        ("aws", "c6i.large", 2, "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+        ("aws", "c6i.xlarge", 4, "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+        ("aws", "m7i.48xlarge", 192, "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+        ("aws", "t3.medium", 2, "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+        ("aws", "g5.2xlarge", 8, "Running On-Demand G and VT instances"),
+        ("aws", "p4d.24xlarge", 96, "Running On-Demand P instances"),
+        ("aws", "inf2.xlarge", 4, "Running On-Demand Inf instances"),
+        ("aws", "c7i.metal-24xl", None, "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
+    ],
+)
+def test_vcpus_and_quota_of_a_machine_type(cloud: str, machine_type: str, count: int | None, quota: str) -> None:
+    assert vcpus(cloud, machine_type) == count
+    assert cpu_quota(cloud, machine_type) == quota
+
+
+def test_gpu_quotas_on_gcp() -> None:
+    cfg = load_config({**MINIMAL["gcp"], "gpu": True, "machineType": "n1-standard-8", "diskSizeGb": 100}, "t")
+    peaks = [FleetPeak("stable", "n1-standard-8", 8, 2, 2, 4, 32, "CPUS")]
+    assert quotas_to_check(cfg, peaks) == [
+        QuotaNeed("CPUS", 32, "vCPUs"),
+        QuotaNeed("CPUS_ALL_REGIONS", 32, "vCPUs"),
+        QuotaNeed("GPUS_ALL_REGIONS", 4, "GPUs"),
+        QuotaNeed("NVIDIA_T4_GPUS", 4, "GPUs"),
+        QuotaNeed("SSD_TOTAL_GB", 400, "GB"),
+    ]
