@@ -84,7 +84,9 @@ def canary_traffic_order(canary_fleet_runs: bool) -> TrafficOrder:
     canary_fleet_runs``) gets its VMs before any weight or label route sends to it (capacity first); one that stops
     running loses its weight and routes before its VMs go (traffic first). Pulumi updates a resource after the
     resources it depends on, so each cloud's stack turns this into ``depends_on`` between the canary's capacity
-    resource and the load balancer resources that carry its traffic (docs/gcp.md, docs/aws.md "Canary on and off")."""
+    resource and the load balancer resources that carry its traffic: on AWS the auto scaling group (whose update waits
+    for its new minimum in service), on GCP ``infra.gcp.wait.FleetHealthy`` after the autoscaler (it waits for the
+    group's healthy VMs) (docs/gcp.md, docs/aws.md "Canary on and off")."""
     return "capacity-first" if canary_fleet_runs else "traffic-first"
 
 

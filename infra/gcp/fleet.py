@@ -13,9 +13,9 @@
   (``FleetCapacity.running`` false: the canary while it gets no traffic) has min = max = 0: GCP accepts that.
 - Two steps (``ServingFleet`` then ``autoscale``): the autoscaler comes once the load balancer exists, so a fleet
   that stops running can scale to zero only after the URL map stopped sending it traffic
-  (``infra.components.canary_traffic_order``). The other direction has no waiter on GCP: the MIG's
-  ``wait_for_instances`` runs only when the MIG itself changes, and the size is the autoscaler's, a resource that
-  needs the MIG first; a canary starts with ``canaryKeepWarm`` before it gets weight (docs/gcp.md "Canary on and off").
+  (``infra.components.canary_traffic_order``). The other direction has no waiter in the provider (the MIG's
+  ``wait_for_instances`` runs only when the MIG itself changes, and the size is the autoscaler's): a starting canary's
+  weight waits for ``infra.gcp.wait.FleetHealthy`` (docs/gcp.md "Canary on and off").
 """
 
 from __future__ import annotations

@@ -81,6 +81,9 @@ class LoadBalancerArgs:
     # role's fleet. Off: the weighted split alone (the canary fleet has no VMs).
     canary_fleet_runs: bool = False
     models: tuple[str, ...] = ()  # modelfleet:models: the label routes' paths name each one
+    # What the serving URL map (weights, label and gRPC routes) is updated after: a starting canary's wait for its
+    # healthy VMs (``infra.gcp.wait.FleetHealthy``), so its weight reaches it only once it serves.
+    serving_after: Sequence[pulumi.Resource] = ()
 
     def __post_init__(self) -> None:
         if self.canary_fleet_runs:
@@ -233,7 +236,7 @@ class LoadBalancer(pulumi.ComponentResource):
     security_policy: pulumi.Output[str]
     url_map: pulumi.Output[str]
     # What sends traffic to a fleet by weight, label or gRPC route: the serving URL map. A fleet that stops running
-    # scales to zero after it (ServingFleet.autoscale).
+    # scales to zero after it (ServingFleet.autoscale); a starting canary's wait comes before it (`serving_after`).
     traffic: list[pulumi.Resource]
 
     def __init__(self, name: str, args: LoadBalancerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -402,7 +405,7 @@ class LoadBalancer(pulumi.ComponentResource):
             host_rules=host_rules,
             path_matchers=path_matchers,
             deletion_policy=self._keep,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.serving_after)),
         )
 
     def _path_matcher(

@@ -6,6 +6,7 @@ config; no ambient ``gcp:`` settings are read) and returns the stack outputs. De
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -22,6 +23,7 @@ from infra.gcp.load_balancer import SERVING_CHECK, LoadBalancer, LoadBalancerArg
 from infra.gcp.network import Network, NetworkArgs
 from infra.gcp.registry import ImageRegistry, ImageRegistryArgs
 from infra.gcp.store import ModelStore, ModelStoreArgs
+from infra.gcp.wait import FleetHealthy, FleetHealthyArgs, healthy_wait_seconds
 from model_export.constants import CANARY, ROLES, STABLE
 
 # Machine families whose GPUs come with the machine type (no guest_accelerators); N1 takes attachable GPUs.
@@ -106,12 +108,39 @@ def build(cfg: StackConfig) -> dict[str, Any]:
             opts,
         )
 
-    lb = _load_balancer(cfg, network, accounts, fleets, autoscaling, opts)
-    # A stopping canary scales to zero after the URL map stopped sending it traffic (docs/gcp.md "Canary on and off").
-    traffic_first = canary_traffic_order(cfg.canary_fleet_runs) == "traffic-first"
-    for role, fleet in fleets.items():
-        fleet.autoscale(after=lb.traffic if traffic_first and role == CANARY else [])
+    # The canary's capacity and traffic change in order (docs/gcp.md "Canary on and off"): a starting canary's
+    # autoscaler, then the wait for its healthy VMs, then the URL map that gives it traffic; a stopping canary's URL
+    # map, then its autoscaler (scale to zero).
+    if canary_traffic_order(cfg.canary_fleet_runs) == "capacity-first":
+        healthy = _autoscale(cfg, fleets, canary_after=[])
+        lb = _load_balancer(cfg, network, accounts, fleets, autoscaling, opts, serving_after=[healthy])
+    else:
+        lb = _load_balancer(cfg, network, accounts, fleets, autoscaling, opts, serving_after=[])
+        _autoscale(cfg, fleets, canary_after=lb.traffic)
     return _outputs(cfg, uri, wheel_uri, store, accounts, network, lb, fleets)
+
+
+def _autoscale(
+    cfg: StackConfig, fleets: dict[str, ServingFleet], canary_after: Sequence[pulumi.Resource]
+) -> FleetHealthy:
+    """Both fleets' autoscalers (the canary's updated after ``canary_after``), then ``FleetHealthy`` on the canary's
+    group: it waits, after the autoscaler's update, for canaryMinReplicas healthy VMs when the canary starts (its
+    minimum goes up from 0), and does nothing when it stops (``min_healthy`` 0) or keeps running at the same size."""
+    fleets[STABLE].autoscale()
+    canary = fleets[CANARY]
+    autoscaler = canary.autoscale(after=canary_after)
+    min_healthy, _ = fleet_capacity(cfg, CANARY).bounds
+    return FleetHealthy(
+        f"{naming.component_name(cfg.stack, CANARY)}-healthy",
+        FleetHealthyArgs(
+            project=cfg.gcp_project or "",
+            region=cfg.region,
+            group=canary.manager.name,
+            min_healthy=min_healthy,
+            timeout_seconds=healthy_wait_seconds(cfg.health_check_initial_delay_seconds),
+        ),
+        pulumi.ResourceOptions(parent=canary, depends_on=[autoscaler]),
+    )
 
 
 def _store(
@@ -174,6 +203,7 @@ def _load_balancer(
     fleets: dict[str, ServingFleet],
     autoscaling: AutoscalingTarget,
     opts: pulumi.ResourceOptions,
+    serving_after: Sequence[pulumi.Resource],
 ) -> LoadBalancer:
     return LoadBalancer(
         naming.component_name(cfg.stack, naming.LOAD_BALANCER),
@@ -193,6 +223,7 @@ def _load_balancer(
             health_check=SERVING_CHECK,  # what the fleets' drain wait was computed from
             canary_fleet_runs=cfg.canary_fleet_runs,  # label routes to each fleet while both run
             models=cfg.models,
+            serving_after=serving_after,  # a starting canary's FleetHealthy
         ),
         opts,
     )

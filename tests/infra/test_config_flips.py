@@ -49,6 +49,7 @@ from tests.infra.test_traffic_order import CERTIFICATE, FILES, Graph, Registrati
 FORCE_NEW: Mapping[str, frozenset[str]] = {
     t: frozenset(fields)
     for t, fields in {
+        "pulumi-python:dynamic/modelfleet:FleetHealthy": [],  # never replaced; min_healthy changes in place
         "gcp:compute/globalForwardingRule:GlobalForwardingRule": [
             "description", "ipAddress", "ipProtocol", "ipVersion", "metadataFilters", "name", "network",
             "networkTier", "noAutomateDnsZone", "portRange", "project", "serviceDirectoryRegistrations",

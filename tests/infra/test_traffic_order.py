@@ -11,11 +11,11 @@ monitor's ``RegisterResource``.
   rules depend on the canary's auto scaling group, whose update (its minimum goes from 0 to canaryMinReplicas) returns
   once that many VMs are in service, i.e. ready once (the ready hook), within ``waitForCapacityTimeout``.
 - AWS, canary stopping: the group depends on those routes, so the weights are 0 before its minimum is.
-- GCP, canary stopping: the canary's autoscaler (min = max = 0) depends on the URL map.
-- GCP, canary starting: nothing in the provider waits for the group's VMs (the MIG's ``wait_for_instances`` runs when
-  the MIG changes, and the size is the autoscaler's, which must come after the MIG): a canary starts with
-  ``canaryKeepWarm`` before it gets weight (docs/gcp.md "Canary on and off"). Refusing the one-step start would need
-  the previous deployment's values, which `pulumi up` does not give a program: not done.
+- GCP, canary stopping: the canary's autoscaler (min = max = 0) depends on the URL map, and nothing holds the URL map.
+- GCP, canary starting: nothing in the Google provider waits for the group's VMs (the MIG's ``wait_for_instances``
+  runs when the MIG changes, and the size is the autoscaler's, which must come after the MIG), so the stack's own
+  waiter does: ``infra.gcp.wait.FleetHealthy`` (a dynamic resource) depends on the canary's autoscaler and waits for
+  canaryMinReplicas healthy VMs; the URL map depends on it. Its polling is tested in ``test_gcp_wait.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ T_RULE = "aws:lb/listenerRule:ListenerRule"
 T_AUTOSCALER = "gcp:compute/regionAutoscaler:RegionAutoscaler"
 T_URLMAP = "gcp:compute/uRLMap:URLMap"
 T_MIG = "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"
+T_HEALTHY = "pulumi-python:dynamic/modelfleet:FleetHealthy"  # infra.gcp.wait.FleetHealthy
 
 
 # --- the graph with each registration's options --------------------------------------------------------------------
@@ -104,6 +105,7 @@ def graph(cloud: str, **overrides: Any) -> Graph:
 STARTING = {"running": {"canaryWeightPercent": 10}, "kept-warm": {"canaryWeightPercent": 0, "canaryKeepWarm": True}}
 STOPPING = {"canaryWeightPercent": 0, "canaryKeepWarm": False}
 AWS_GRPC = {"enableHttps": True, "certificateArn": CERTIFICATE, "enableGrpc": True}
+GCP_GRPC = {"enableHttps": True, "httpsDomains": ["models.example.com"], "enableGrpc": True}
 
 
 # --- AWS ------------------------------------------------------------------------------------------------------------
@@ -153,25 +155,55 @@ def test_aws_a_stopping_canary_loses_its_weight_before_its_vms(https: bool) -> N
 # --- GCP ------------------------------------------------------------------------------------------------------------
 
 
-def test_gcp_a_stopping_canary_scales_to_zero_after_the_url_map_dropped_it() -> None:
-    g = graph("gcp", **STOPPING)
-    autoscaler = g.one(T_AUTOSCALER, "-canary-autoscaler")
+def gcp_parts(g: Graph) -> tuple[PlannedResource, PlannedResource, PlannedResource]:
+    """The canary's autoscaler, its health wait, and the serving URL map (the one map that sends requests to the
+    fleets, by weight, label or gRPC route, over HTTP and HTTPS alike; the HTTPS redirect map reaches no fleet)."""
+    return g.one(T_AUTOSCALER, "-canary-autoscaler"), g.one(T_HEALTHY, "-canary-healthy"), g.one(T_URLMAP, "-lb-urlmap")
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https-grpc"])
+@pytest.mark.parametrize("starting", list(STARTING), ids=list(STARTING))
+def test_gcp_a_starting_canary_gets_traffic_only_after_its_vms_are_healthy(starting: str, https: bool) -> None:
+    g = graph("gcp", **STARTING[starting], **(GCP_GRPC if https else {}))
+    assert g.cfg.canary_fleet_runs
+    autoscaler, healthy, urlmap = gcp_parts(g)
+    # autoscaler (minimum 0 -> canaryMinReplicas) -> the wait for that many healthy VMs -> the URL map
+    assert g.depends_on(healthy, autoscaler)
+    assert g.depends_on(urlmap, healthy)
+    assert not g.depends_on(autoscaler, urlmap)
+    assert autoscaler.inputs["autoscalingPolicy"]["minReplicas"] == g.cfg.canary.min_replicas >= 1
+    # What it waits for: the canary's own group (its name, in the stack's project and region), that many VMs, for
+    # longer than one VM's boot grace.
+    group = g.one(T_MIG, "-canary-mig")
+    assert healthy.parent == group.parent  # a child of the canary's ServingFleet
+    assert healthy.inputs["group"] == group.state["name"]
+    assert (healthy.inputs["project"], healthy.inputs["region"]) == (g.cfg.gcp_project, g.cfg.region)
+    assert healthy.inputs["min_healthy"] == g.cfg.canary.min_replicas
+    assert healthy.inputs["timeout_seconds"] > g.cfg.health_check_initial_delay_seconds
+    # The stable fleet is never held back, and never holds the URL map back.
+    stable = g.one(T_AUTOSCALER, "-stable-autoscaler")
+    assert not any(g.depends_on(a, b) for a, b in ((urlmap, stable), (stable, urlmap), (stable, healthy)))
+    if https:  # the HTTPS proxy serves that same URL map
+        proxy = g.one("gcp:compute/targetHttpsProxy:TargetHttpsProxy", "-lb-https-proxy")
+        assert proxy.inputs["urlMap"] == urlmap.state["selfLink"]
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https-grpc"])
+def test_gcp_a_stopping_canary_scales_to_zero_after_the_url_map_dropped_it(https: bool) -> None:
+    g = graph("gcp", **STOPPING, **(GCP_GRPC if https else {}))
+    assert not g.cfg.canary_fleet_runs
+    autoscaler, healthy, urlmap = gcp_parts(g)
     policy = autoscaler.inputs["autoscalingPolicy"]
     assert (policy["minReplicas"], policy["maxReplicas"]) == (0, 0)
-    urlmap = g.one(T_URLMAP, "-lb-urlmap")
     assert g.depends_on(autoscaler, urlmap)
     assert not g.depends_on(urlmap, autoscaler)
+    # The wait stays in the graph with nothing to wait for (min_healthy 0: its update records that, so the next start
+    # waits again), and the URL map does not wait for it.
+    assert healthy.inputs["min_healthy"] == 0
+    assert g.depends_on(healthy, autoscaler)
+    assert not g.depends_on(urlmap, healthy)
     # The stable fleet's autoscaler does not wait for the load balancer.
     assert not g.depends_on(g.one(T_AUTOSCALER, "-stable-autoscaler"), urlmap)
-
-
-@pytest.mark.parametrize("starting", list(STARTING), ids=list(STARTING))
-def test_gcp_a_starting_canary_is_not_held_behind_the_url_map(starting: str) -> None:
-    """The other direction: scaling up never waits for the URL map (the weights come from the two-step start)."""
-    g = graph("gcp", **STARTING[starting])
-    autoscaler = g.one(T_AUTOSCALER, "-canary-autoscaler")
-    assert not g.depends_on(autoscaler, g.one(T_URLMAP, "-lb-urlmap"))
-    assert autoscaler.inputs["autoscalingPolicy"]["minReplicas"] == g.cfg.canary.min_replicas
 
 
 # --- the rule across keys in infra/config.py --------------------------------------------------------------------
