@@ -7,6 +7,7 @@ current). `load_config` turns raw values (from `pulumi.Config` or a stack file) 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -678,11 +679,49 @@ def _parse(key: Key, raw: Any) -> Any:
     return [v.strip() for v in value]
 
 
+# Where a person finds every key with its type, default and description (generated from KEYS).
+KEYS_REFERENCE = 'the README\'s "Stack config reference" table'
+
+
+def unknown_key(name: str) -> str:
+    """The one line for a `modelfleet:` key that is not a setting: the closest key names, else where all are listed."""
+    by_lower = {k.lower(): k for k in BY_NAME}
+    close = [by_lower[m] for m in difflib.get_close_matches(name.lower(), by_lower, n=1, cutoff=0.75)]
+    hint = f"did you mean {PROJECT}:{close[0]}?" if close else f"see {KEYS_REFERENCE}"
+    return f"{PROJECT}:{name} is not a modelfleet setting; {hint}"
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment): insertions, deletions, substitutions and swaps of
+    two neighbouring characters, one edit each."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+# A namespace this close to `modelfleet` is a typo of it (`modelfeet`, `modelfleeet`, `ModelFleet`), not another
+# provider's (`gcp`, `aws`, `pulumi`): its keys would otherwise be dropped and their defaults used without a word.
+NAMESPACE_TYPO_DISTANCE = 2
+
+
+def misspelt_namespace(key: str) -> str | None:
+    """The one line for a stack file key whose namespace is a typo of `modelfleet`, or None."""
+    namespace, sep, name = key.partition(":")
+    if not sep or namespace == PROJECT or edit_distance(namespace.lower(), PROJECT) > NAMESPACE_TYPO_DISTANCE:
+        return None
+    return f"{key} is in namespace {namespace!r}, which nothing reads; did you mean {PROJECT}:{name}?"
+
+
 def load_config(values: Mapping[str, Any], stack: str) -> StackConfig:
     """Validate raw config values (keys without the `modelfleet:` prefix) into a `StackConfig`."""
     unknown = sorted(set(values) - set(BY_NAME))
     if unknown:
-        raise ConfigError(f"{PROJECT}:{unknown[0]} is not a modelfleet setting; known: {', '.join(sorted(BY_NAME))}")
+        raise ConfigError(unknown_key(unknown[0]))
     if values.get("cloud") is None:
         raise ConfigError(f"{PROJECT}:cloud is required; set it to one of: {', '.join(CLOUDS)}")
     cloud: str = _parse(BY_NAME["cloud"], values["cloud"])
@@ -838,7 +877,8 @@ def config_warnings(cfg: StackConfig) -> list[str]:
 
 
 def read_stack_file(path: Path) -> dict[str, Any]:
-    """The `modelfleet:` values of a `Pulumi.<stack>.yaml` (other namespaces, e.g. `gcp:`, are ignored)."""
+    """The `modelfleet:` values of a `Pulumi.<stack>.yaml`. Other namespaces (`gcp:`, `aws:`, ...) are ignored, but a
+    namespace one or two edits away from `modelfleet` is a typo and refused (``misspelt_namespace``)."""
     import yaml
 
     try:
@@ -848,6 +888,10 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ConfigError(f"stack file {str(path)!r} is not valid YAML: {e}") from None
     raw = doc.get("config") or {}
+    for key in raw:
+        typo = misspelt_namespace(str(key))
+        if typo is not None:
+            raise ConfigError(f"stack file {str(path)!r} sets {typo}")
     prefix = f"{PROJECT}:"
     return {k.removeprefix(prefix): val for k, val in raw.items() if k.startswith(prefix)}
 

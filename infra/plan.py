@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -74,7 +75,10 @@ KEY_INPUTS = (
     "enableDeletionProtection",
     "dropInvalidHeaderFields",
 )
-_MAX = 160
+# The text view fits a terminal of this many columns: long lines wrap, a value longer than a line is cut with "…".
+# The JSON view is complete.
+WIDTH = 120
+CONTINUATION = "    "  # a wrapped line's extra indent (a child resource is indented by two)
 
 
 def _tidy(value: Any) -> Any:
@@ -90,9 +94,60 @@ def _tidy(value: Any) -> Any:
     return value
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(_tidy(value), sort_keys=True, separators=(",", ":"), default=str)
-    return text if len(text) <= _MAX else text[: _MAX - 1] + "…"
+def _compact(value: Any) -> str:
+    return json.dumps(_tidy(value), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fit(text: str, width: int = WIDTH) -> str:
+    """``text`` cut to ``width`` characters, the last one "…" when cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def wrap(line: str) -> list[str]:
+    """A prose line in lines of at most ``WIDTH`` columns, the wrapped ones indented under it."""
+    if len(line) <= WIDTH:
+        return [line]
+    indent = line[: len(line) - len(line.lstrip(" "))]
+    return textwrap.wrap(line, WIDTH, subsequent_indent=indent + CONTINUATION, break_on_hyphens=False)
+
+
+def setting_items(key: str, value: Any, width: int, depth: int = 2) -> list[str]:
+    """``key=value`` as one item, or, when longer than ``width``, one item per element of a list (``key[0]=...``)
+    or member of an object (``key.member=...``), ``depth`` levels down at most; so the canary weight of a URL map or
+    each Cloud Armor rule keeps a line of its own rather than being cut away."""
+    tidy = _tidy(value)
+    item = f"{key}={_compact(tidy)}"
+    if len(item) <= width or depth == 0 or not tidy or not isinstance(tidy, list | dict):
+        return [item]
+    parts = enumerate(tidy) if isinstance(tidy, list) else sorted(tidy.items())
+    fmt = "{}[{}]" if isinstance(tidy, list) else "{}.{}"
+    return [i for k, v in parts for i in setting_items(fmt.format(key, k), v, width, depth - 1)]
+
+
+def pack(head: str, items: list[str]) -> list[str]:
+    """``head`` followed by ``items`` (two spaces, then one between items), in lines of at most ``WIDTH`` columns:
+    an item that does not fit starts a continuation line, and is cut with "…" if longer than a whole line."""
+    indent = head[: len(head) - len(head.lstrip(" "))] + CONTINUATION
+    lines, line, sep = [], head, "  "
+    for item in items:
+        if len(line) + len(sep) + len(item) <= WIDTH:
+            line += sep + item
+        else:
+            lines.append(line)
+            line = indent + fit(item, WIDTH - len(indent))
+        sep = " "
+    return [*lines, line]
+
+
+def serving_settings(cfg: StackConfig) -> dict[str, Any]:
+    """How the fleets serve and switch versions, as resolved from the config (an image from tfServingVersion too)."""
+    return {
+        "tfServingImage": cfg.tfs_image,
+        "agentPollSeconds": cfg.agent_poll_seconds,
+        "agentStoreTimeoutSeconds": cfg.agent_store_timeout_seconds,
+        "modelConfigPollSeconds": cfg.model_config_poll_seconds,
+        "versionSwitch": cfg.version_switch,
+    }
 
 
 def key_settings(resource: PlannedResource) -> dict[str, Any]:
@@ -337,17 +392,21 @@ def render_text(cfg: StackConfig, plan: Plan) -> str:
             f"deletion protection: {len(protected)} of {len(plan.resources)} resources protected"
             + (f" (routinely replaced, not protected: {', '.join(open_)})" if open_ else "")
         )
+    lines.append("serving: " + " ".join(f"{k}={v}" for k, v in serving_settings(cfg).items()))
+    lines = [part for line in lines for part in wrap(line)]
 
     def walk(parent: str | None, depth: int) -> None:
         for r in sorted(children[parent], key=lambda r: (r.custom, r.type, r.name)):
-            settings = " ".join(f"{k}={_short(v)}" for k, v in key_settings(r).items())
-            lines.append(f"{'  ' * depth}{_short_type(r.type)} {r.name}" + (f"  {settings}" if settings else ""))
+            head = f"{'  ' * depth}{_short_type(r.type)} {r.name}"
+            width = WIDTH - len(head) + len(head.lstrip(" ")) - len(CONTINUATION)  # of a continuation line
+            settings = [i for k, v in key_settings(r).items() for i in setting_items(k, v, width)]
+            lines.extend(pack(head, settings))
             walk(r.urn, depth + 1)
 
     walk(None, 1)
     lines.append("outputs:")
-    lines += [f"  {k}: {_short(v)}" for k, v in sorted(plan.outputs.items())]
-    lines += _peak_lines(cfg, plan)
+    lines += [fit(f"  {k}: {_compact(v)}") for k, v in sorted(plan.outputs.items())]
+    lines += [part for line in _peak_lines(cfg, plan) for part in wrap(line)]
     return "\n".join(lines)
 
 
@@ -357,6 +416,7 @@ def render_json(cfg: StackConfig, plan: Plan) -> dict[str, Any]:
         "stack": plan.stack,
         "cloud": cfg.cloud,
         "region": cfg.region,
+        "serving": serving_settings(cfg),
         "resources": [
             {
                 "type": r.type,

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_export import layout
+from model_export import layout, versions
 from model_export.constants import CANARY, ROLES, STABLE
-from model_export.errors import BadInput, ModelfleetError, ObjectNotFound, UnknownModel
+from model_export.errors import BadInput, ModelfleetError, ObjectNotFound
 from model_export.heartbeat import (
     SAMPLES_SECONDS,
     STALE_INTERVALS,
@@ -338,7 +338,7 @@ def model_status(
     if manifest is None:
         manifest, token = load_manifest(st, model)
         if token is None:
-            raise UnknownModel(f"no model {model!r} in {st.uri} (nothing published under that name)")
+            raise versions.unknown_model(st, model)
     now = clock()
     return ModelStatus(
         model,

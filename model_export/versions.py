@@ -1,4 +1,4 @@
-"""Version operations on a model's manifest: list, label, promote, rollback, prune.
+"""Version operations on a model's manifest: list models, list, label, promote, rollback, prune.
 
 Each label change is one compare-and-swap of the manifest and one entry in its history; servers follow it
 without a redeploy.
@@ -7,6 +7,7 @@ without a redeploy.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,8 @@ from model_export import layout
 from model_export.constants import CANARY, ROLES, STABLE
 from model_export.errors import BadInput, UnknownModel
 from model_export.manifest import (
+    MODEL_RE,
+    LabelMove,
     Manifest,
     actor,
     check_label,
@@ -37,11 +40,66 @@ def _open(store: str | Store, model: str) -> Store:
     return checked_store(store)
 
 
+def model_names(store: str | Store) -> list[str]:
+    """The models in a store, sorted: each top-level prefix with a manifest. ``_``-prefixes (``layout``) are not models.
+
+    One listing of the whole store: the store API has no delimiter listing, so this reads every key once.
+    """
+    st = checked_store(store)
+    names = set()
+    for obj in st.list(""):
+        name, sep, rest = obj.key.partition("/")
+        if sep and rest == layout.MANIFEST_NAME and not name.startswith("_") and MODEL_RE.fullmatch(name):
+            names.add(name)
+    return sorted(names)
+
+
+def unknown_model(st: Store, model: str) -> UnknownModel:
+    """The error for a model nothing was published under: the store's models and the closest names, if any."""
+    known = model_names(st)
+    if not known:
+        return UnknownModel(f"no model {model!r} in {st.uri} (nothing published under that name)")
+    close = difflib.get_close_matches(model, known, n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownModel(f"no model {model!r} in {st.uri} (models: {', '.join(known)}{hint})")
+
+
 def _existing(st: Store, model: str) -> Manifest:
     manifest, token = load_manifest(st, model)
     if token is None:
-        raise UnknownModel(f"no model {model!r} in {st.uri} (nothing published under that name)")
+        raise unknown_model(st, model)
     return manifest
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One line of ``list_models``: a model's labels and its newest version (``None`` when prune left none)."""
+
+    model: str
+    labels: dict[str, int]
+    latest_version: int | None
+    versions: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_models(store: str | Store) -> list[ModelSummary]:
+    """Every model in the store (sorted by name) with its labels and latest version."""
+    st = checked_store(store)
+    summaries = []
+    for name in model_names(st):
+        manifest, token = load_manifest(st, name)
+        if token is None:  # deleted between the listing and the read
+            continue
+        latest = max(manifest.versions, default=None)
+        summaries.append(ModelSummary(name, dict(sorted(manifest.labels.items())), latest, len(manifest.versions)))
+    return summaries
+
+
+def history(store: str | Store, model: str) -> list[LabelMove]:
+    """The model's label history as the manifest records it, oldest first."""
+    return list(get_manifest(store, model).history)
 
 
 def get_manifest(store: str | Store, model: str) -> Manifest:

@@ -20,7 +20,12 @@ from modelfleet import __version__
 # command -> (module that registers it, one-line summary: the first line of the command's docstring).
 COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("store_cmds", "Publish a SavedModel directory as the next version of a model."),
+    "models": ("store_cmds", "List the models in a store with their labels and latest version."),
     "versions": ("store_cmds", "List a model's versions and labels."),
+    "history": (
+        "store_cmds",
+        "Show a model's label history (publish, label, promote, rollback, canary decisions), newest last.",
+    ),
     "show": ("store_cmds", "Show one version: files with sha256 and size, signature, source."),
     "label": (
         "store_cmds",

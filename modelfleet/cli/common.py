@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,11 +25,37 @@ def command(
     return p
 
 
-def store_args(p: argparse.ArgumentParser) -> None:
+STORE_ENV = "MODELFLEET_STORE"  # the default of --store
+MODEL_ENV = "MODELFLEET_MODEL"  # the default of --model
+
+
+def _given(flag: str, env: str) -> Callable[[str], str]:
+    """An argparse ``type`` that refuses an empty value. argparse also runs it on a string default, so an option whose
+    default is an unset variable ("") fails as a one-line usage error naming both the flag and the variable."""
+
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"missing: pass {flag} or set {env}")
+        return text
+
+    return parse
+
+
+def env_option(p: argparse.ArgumentParser, flag: str, env: str, metavar: str, help: str) -> None:
+    """``flag``, defaulting to ``$env``; without either, a usage error (exit 2) that names both."""
     p.add_argument(
-        "--store", required=True, metavar="URI", help="file:///path, gs://bucket/prefix or s3://bucket/prefix"
+        flag,
+        default=os.environ.get(env, ""),
+        type=_given(f"{flag} {metavar}", env),
+        metavar=metavar,
+        help=f"{help} (default: ${env})",
     )
-    p.add_argument("--model", required=True, metavar="NAME", help="model name in the store")
+
+
+def store_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    env_option(p, "--store", STORE_ENV, "URI", "file:///path, gs://bucket/prefix or s3://bucket/prefix")
+    if model:
+        env_option(p, "--model", MODEL_ENV, "NAME", "model name in the store")
 
 
 def json_arg(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""Commands over the model store: publish, versions, show, label, promote, rollback, prune."""
+"""Commands over the model store: publish, models, versions, history, show, label, promote, rollback, prune."""
 
 from __future__ import annotations
 
@@ -184,6 +184,66 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models in a store with their labels and latest version.
+
+    Example:
+      modelfleet models --store s3://acme-models/prod
+    """
+    models = ops.list_models(args.store)
+    if args.json:
+        emit_json({"store": args.store, "models": [m.to_json() for m in models]})
+        return 0
+    if not models:
+        print(f"no models in {args.store}")
+        return 0
+    rows = [["MODEL", "LABELS", "LATEST", "VERSIONS"]]
+    for m in models:
+        labels = ",".join(f"{k}=v{v}" for k, v in m.labels.items())
+        rows.append(
+            [m.model, labels or "-", "-" if m.latest_version is None else str(m.latest_version), str(m.versions)]
+        )
+    print(table(rows))
+    return 0
+
+
+def _version_text(version: int | None) -> str:
+    return "-" if version is None else f"v{version}"
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Show a model's label history (publish, label, promote, rollback, canary decisions), newest last.
+
+    --json prints the entries as the manifest stores them (with a decision's evidence).
+
+    Example:
+      modelfleet history --store gs://acme-models/prod --model digits
+    """
+    moves = ops.history(args.store, args.model)
+    if args.json:
+        emit_json({"model": args.model, "history": [h.to_json() for h in moves]})
+        return 0
+    if not moves:
+        print(f"model {args.model}: no label history")
+        return 0
+    rows = [["TIME", "LABEL", "FROM", "TO", "ACTION", "BY", "REASON"]]
+    for h in moves:
+        rows.append(
+            [
+                h.time,
+                h.label,
+                _version_text(h.from_version),
+                _version_text(h.to_version),
+                h.action,
+                h.by or "-",
+                h.reason or "",
+            ]
+        )
+    print(f"model {args.model}")
+    print(table(rows))
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one version: files with sha256 and size, signature, source.
 
@@ -319,6 +379,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     json_arg(p)
 
     p = command(sub, "versions", cmd_versions, cmd_versions.__doc__)
+    store_args(p)
+    json_arg(p)
+
+    p = command(sub, "models", cmd_models, cmd_models.__doc__)
+    store_args(p, model=False)
+    json_arg(p)
+
+    p = command(sub, "history", cmd_history, cmd_history.__doc__)
     store_args(p)
     json_arg(p)
 

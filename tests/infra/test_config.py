@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +15,13 @@ from infra.config import (
     ConfigError,
     check_region,
     config_warnings,
+    edit_distance,
     example_values,
     load_config,
     markdown_table,
+    read_stack_file,
     render_pulumi_yaml,
+    unknown_key,
     validate,
 )
 from infra.stack import stack_config
@@ -190,7 +194,6 @@ def test_pulumi_strings_are_parsed() -> None:
         ({"certificateArn": "arn:aws:acm:x"}, "modelfleet:certificateArn applies only to aws, not cloud 'gcp'"),
         ({"enableHttps": True}, "modelfleet:httpsDomains is required when enableHttps is true on gcp"),
         ({"autoscalingMetric": "memory"}, "modelfleet:autoscalingMetric = 'memory' is invalid; use cpu or requests"),
-        ({"typo": 1}, "modelfleet:typo is not a modelfleet setting; known: "),
         ({"stableMinReplicas": 0}, "modelfleet:stableMinReplicas = 0 is invalid; the stable fleet needs at least 1 VM"),
         ({"existingInstanceSubnets": ["s"]}, "existingInstanceSubnets needs modelfleet:existingNetwork to be set too"),
     ],
@@ -344,3 +347,72 @@ def test_image_references_and_the_docker_hub_warning() -> None:
         config_warnings(load_config({**AWS, "allowedSourceCidrs": ["203.0.113.0/24"], "tfServingImage": mirror}, "t"))
         == []
     )
+
+
+# --- keys that are not settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (
+            "agentPolSeconds",
+            "modelfleet:agentPolSeconds is not a modelfleet setting; did you mean modelfleet:agentPollSeconds?",
+        ),
+        (
+            "agentpollseconds",
+            "modelfleet:agentpollseconds is not a modelfleet setting; did you mean modelfleet:agentPollSeconds?",
+        ),
+        (
+            "canaryWeight",
+            "modelfleet:canaryWeight is not a modelfleet setting; did you mean modelfleet:canaryWeightPercent?",
+        ),
+        ("typo", 'modelfleet:typo is not a modelfleet setting; see the README\'s "Stack config reference" table'),
+    ],
+)
+def test_an_unknown_key_is_one_short_line_with_the_closest_key(key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config({**GCP, key: 1}, "t")
+    assert str(e.value) == message == unknown_key(key)
+    assert len(message) < 120
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "distance"),
+    [
+        ("modelfeet", "modelfleet", 1),
+        ("modelfleeet", "modelfleet", 1),
+        ("modelfelet", "modelfleet", 1),
+        ("modlefleet", "modelfleet", 1),
+        ("modelfleets", "modelfleet", 1),
+        ("gcp", "modelfleet", 10),
+        ("pulumi", "modelfleet", 9),
+        ("", "ab", 2),
+    ],
+)
+def test_edit_distance_counts_a_swap_as_one_edit(a: str, b: str, distance: int) -> None:
+    assert edit_distance(a, b) == distance
+
+
+@pytest.mark.parametrize(
+    "namespace", ["modelfeet", "modelfleeet", "modelfelet", "ModelFleet", "modelfleets", "modlfleet"]
+)
+def test_a_namespace_one_edit_from_modelfleet_is_refused(namespace: str, tmp_path: Path) -> None:
+    """Once silently dropped: the stack ran with the default poll instead of the value set."""
+    path = tmp_path / "Pulumi.t.yaml"
+    path.write_text(f"config:\n  gcp:project: acme\n  {namespace}:agentPollSeconds: 5\n  modelfleet:cloud: gcp\n")
+    with pytest.raises(ConfigError) as e:
+        read_stack_file(path)
+    assert str(e.value) == (
+        f"stack file {str(path)!r} sets {namespace}:agentPollSeconds is in namespace {namespace!r}, which nothing "
+        "reads; did you mean modelfleet:agentPollSeconds?"
+    )
+
+
+def test_other_namespaces_stay_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.t.yaml"
+    path.write_text(
+        "config:\n  gcp:project: acme\n  aws:region: eu-west-1\n  pulumi:tags: {a: b}\n  model:x: 1\n"
+        "  modelfleet:cloud: gcp\n"
+    )
+    assert read_stack_file(path) == {"cloud": "gcp"}

@@ -70,9 +70,12 @@ def test_plan_text_shows_the_tree_and_key_settings(capsys: pytest.CaptureFixture
     }
     template = next(line for line in lines if "gcp:InstanceTemplate mf-staging-stable-template" in line)
     assert template.startswith("    ") and 'machineType="e2-standard-2"' in template
-    urlmap = next(line for line in lines if "gcp:URLMap" in line)
-    assert '{"backendService":"mf-staging-lb-stable","weight":90}' in urlmap
-    assert '{"backendService":"mf-staging-lb-canary","weight":10}' in urlmap
+    at = next(i for i, line in enumerate(lines) if "gcp:URLMap" in line)
+    assert lines[at : at + 3] == [  # each weighted backend on a line of its own (within 120 columns)
+        "    gcp:URLMap mf-staging-lb-urlmap",
+        '        defaultRouteAction.weightedBackendServices[0]={"backendService":"mf-staging-lb-stable","weight":90}',
+        '        defaultRouteAction.weightedBackendServices[1]={"backendService":"mf-staging-lb-canary","weight":10}',
+    ]
     assert 'storeUri: "gs://' in out
 
 
