@@ -5,6 +5,7 @@ file store, then canary → promote → rollback. No network, no cloud account (
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ def run_demo(
     if store_uri.startswith("file://"):
         Path(store_uri.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     report = DemoReport(store_uri)
+    run = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
     for n, (hidden, epochs, label) in enumerate([(0, 40, STABLE), (32, 40, CANARY)], start=1):
         model, norm, sample, accuracy = _train(hidden, epochs, seed=n)
         out = workdir / f"export-{os.getpid()}-{n}"
@@ -70,7 +72,9 @@ def run_demo(
             model_name=MODEL,
             overwrite=True,
         )
-        result = publish(out, store, MODEL, label=label, source={"job_id": f"demo-{n}"})
+        # A job id per run: it is the publish's idempotency key, and a second demo on the same store must publish
+        # new versions, not get the first run's back (a retried publish never moves labels again).
+        result = publish(out, store, MODEL, label=label, source={"job_id": f"demo-{run}-{n}"})
         report.published.append(result)
         report.accuracy.append(accuracy)
         say(f"trained {MODEL} (held-out accuracy {accuracy:.3f}), published version {result.version} as {label}")
