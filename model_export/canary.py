@@ -56,10 +56,6 @@ PROMOTE, ABORT, INCONCLUSIVE = "promote", "abort", "inconclusive"
 Evidence = dict[str, float | int | str | None]
 
 
-class CanaryFailed(ModelfleetError):
-    """The canary was aborted or inconclusive (exit 1); the history says why."""
-
-
 @dataclass(frozen=True)
 class CanaryOptions:
     bake_seconds: float

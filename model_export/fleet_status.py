@@ -8,7 +8,7 @@ one listing and one GET per instance, in parallel. Nothing is written.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +28,7 @@ from model_export.heartbeat import (
     sample_at,
     standard_bounds,
 )
-from model_export.manifest import Manifest, check_model_name, load_manifest
+from model_export.manifest import check_model_name, load_manifest
 from model_export.store import Store, checked_store
 
 DEFAULT_WINDOW_SECONDS = 300.0
@@ -322,27 +322,18 @@ def check_window(window: float) -> float:
     return window
 
 
-def model_status(
-    store: str | Store,
-    model: str,
-    *,
-    window: float = DEFAULT_WINDOW_SECONDS,
-    fleets: Sequence[str] = ROLES,
-    manifest: Manifest | None = None,
-    clock: Callable[[], float] = time.time,
-) -> ModelStatus:
+def model_status(store: str | Store, model: str, *, window: float = DEFAULT_WINDOW_SECONDS) -> ModelStatus:
     """The fleets' view of ``model``: the labels, and per fleet its instances, convergence and traffic."""
     check_model_name(model)
     check_window(window)
     st = checked_store(store)
-    if manifest is None:
-        manifest, token = load_manifest(st, model)
-        if token is None:
-            raise versions.unknown_model(st, model)
-    now = clock()
+    manifest, token = load_manifest(st, model)
+    if token is None:
+        raise versions.unknown_model(st, model)
+    now = time.time()
     return ModelStatus(
         model,
         dict(manifest.labels),
-        {f: fleet_status(st, model, f, manifest.labels, window, now) for f in fleets},
+        {f: fleet_status(st, model, f, manifest.labels, window, now) for f in ROLES},
         now,
     )

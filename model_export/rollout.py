@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from model_export import versions
 from model_export.constants import ROLES, STABLE
 from model_export.errors import BadInput, ModelfleetError, one_line
 from model_export.fleet_status import FAILED, SERVING, FleetStatus, fleet_desired, fleet_status
@@ -142,31 +141,6 @@ def _wait_or_fail(
     return wait_for_fleets(store, model, targets, required=required, timeout=timeout, progress=progress)
 
 
-def change_and_wait(
-    store: str | Store,
-    model: str,
-    change: Callable[[Store], Manifest],
-    *,
-    timeout: float = DEFAULT_TIMEOUT_SECONDS,
-    rollback_on_failure: bool = False,
-    progress: Progress | None = None,
-) -> tuple[Manifest, WaitOutcome]:
-    """Run ``change`` (a label operation that returns the new manifest), then wait for the fleets it affects.
-
-    With ``rollback_on_failure``, when the stable fleet does not converge (an instance failed to load the new stable,
-    or the timeout), ``stable`` moves back to the version it had before, in a history entry that says why (action
-    ``auto-rollback``); only if ``stable`` still names the version this change set. Raises ``RolloutFailed`` (exit 1)
-    when the fleets did not converge, after the rollback if there was one.
-    """
-    check_timeout(timeout)
-    st = checked_store(store)
-    before = versions.get_manifest(st, model).labels
-    after = change(st)
-    return after, wait_after(
-        st, model, before, after, timeout=timeout, rollback_on_failure=rollback_on_failure, progress=progress
-    )
-
-
 def wait_after(
     store: Store,
     model: str,
@@ -177,7 +151,15 @@ def wait_after(
     rollback_on_failure: bool = False,
     progress: Progress | None = None,
 ) -> WaitOutcome:
-    """Wait for the fleets a label change from ``before`` to ``after`` affects (see :func:`change_and_wait`)."""
+    """Wait for the fleets a label change from ``before`` to ``after`` (the labels before it, and the manifest it
+    wrote) affects.
+
+    With ``rollback_on_failure``, when the stable fleet does not converge (an instance failed to load the new stable,
+    or the timeout), ``stable`` moves back to the version it had before, in a history entry that says why (action
+    ``auto-rollback``); only if ``stable`` still names the version this change set. Raises ``RolloutFailed`` (exit 1)
+    when the fleets did not converge, after the rollback if there was one.
+    """
+    check_timeout(timeout)
     st = store
     outcome = _wait_or_fail(st, model, before, after, timeout, progress)
     if outcome.ok:

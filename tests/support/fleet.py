@@ -135,7 +135,6 @@ class Traffic:
 
     def __init__(self, vms: list[VM], rate: float, threads: int = 2) -> None:
         self.vms, self.rate = vms, rate
-        self.statuses: list[int] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._loop, args=(vm,), name="traffic", daemon=True)
@@ -155,5 +154,5 @@ class Traffic:
 
     def _loop(self, vm: VM) -> None:
         while not self._stop.is_set():
-            self.statuses.append(vm.predict())
+            vm.predict()
             self._stop.wait(1 / self.rate)
