@@ -17,19 +17,24 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# Debian tools the tests run on generated artefacts (cloud-init schema, shellcheck, systemd-analyze verify).
-SYSTEM_TOOLS := shellcheck cloud-init systemd-analyze
+# Debian tools the tests run on generated artefacts (cloud-init schema, shellcheck, systemd-analyze verify,
+# docker-compose config for infra/local/compose.yaml: Compose v1 validates without a Docker daemon).
+SYSTEM_TOOLS := shellcheck cloud-init systemd-analyze docker-compose
 APT_PACKAGES := shellcheck cloud-init systemd
+# docker-compose recommends the Docker engine, which `config` does not need.
+APT_BARE     := docker-compose
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then \
 	    echo "the tests need$$missing; install them with:" >&2; \
-	    echo "  sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)" >&2; \
+	    echo "  sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES) &&" \
+	      "sudo apt-get install -y --no-install-recommends $(APT_BARE)" >&2; \
 	    exit 1; \
 	  fi; \
 	  echo "installing with apt-get:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_BARE) >/dev/null; \
 	fi
 
 demo: $(STAMP)

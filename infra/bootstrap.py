@@ -16,7 +16,7 @@ agent's liveness to the auto scaling group (docs/aws.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -64,6 +64,10 @@ AGENT_BIN = f"{AGENT_HOME}/venv/bin/modelfleet"
 AGENT_ENV_FILE = "/etc/modelfleet/agent.env"
 UNIT_DIR = "/etc/systemd/system"
 TFS_CONTAINER = "tfserving"
+# The image's own entrypoint adds --model_name/--model_base_path; the VM (and infra/local) call the server directly.
+TFS_ENTRYPOINT = "/usr/bin/tensorflow_model_server"
+# Docker's json-file log rotation for TF Serving's container, on a VM and in infra/local's compose file.
+TFS_LOG_OPTIONS: Mapping[str, str] = {"max-size": "50m", "max-file": "3"}
 TFS_UNIT, SYNC_UNIT, AGENT_UNIT = "tfserving.service", "modelfleet-sync.service", "modelfleet-agent.service"
 LIVEZ_UNIT = "modelfleet-livez.service"  # AWS only
 LIVEZ_REPORT = f"{AGENT_HOME}/livez_report.py"  # from the agent bundle (infra.agent_package.BUNDLED_SCRIPTS)
@@ -388,13 +392,16 @@ def batching_config(batching: Batching) -> str:
 # --- commands and units ------------------------------------------------------------------------------------------
 
 
-def tfs_flags(args: BootstrapArgs) -> list[str]:
-    """The tensorflow_model_server flags, in order."""
+def tfs_server_flags(
+    model_config_poll_seconds: int = MODEL_CONFIG_POLL_SECONDS, batching: bool = False, extra: Sequence[str] = ()
+) -> list[str]:
+    """The tensorflow_model_server flags, in order: a VM's (``tfs_flags``) and the local compose file's
+    (``infra.local``), so the two never drift."""
     flags = [
         f"--port={TFS_GRPC_PORT}",
         f"--rest_api_port={TFS_REST_PORT}",
         f"--model_config_file={MODEL_CONFIG_PATH}",
-        f"--model_config_file_poll_wait_seconds={args.model_config_poll_seconds}",
+        f"--model_config_file_poll_wait_seconds={model_config_poll_seconds}",
         f"--monitoring_config_file={MONITORING_CONFIG_PATH}",
         "--enable_grpc_healthcheck_service=true",
         f"--max_num_load_retries={TFS_MAX_LOAD_RETRIES}",
@@ -409,9 +416,14 @@ def tfs_flags(args: BootstrapArgs) -> list[str]:
         # never writes one that is not on an AVAILABLE version (docs/agent.md, transition rules 2 and 4).
         "--allow_version_labels_for_unavailable_models=true",
     ]
-    if args.enabled_batching is not None:
+    if batching:
         flags += ["--enable_batching=true", f"--batching_parameters_file={BATCHING_CONFIG_PATH}"]
-    return flags + list(args.extra_tfs_flags)
+    return flags + list(extra)
+
+
+def tfs_flags(args: BootstrapArgs) -> list[str]:
+    """The VM's tensorflow_model_server flags, in order."""
+    return tfs_server_flags(args.model_config_poll_seconds, args.enabled_batching is not None, args.extra_tfs_flags)
 
 
 def _docker_run_lines(args: BootstrapArgs) -> list[list[str]]:
@@ -422,29 +434,55 @@ def _docker_run_lines(args: BootstrapArgs) -> list[list[str]]:
         ["--publish", f"{TFS_GRPC_PORT}:{TFS_GRPC_PORT}", "--publish", f"{TFS_REST_PORT}:{TFS_REST_PORT}"],
         ["--volume", f"{MODEL_ROOT}:{MODEL_ROOT}:ro"],
         ["--volume", f"{TFS_CONFIG_DIR}:{TFS_CONFIG_DIR}:ro"],
-        ["--log-opt", "max-size=50m", "--log-opt", "max-file=3"],
+        [arg for key, value in TFS_LOG_OPTIONS.items() for arg in ("--log-opt", f"{key}={value}")],
     ]
     if args.gpu:
         lines.append(["--gpus", "all"])
-    # The image's own entrypoint adds --model_name/--model_base_path; call the server directly instead.
-    lines += [["--entrypoint", "/usr/bin/tensorflow_model_server"], [args.tfs_image]]
+    lines += [["--entrypoint", TFS_ENTRYPOINT], [args.tfs_image]]
     return lines + [[flag] for flag in tfs_flags(args)]
 
 
-def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
+def agent_lines(
+    store_uri: str,
+    models: Sequence[str],
+    role: str,
+    *,
+    poll_seconds: int = AGENT_POLL_SECONDS,
+    store_timeout_seconds: int = AGENT_STORE_TIMEOUT_SECONDS,
+    version_switch: str = DEFAULT_VERSION_SWITCH,
+    drain_wait_seconds: int = DEFAULT_DRAIN_WAIT_SECONDS,
+    fleet_size: int = 1,
+    max_draining_percent: int = DEFAULT_MAX_DRAINING_PERCENT,
+) -> list[list[str]]:
+    """The long-running agent's command, grouped as the units print it: a VM's (``_agent_lines``) and the local
+    compose file's (``infra.local``), so the two never drift. The boot step appends ``--startup-config``."""
     return [
         [AGENT_BIN, "agent"],
-        ["--store", args.store_uri],
-        ["--models", ",".join(args.models)],
+        ["--store", store_uri],
+        ["--models", ",".join(models)],
         ["--root", MODEL_ROOT],
-        ["--role", args.role],
-        ["--poll", str(args.agent_poll_seconds)],
-        ["--store-timeout", str(args.agent_store_timeout_seconds)],
+        ["--role", role],
+        ["--poll", str(poll_seconds)],
+        ["--store-timeout", str(store_timeout_seconds)],
         ["--tfs-url", LOCAL_TFS_URL],
         ["--listen", f"0.0.0.0:{AGENT_PORT}"],  # the load balancer health-checks the agent
-        ["--switch", args.version_switch, "--drain-wait-seconds", str(args.drain_wait_seconds)],
-        ["--fleet-size", str(args.fleet_size), "--max-draining-percent", str(args.max_draining_percent)],
+        ["--switch", version_switch, "--drain-wait-seconds", str(drain_wait_seconds)],
+        ["--fleet-size", str(fleet_size), "--max-draining-percent", str(max_draining_percent)],
     ]
+
+
+def _agent_lines(args: BootstrapArgs) -> list[list[str]]:
+    return agent_lines(
+        args.store_uri,
+        args.models,
+        args.role,
+        poll_seconds=args.agent_poll_seconds,
+        store_timeout_seconds=args.agent_store_timeout_seconds,
+        version_switch=args.version_switch,
+        drain_wait_seconds=args.drain_wait_seconds,
+        fleet_size=args.fleet_size,
+        max_draining_percent=args.max_draining_percent,
+    )
 
 
 def _login_lines(host: str) -> list[list[str]]:

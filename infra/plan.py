@@ -8,7 +8,7 @@ import math
 import re
 import textwrap
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -376,7 +376,20 @@ def _peak_lines(cfg: StackConfig, plan: Plan) -> list[str]:
     return lines
 
 
-def render_text(cfg: StackConfig, plan: Plan) -> str:
+AFTER_DEPLOY = "(known after deploy)"
+
+
+def _marked(plan: Plan, key: str, value: Any, width: int) -> list[str]:
+    """``setting_items``, each holding an offline placeholder marked as such (and the mark kept within ``width``)."""
+    if not plan.after_deploy(value):
+        return setting_items(key, value, width)
+    room = width - len(AFTER_DEPLOY) - 1
+    return [f"{fit(i, room)} {AFTER_DEPLOY}" if plan.after_deploy(i) else i for i in setting_items(key, value, room)]
+
+
+def render_text(cfg: StackConfig, plan: Plan, warnings: Sequence[str] = ()) -> str:
+    """The plan for a person: 120 columns, what the offline provider made up marked, ``warnings`` last (so they are
+    what a terminal shows)."""
     children: dict[str | None, list[PlannedResource]] = defaultdict(list)
     urns = {r.urn for r in plan.resources}
     for r in plan.resources:
@@ -399,14 +412,19 @@ def render_text(cfg: StackConfig, plan: Plan) -> str:
         for r in sorted(children[parent], key=lambda r: (r.custom, r.type, r.name)):
             head = f"{'  ' * depth}{_short_type(r.type)} {r.name}"
             width = WIDTH - len(head) + len(head.lstrip(" ")) - len(CONTINUATION)  # of a continuation line
-            settings = [i for k, v in key_settings(r).items() for i in setting_items(k, v, width)]
+            settings = [i for k, v in key_settings(r).items() for i in _marked(plan, k, v, width)]
             lines.extend(pack(head, settings))
             walk(r.urn, depth + 1)
 
     walk(None, 1)
     lines.append("outputs:")
-    lines += [fit(f"  {k}: {_compact(v)}") for k, v in sorted(plan.outputs.items())]
+    for k, v in sorted(plan.outputs.items()):
+        mark = f" {AFTER_DEPLOY}" if plan.after_deploy(v) else ""
+        lines.append(fit(f"  {k}: {_compact(v)}", WIDTH - len(mark)) + mark)
     lines += [part for line in _peak_lines(cfg, plan) for part in wrap(line)]
+    if warnings:
+        lines.append("warnings:")
+        lines += [part for w in warnings for part in wrap(f"  {w}")]
     return "\n".join(lines)
 
 
@@ -424,10 +442,14 @@ def render_json(cfg: StackConfig, plan: Plan) -> dict[str, Any]:
                 "parent": r.parent_name,
                 "protected": r.protect,
                 "settings": key_settings(r),
+                "knownAfterDeploy": sorted(k for k, v in key_settings(r).items() if plan.after_deploy(v)),
             }
             for r in plan.resources
         ],
         "outputs": plan.outputs,
+        # Outputs holding an offline placeholder (an IP address, the AWS account id, ...): the real values come
+        # from `pulumi stack output` after `pulumi up`.
+        "knownAfterDeploy": sorted(k for k, v in plan.outputs.items() if plan.after_deploy(v)),
         "rollingUpdatePeak": {
             "fleets": [_camel(asdict(p)) for p in peaks],
             "quotas": [asdict(n) for n in quotas_to_check(cfg, peaks)],

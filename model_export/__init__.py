@@ -4,8 +4,8 @@
 
 Layers (each imports only those before it): ``errors`` and ``constants``; ``layout`` (every store key); ``store``
 (one backend per URI scheme); ``signature``, ``savedmodel``, ``manifest``; ``transfer``; ``publish``, ``versions``;
-``export`` (the only TensorFlow user, imported on first use of ``export_model``). Nothing here imports the
-``modelfleet`` apps or ``infra``.
+``metrics`` (numpy), ``export_inputs`` and ``export`` (the only TensorFlow users, imported on first use of
+``export_model``). Nothing here imports the ``modelfleet`` apps or ``infra``.
 """
 
 from __future__ import annotations

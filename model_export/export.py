@@ -1,9 +1,10 @@
 """Export a Keras 3 model (or a ``tf.Module``) as a TF Serving SavedModel, validated, with warmup records.
 
-The only module of the package that imports TensorFlow (the ``export`` extra). What it guarantees:
+With :mod:`model_export.export_inputs`, the only modules of the package that import TensorFlow (the ``export``
+extra). What it guarantees:
 
-* The ``serving_default`` signature takes exactly the inputs named in ``sample`` (batch dimension ``None``,
-  the other dimensions and the dtypes from the sample arrays) and returns a dict of named outputs.
+* The ``serving_default`` signature takes the inputs the model declares (names, dtypes, shapes with batch ``None``;
+  see ``export_inputs``), or, when it declares none, those of ``sample``; it returns a dict of named outputs.
   Preprocessing runs inside the graph, so the server is fed raw inputs; its state (normalization
   statistics, lookup tables, also those of layers a preprocessing function closes over) is saved.
 * Calling convention, for the preprocessing (when given) and for the model: a Keras functional model built
@@ -12,22 +13,23 @@ The only module of the package that imports TensorFlow (the ``export`` extra). W
   input name). The model is fed the preprocessing's result by the same rule: a tensor as is, a dict as above.
 * Atomic: everything is written to a hidden temporary sibling of ``export_dir`` (a name TF Serving never
   takes for a version: it does not parse as an integer), reloaded and compared with the in-memory model,
-  given its warmup records, and only then renamed to ``export_dir``. On any failure ``export_dir`` is left
-  as it was (absent if it was absent) and the temporary directory is removed.
+  scored on the validation data, given its warmup records, and only then renamed to ``export_dir``. On any
+  failure ``export_dir`` is left as it was (absent if it was absent) and the temporary directory is removed.
 * Warmup: ``assets.extra/tf_serving_warmup_requests`` holds one ``PredictionLog`` with the whole sample
   batch and, when the batch has more than one row, a second one with its first row only (the batch-of-one
   shape online clients send), so both shapes are warm before the version reports AVAILABLE.
+* The validation score, when there is one, is in ``assets.extra/modelfleet.json`` (``savedmodel.METADATA_FILE``);
+  ``publish`` copies it into the version's manifest entry.
 """
 
 from __future__ import annotations
 
-import inspect
-import keyword
+import json
+import math
 import os
-import re
 import secrets
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,17 +39,24 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from model_export import metrics
 from model_export.errors import BadInput, ExportError, one_line
+from model_export.export_inputs import (
+    Declared,
+    declared_inputs,
+    double_preprocessing,
+    input_tensors,
+    keras_inputs_struct,
+    trackables,
+)
+from model_export.savedmodel import METADATA_FILE, Validation
 from model_export.signature import SERVING_SIGNATURE
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many
 _MESSAGE_LIMIT = 300  # characters of a TensorFlow error kept in ours
 _ENDPOINT = "serve"
-# Input names are the SignatureDef key, the placeholder name and the Python keyword of the reloaded
-# signature. TF sanitizes names outside this set ("x-y" becomes keyword "x_y"; "a b" fails to save), so only
-# names that are the same in all three places are accepted.
-_INPUT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_VALIDATION_BATCH = 1024  # rows per call when scoring validation data: memory stays bounded for large sets
 
 
 @dataclass(frozen=True)
@@ -57,15 +66,35 @@ class ExportResult:
     outputs: dict[str, str]  # output name -> dtype name
     max_abs_diff: float  # worst |reloaded - in_memory| over the sample batch
     warmup_records: int  # 0 when warmup disabled
+    validation: Validation | None = None  # the served signature's score on ``validation``, when given
+    reference_score: float | None = None  # what it was compared with (expected_metric, or the in-memory model's)
+
+
+@dataclass(frozen=True)
+class _Check:
+    """The labelled-data check: the metric, the data as signature inputs, and the reference when the user gave it."""
+
+    name: str
+    fn: metrics.MetricFn
+    x: dict[str, tf.Tensor]
+    y: np.ndarray
+    expected: float | None
+    tolerance: float
+    output: str | None
 
 
 def export_model(
     model: Any,
     export_dir: str | os.PathLike[str],
     *,
-    sample: Mapping[str, np.ndarray],
+    sample: Mapping[str, Any] | Any,
     preprocessing: Callable[..., Any] | None = None,
     output_names: Sequence[str] | None = None,
+    validation: tuple[Any, Any] | None = None,
+    metric: str | metrics.MetricFn | None = None,
+    expected_metric: float | None = None,
+    metric_tolerance: float = 0.01,
+    metric_output: str | None = None,
     warmup: bool = True,
     model_name: str = "model",
     atol: float = 1e-5,
@@ -74,8 +103,36 @@ def export_model(
 ) -> ExportResult:
     """Write ``model`` (with ``preprocessing`` in front) as a validated SavedModel at ``export_dir``.
 
-    ``sample`` is a batch keyed by input name; it defines the serving signature and is the data the reloaded
-    SavedModel is checked against (``np.isclose`` with ``atol``/``rtol``) and the warmup records are made of.
+    Inputs. The serving signature's input names, dtypes and shapes come from the model's declared inputs (a Keras
+    ``Input``, a ``tf.function`` ``input_signature`` of ``tf.TensorSpec``), or from the preprocessing's when one is
+    given and declares them; otherwise (a ``Normalization`` layer, a plain function, a subclassed model) from
+    ``sample``. ``sample`` is a batch keyed by input name, or a bare array for a model with one named input. Its
+    names must be the model's; its dtypes are cast to the model's when no value changes (float64 -> float32,
+    int -> float within the float's exact range, ...; the rule is in ``export_inputs``), else refused. The reloaded
+    SavedModel must give the in-memory outputs on it (``np.isclose`` with ``atol``/``rtol``); the warmup records
+    are made of it.
+
+    Preprocessing. Pass ``preprocessing`` only when the model was trained on already preprocessed data. A
+    preprocessing layer that is already inside the model, or one of the same kind and state (a ``Normalization``
+    with the same mean and variance, a lookup with the same vocabulary, a ``Rescaling`` with the same scale), would
+    run twice and is refused (``BadInput``).
+
+    Validation. With ``validation=(x_raw, y)`` (``x_raw`` like ``sample``: raw inputs, as clients send them) and
+    ``metric`` ("accuracy", "mae", "mse", or a callable ``(y_true, y_pred) -> float``), the reloaded SavedModel is
+    called through ``serving_default`` on ``x_raw`` and scored. The score must equal the reference within
+    ``|served - reference| <= metric_tolerance * max(1, |reference|)``. The reference is what the model scores on
+    the data it was trained on, which only the caller knows when a preprocessing is in front:
+
+    * ``expected_metric``, when given: the score you measured in training (``history.history["val_accuracy"][-1]``,
+      or ``model.evaluate`` on the validation data as you fed it to ``fit``). Required with ``preprocessing``: the
+      served graph is preprocessing then model, so computing the reference through the same preprocessing would
+      compare the composition with itself and pass a wrong one (a preprocessing adapted on other data, a scaling
+      the model also does).
+    * otherwise, the in-memory model alone on ``x_raw`` (with no preprocessing, the model takes raw inputs).
+
+    ``metric_output`` names the output to score when there are several. The score is recorded in the SavedModel
+    and, by ``publish``, in the manifest (``modelfleet versions`` shows it).
+
     Raises ``BadInput`` for invalid arguments (nothing written) and ``ExportError`` when tracing, saving,
     reloading or validation fails (nothing left at ``export_dir``).
     """
@@ -90,9 +147,18 @@ def export_model(
     if atol < 0 or rtol < 0:
         raise BadInput(f"atol={atol}, rtol={rtol}: tolerances must be >= 0")
     target = _check_target(export_dir, overwrite)
-    tensors = _sample_tensors(sample)
+    declared = declared_inputs(preprocessing if preprocessing is not None else model)
+    tensors = input_tensors(sample, declared, "sample")
     names = list(tensors)
-    _check_input_names(preprocessing if preprocessing is not None else model, names)
+    if preprocessing is not None and (twice := double_preprocessing(preprocessing, model)):
+        raise BadInput(
+            f"preprocessing would run twice: {twice}; drop preprocessing= (the model already does it) "
+            "or take the layer out of the model"
+        )
+    specs = _signature_specs(tensors, declared)
+    check = _validation_check(
+        validation, metric, expected_metric, metric_tolerance, metric_output, preprocessing is not None, specs
+    )
     if output_names is not None:
         output_names = list(output_names)
         _check_output_names(output_names)
@@ -102,26 +168,26 @@ def export_model(
         return _name_outputs(_call(model, x), output_names)
 
     # The in-memory reference, computed eagerly. It also builds every layer, which tracking requires.
-    try:
-        expected = {k: _to_numpy(v) for k, v in forward(tensors).items()}
-    except (BadInput, ExportError):
-        raise
-    except KeyError as e:
-        key = e.args[0] if e.args else None
-        if isinstance(key, str) and key not in names:  # the model (or preprocessing) wanted another input
-            raise BadInput(f"the model looked up input {key!r}; sample lacks it (sample has {names})") from e
-        raise ExportError(f"calling the model on the sample failed: KeyError {one_line(e, _MESSAGE_LIMIT)}") from e
-    except Exception as e:
-        raise ExportError(f"calling the model on the sample failed: {one_line(e, _MESSAGE_LIMIT)}") from e
+    expected = _run_in_memory(forward, tensors, names)
+    reference = None
+    if check is not None:
+        check = _with_output(check, sorted(expected))
+        reference = check.expected
+        if reference is None:
+            predictions = _predict(
+                lambda b: _run_in_memory(forward, b, names, "the validation data"), check.x, check.output
+            )
+            reference = metrics.score(check.name, check.fn, check.y, predictions, "the in-memory model")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_sibling(target, "export")
     try:
-        signature = [
-            {k: tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=k) for k, t in tensors.items()},
-        ]
-        _write_saved_model(tmp, forward, signature, [model, preprocessing])
-        outputs, max_diff = _validate(tmp, tensors, expected, atol, rtol)
+        _write_saved_model(tmp, forward, [specs], [model, preprocessing])
+        loaded = _reload(tmp, tensors)
+        outputs, max_diff = _validate(loaded, tensors, expected, atol, rtol)
+        scored = None if check is None or reference is None else _score_served(loaded, check, reference)
+        if scored is not None:
+            _write_metadata(tmp, scored)
         records = _write_warmup(tmp, tensors, model_name) if warmup else 0
         _publish(tmp, target)
     finally:
@@ -132,7 +198,142 @@ def export_model(
         outputs=outputs,
         max_abs_diff=max_diff,
         warmup_records=records,
+        validation=scored,
+        reference_score=reference,
     )
+
+
+def _run_in_memory(
+    forward: Callable[[dict[str, Any]], dict[str, Any]],
+    tensors: dict[str, tf.Tensor],
+    names: list[str],
+    what: str = "the sample",
+) -> dict[str, np.ndarray]:
+    try:
+        return {k: _to_numpy(v) for k, v in forward(tensors).items()}
+    except (BadInput, ExportError):
+        raise
+    except KeyError as e:
+        key = e.args[0] if e.args else None
+        if isinstance(key, str) and key not in names:  # the model (or preprocessing) wanted another input
+            raise BadInput(f"the model looked up input {key!r}; sample lacks it (sample has {names})") from e
+        raise ExportError(f"calling the model on {what} failed: KeyError {one_line(e, _MESSAGE_LIMIT)}") from e
+    except Exception as e:
+        raise ExportError(f"calling the model on {what} failed: {one_line(e, _MESSAGE_LIMIT)}") from e
+
+
+def _signature_specs(tensors: dict[str, tf.Tensor], declared: Declared | None) -> dict[str, tf.TensorSpec]:
+    """The serving signature's inputs: the declared specs (renamed to the sample's key when the model leaves the name
+    open), else the sample's dtypes and shapes with a ``None`` batch."""
+    specs = {}
+    for name, t in tensors.items():
+        if declared is None:
+            specs[name] = tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=name)
+        else:
+            spec = declared.specs[name if declared.named else ""]
+            specs[name] = tf.TensorSpec(spec.shape, spec.dtype, name=name)
+    return specs
+
+
+# --- validation on labelled data ------------------------------------------------------------------------------
+
+
+def _validation_check(
+    validation: tuple[Any, Any] | None,
+    metric: str | metrics.MetricFn | None,
+    expected_metric: float | None,
+    tolerance: float,
+    output: str | None,
+    has_preprocessing: bool,
+    specs: dict[str, tf.TensorSpec],
+) -> _Check | None:
+    """The validation arguments, checked before anything runs; None when there is no labelled data."""
+    if validation is None:
+        for given, arg in ((metric, "metric"), (expected_metric, "expected_metric"), (output, "metric_output")):
+            if given is not None:
+                raise BadInput(f"{arg}= needs validation=(x, y): the labelled data to score the served model on")
+        return None
+    if not isinstance(validation, tuple | list) or len(validation) != 2:
+        raise BadInput(f"validation={type(validation).__name__} is not (x, y); pass validation=(x_raw, y)")
+    if metric is None:
+        raise BadInput(f"validation=(x, y) needs metric=: one of {', '.join(metrics.NAMED)}, or a callable")
+    name, fn = metrics.resolve(metric)
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, int | float | np.number)
+        or not 0 <= tolerance < math.inf
+    ):
+        raise BadInput(f"metric_tolerance={tolerance!r} is invalid; pass a number >= 0, e.g. 0.01")
+    if expected_metric is not None:
+        if isinstance(expected_metric, bool | np.bool_) or not isinstance(expected_metric, int | float | np.number):
+            raise BadInput(f"expected_metric={expected_metric!r} is not a number; pass the {name} you measured")
+        if not math.isfinite(expected_metric):
+            raise BadInput(f"expected_metric={expected_metric} is not finite; pass the {name} you measured")
+    elif has_preprocessing:
+        raise BadInput(
+            f"validation with preprocessing= needs expected_metric=: the {name} the model scored in training on "
+            "this data (e.g. history.history['val_...'][-1]); export cannot know what the model was trained on"
+        )
+    x_raw, y_raw = validation
+    x = input_tensors(x_raw, Declared(specs, named=True), "validation x")
+    y = np.asarray(y_raw)
+    rows = int(next(iter(x.values())).shape[0])
+    if y.ndim == 0 or y.shape[0] != rows:
+        raise BadInput(f"validation y has shape {y.shape}; x has {rows} rows, y needs one label per row")
+    expected = None if expected_metric is None else float(expected_metric)
+    return _Check(name, fn, x, y, expected, float(tolerance), output)
+
+
+def _with_output(check: _Check, outputs: list[str]) -> _Check:
+    """``check`` with the output to score settled: the only one, or ``metric_output``, which must exist."""
+    if check.output is None:
+        if len(outputs) > 1:
+            raise BadInput(f"the model has outputs {outputs}; pass metric_output= to say which one {check.name} scores")
+        return _Check(check.name, check.fn, check.x, check.y, check.expected, check.tolerance, outputs[0])
+    if check.output not in outputs:
+        raise BadInput(f"metric_output={check.output!r} is not an output; the model has {outputs}")
+    return check
+
+
+def _batches(tensors: dict[str, tf.Tensor]) -> Iterator[dict[str, tf.Tensor]]:
+    rows = int(next(iter(tensors.values())).shape[0])
+    for start in range(0, rows, _VALIDATION_BATCH):
+        yield {k: t[start : start + _VALIDATION_BATCH] for k, t in tensors.items()}
+
+
+def _predict(
+    run: Callable[[dict[str, tf.Tensor]], Mapping[str, Any]], x: dict[str, tf.Tensor], output: str | None
+) -> np.ndarray:
+    assert output is not None  # settled by _with_output
+    return np.concatenate([_to_numpy(run(batch)[output]) for batch in _batches(x)], axis=0)
+
+
+def _score_served(loaded: Any, check: _Check, reference: float) -> Validation:
+    """Score ``serving_default`` of the reloaded SavedModel on the raw validation inputs against ``reference``."""
+    fn = loaded.signatures[SERVING_SIGNATURE]
+    try:
+        predictions = _predict(lambda batch: fn(**batch), check.x, check.output)
+    except Exception as e:
+        raise ExportError(f"running the reloaded SavedModel on the validation data failed: {one_line(e, 200)}") from e
+    served = metrics.score(check.name, check.fn, check.y, predictions, "the served SavedModel")
+    rows = int(predictions.shape[0])
+    if not metrics.within(served, reference, check.tolerance):
+        source = "expected_metric" if check.expected is not None else "the in-memory model scores"
+        raise ExportError(
+            f"validation failed: the served SavedModel scores {check.name}={served:.4g} on {rows} rows; "
+            f"{source} {reference:.4g} (metric_tolerance={check.tolerance}) — the served graph runs preprocessing "
+            "then the model: is the preprocessing the one the model was trained with, and not also inside it?"
+        )
+    return Validation(check.name, served, rows)
+
+
+def _write_metadata(path: Path, validation: Validation) -> None:
+    out = path / METADATA_FILE
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"validation": validation.to_json()}, indent=1) + "\n")
+    except OSError as e:
+        raise ExportError(f"writing {out} failed: {one_line(e, _MESSAGE_LIMIT)}") from e
 
 
 # --- arguments -----------------------------------------------------------------------------------------
@@ -151,61 +352,6 @@ def _check_target(export_dir: str | os.PathLike[str], overwrite: bool) -> Path:
     return target
 
 
-def _sample_tensors(sample: Mapping[str, np.ndarray]) -> dict[str, tf.Tensor]:
-    if not isinstance(sample, Mapping) or not sample:
-        raise BadInput("sample is empty; pass a dict of input name -> batch array, e.g. {'pixels': x[:8]}")
-    tensors: dict[str, tf.Tensor] = {}
-    batch: int | None = None
-    for name, value in sample.items():
-        if not isinstance(name, str) or not _INPUT_NAME.match(name) or keyword.iskeyword(name):
-            raise BadInput(f"input name {name!r} is invalid; use a letter then letters, digits or '_'")
-        array = np.asarray(value)
-        if array.dtype.kind == "U":  # TF strings are bytes
-            array = np.vectorize(lambda s: s.encode(), otypes=[object])(array)
-        try:
-            tensor = tf.constant(array)
-        except (TypeError, ValueError) as e:
-            raise BadInput(
-                f"sample[{name!r}] of dtype {array.dtype} is not a tensor: {one_line(e, _MESSAGE_LIMIT)}"
-            ) from e
-        if tensor.shape.rank == 0:
-            raise BadInput(f"sample[{name!r}] is a scalar; the first dimension must be the batch")
-        if batch is not None and tensor.shape[0] != batch:
-            raise BadInput(f"sample[{name!r}] has batch size {tensor.shape[0]}; other inputs have {batch}")
-        if tensor.shape[0] == 0:
-            raise BadInput(f"sample[{name!r}] has batch size 0; pass at least one row")
-        batch = int(tensor.shape[0])
-        tensors[name] = tensor
-    return tensors
-
-
-def _keras_inputs_struct(fn: Any) -> Any:
-    """The structure a Keras functional/sequential model was built on, or None when not knowable."""
-    if not isinstance(fn, keras.Model):
-        return None
-    try:
-        return fn.input
-    except Exception:  # subclassed models never called symbolically have no input structure
-        return None
-
-
-def _check_input_names(first: Any, names: list[str]) -> None:
-    """Input names must match what a functional Keras model looks its inputs up by (dict keys/input names)."""
-    struct = _keras_inputs_struct(first)
-    if isinstance(struct, dict):
-        expected = sorted(struct)
-    elif isinstance(struct, list | tuple) and len(struct) > 1:
-        expected = sorted(t.name for t in struct)
-    else:
-        return  # a single positional input: any name will do
-    for name in expected:
-        if name not in names:
-            raise BadInput(f"sample lacks input {name!r}; the model takes {expected}")
-    for name in names:
-        if name not in expected:
-            raise BadInput(f"sample has input {name!r}, which the model does not take; it takes {expected}")
-
-
 def _check_output_names(names: list[str]) -> None:
     for name in names:
         if not isinstance(name, str) or not name:
@@ -219,7 +365,7 @@ def _check_output_names(names: list[str]) -> None:
 
 def _arg_for(fn: Any, inputs: dict[str, Any]) -> Any:
     """What ``fn`` is fed from the inputs dict (see the module docstring)."""
-    if isinstance(_keras_inputs_struct(fn), dict) or len(inputs) > 1:
+    if isinstance(keras_inputs_struct(fn), dict) or len(inputs) > 1:
         return inputs
     return next(iter(inputs.values()))
 
@@ -263,53 +409,12 @@ def _to_numpy(value: Any) -> np.ndarray:
 # --- writing -------------------------------------------------------------------------------------------
 
 
-def _trackables(objs: Sequence[Any]) -> list[Any]:
-    """Layers, modules and lookup tables reachable from ``objs``, including a function's closure and ``self``.
-
-    ``ExportArchive`` saves the variables the endpoint reads by itself, but lookup tables (StringLookup,
-    TextVectorization, tf.lookup) only when their owner is tracked; a preprocessing function that closes
-    over a StringLookup would otherwise fail to save with an "untracked resource" error.
-    """
-    kinds = (keras.layers.Layer, tf.Module, tf.saved_model.experimental.TrackableResource)
-    found: list[Any] = []
-    seen: set[int] = set()
-
-    def visit(obj: Any, depth: int) -> None:
-        if obj is None or id(obj) in seen or depth > 3:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, kinds):
-            found.append(obj)
-        elif isinstance(obj, list | tuple):
-            for item in obj:
-                visit(item, depth + 1)
-        elif isinstance(obj, dict):
-            for item in obj.values():
-                visit(item, depth + 1)
-        elif isinstance(obj, tf.types.experimental.GenericFunction):
-            visit(getattr(obj, "python_function", None), depth + 1)  # tf.function -> its Python function
-        elif inspect.ismethod(obj):
-            visit(obj.__self__, depth + 1)
-            visit(obj.__func__, depth + 1)
-        elif inspect.isfunction(obj):
-            try:
-                refs = inspect.getclosurevars(obj)
-            except (TypeError, ValueError):
-                return
-            for value in [*refs.nonlocals.values(), *refs.globals.values()]:
-                visit(value, depth + 1)
-
-    for obj in objs:
-        visit(obj, 0)
-    return found
-
-
 def _write_saved_model(
     path: Path, forward: Callable[[dict[str, Any]], dict[str, Any]], signature: list[Any], roots: list[Any]
 ) -> None:
     archive = keras.export.ExportArchive()
     try:
-        for obj in _trackables(roots):
+        for obj in trackables(roots):
             if isinstance(obj, keras.layers.Layer) and not obj.built:
                 continue  # never called on the sample, so not part of the graph
             archive.track(obj)
@@ -323,19 +428,25 @@ def _write_saved_model(
         raise ExportError(f"writing the SavedModel failed: {one_line(e, _MESSAGE_LIMIT)}") from e
 
 
-def _validate(
-    path: Path, tensors: dict[str, tf.Tensor], expected: dict[str, np.ndarray], atol: float, rtol: float
-) -> tuple[dict[str, str], float]:
-    """Reload ``path`` and compare its ``serving_default`` on the sample with the in-memory outputs."""
+def _reload(path: Path, tensors: dict[str, tf.Tensor]) -> Any:
+    """The SavedModel at ``path``, loaded afresh; its signature must take exactly the sample's inputs."""
     try:
         loaded = tf.saved_model.load(str(path))
-        fn = loaded.signatures[SERVING_SIGNATURE]
-        _, kwargs = fn.structured_input_signature
-        if sorted(kwargs) != sorted(tensors):
-            raise ExportError(f"the saved signature takes inputs {sorted(kwargs)}, not {sorted(tensors)}")
+        _, kwargs = loaded.signatures[SERVING_SIGNATURE].structured_input_signature
+    except Exception as e:
+        raise ExportError(f"reloading the SavedModel failed: {one_line(e, _MESSAGE_LIMIT)}") from e
+    if sorted(kwargs) != sorted(tensors):
+        raise ExportError(f"the saved signature takes inputs {sorted(kwargs)}, not {sorted(tensors)}")
+    return loaded
+
+
+def _validate(
+    loaded: Any, tensors: dict[str, tf.Tensor], expected: dict[str, np.ndarray], atol: float, rtol: float
+) -> tuple[dict[str, str], float]:
+    """Compare the reloaded ``serving_default`` on the sample with the in-memory outputs."""
+    fn = loaded.signatures[SERVING_SIGNATURE]
+    try:
         got = {k: _to_numpy(v) for k, v in fn(**tensors).items()}
-    except ExportError:
-        raise
     except Exception as e:
         raise ExportError(f"reloading the SavedModel and running it failed: {one_line(e, _MESSAGE_LIMIT)}") from e
     worst = 0.0

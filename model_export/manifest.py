@@ -44,6 +44,7 @@ from model_export.errors import (
     one_line,
 )
 from model_export.layout import manifest_key
+from model_export.savedmodel import Validation
 from model_export.signature import Signature, TensorSpec
 from model_export.store.base import Store
 
@@ -157,6 +158,8 @@ class VersionEntry:
     source: dict[str, str] = field(default_factory=dict)
     # Set by a publish given one: a retry with the same key finds this version instead of publishing another.
     idempotency_key: str | None = None
+    # How the served signature scored at export (export_model's validation=), when the SavedModel recorded it.
+    validation: Validation | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -173,10 +176,14 @@ class VersionEntry:
         }
         if self.idempotency_key is not None:
             d["idempotency_key"] = self.idempotency_key
+        if self.validation is not None:
+            d["validation"] = self.validation.to_json()
         return d
 
 
 ROLLBACK_ACTIONS = ("rollback", "auto-rollback")  # history actions that go back to an earlier stable
+# The operation of `delete --all`: it empties the manifest but keeps it (``Manifest.deleted``).
+DELETE_MODEL = "delete-model"
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,18 @@ class Manifest:
 
     def has_operation(self, op_id: str) -> bool:
         return any(op.id == op_id for op in self.operations)
+
+    @property
+    def deleted(self) -> bool:
+        """A whole-model delete's tombstone: no versions, no labels, the last write a ``DELETE_MODEL``. It keeps
+        ``last_version`` and the fence, so a model published again under the name goes on from the next number:
+        a VM whose TF Serving still holds an old ``N`` would never load a new ``N``."""
+        return (
+            not self.versions
+            and not self.labels
+            and bool(self.operations)
+            and self.operations[-1].action == (DELETE_MODEL)
+        )
 
     def stable_lineage(self) -> list[int]:
         """The stack of stable versions in force over time; a rollback pops back to its target."""
@@ -441,6 +460,12 @@ class WireSignature(_Wire):
     outputs: dict[str, WireTensor]
 
 
+class WireValidation(_Wire):
+    metric: _Text
+    value: Annotated[float, Field(allow_inf_nan=False)]
+    rows: Annotated[int, Field(ge=1, le=INT64_MAX)]
+
+
 class _WireVersion(_Wire):
     version: _Version
     created: _Time
@@ -456,6 +481,7 @@ class WireVersionV1(_WireVersion):
 class WireVersionV2(_WireVersion):
     files: dict[_SafePath, WireFileV2]
     idempotency_key: _IdempotencyKey | None = None
+    validation: WireValidation | None = None  # absent in manifests written before it existed
 
 
 class WireLabelMove(_Wire):
@@ -603,8 +629,10 @@ def _from_wire(w: WireManifestV1 | WireManifestV2) -> Manifest:
     if isinstance(w, WireManifestV2):
         for v2 in w.versions:
             files = {p: FileEntry(f.digest[7:], f.size) for p, f in v2.files.items()}  # strip "sha256:"
+            wv = v2.validation
+            validation = None if wv is None else Validation(wv.metric, wv.value, wv.rows)
             versions[v2.version] = VersionEntry(
-                v2.version, v2.created, files, _signature(v2.signature), dict(v2.source), v2.idempotency_key
+                v2.version, v2.created, files, _signature(v2.signature), dict(v2.source), v2.idempotency_key, validation
             )
         abandoned = {a.version: AbandonedEntry(a.version, a.time, a.by) for a in w.abandoned}
         operations = [Operation(o.id, o.action, o.time, o.by) for o in w.operations]

@@ -263,7 +263,9 @@ def publish(
             raise
         # Last, right before the commit: the files were listed, and the reservation is still ours.
         _still_ours(st, model, res)
-        entry = VersionEntry(version, now(), entries, info.signature, meta, idempotency_key=idempotency_key)
+        entry = VersionEntry(
+            version, now(), entries, info.signature, meta, idempotency_key=idempotency_key, validation=info.validation
+        )
 
         def add(m: Manifest) -> None:
             # The fence: prune records a version it judged dead in the manifest before it deletes anything, and this

@@ -8,13 +8,15 @@ framework/{graph,node_def,function,tensor_shape}.proto). Publishing then needs n
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_export.errors import NotASavedModel
+from model_export.errors import NotASavedModel, one_line
 from model_export.protowire import fields
 from model_export.signature import SERVING_SIGNATURE, SERVING_TAG, Signature, TensorSpec
 
@@ -43,12 +45,48 @@ _DTYPES = {
 }
 
 
+# What export_model knows about the model and TF Serving does not: written beside the warmup records (TF Serving
+# ignores the other files of assets.extra/), read back by publish into the version's manifest entry.
+METADATA_FILE = "assets.extra/modelfleet.json"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How the served signature scored on the labelled data export_model was given (see ``export_model``)."""
+
+    metric: str  # "accuracy", "mae", "mse" or a callable's name
+    value: float
+    rows: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"metric": self.metric, "value": self.value, "rows": self.rows}
+
+    @classmethod
+    def from_json(cls, data: object) -> Validation:
+        """The inverse of :meth:`to_json`; ``ValueError`` names the field that is wrong (nothing is coerced)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"validation: expected an object, got {type(data).__name__}")
+        metric, value, rows = data.get("metric"), data.get("value"), data.get("rows")
+        if not isinstance(metric, str) or not metric:
+            raise ValueError("validation.metric: expected a non-empty string")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError("validation.value: expected a finite number")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError("validation.rows: expected an integer >= 1")
+        return cls(metric, float(value), rows)
+
+    def text(self) -> str:
+        """``accuracy=0.994``: how commands show it."""
+        return f"{self.metric}={self.value:.4g}"
+
+
 @dataclass(frozen=True)
 class SavedModelInfo:
     path: Path
     files: tuple[str, ...]  # relative posix paths of every regular file: what publish uploads (see _regular_files)
     signature: Signature
     has_variables: bool
+    validation: Validation | None = None  # from METADATA_FILE, when export_model validated with labelled data
 
 
 # --- protobuf wire format -------------------------------------------------------------------------------------
@@ -221,4 +259,20 @@ def inspect_savedmodel(path: str | Path) -> SavedModelInfo:
             f"{str(root)!r} has variables but no variables/variables.index; TF Serving would load it without "
             "weights — copy the whole SavedModel directory"
         )
-    return SavedModelInfo(root, files, signature, has_variables)
+    return SavedModelInfo(root, files, signature, has_variables, _validation(root, files))
+
+
+def _validation(root: Path, files: tuple[str, ...]) -> Validation | None:
+    """The validation export_model recorded, if any. A file that does not parse refuses the directory: publishing
+    it would drop (or invent) the record a reader of the manifest relies on."""
+    if METADATA_FILE not in files:
+        return None
+    path = root / METADATA_FILE
+    try:
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict):
+            raise ValueError("the top level is not a JSON object")
+        raw = doc.get("validation")
+        return None if raw is None else Validation.from_json(raw)
+    except (OSError, ValueError, RecursionError) as e:
+        raise NotASavedModel(f"{str(path)!r} is not valid: {one_line(e, 200)}; re-export the model") from e

@@ -34,10 +34,6 @@ def show_progress(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def _unshown(n: int) -> None:
-    """Progress nobody sees."""
-
-
 def _bar(stack: contextlib.ExitStack, total: int, what: str) -> ProgressFn:
     """A progress bar on stderr for ``total`` bytes, closed with ``stack``; its update may be called from any thread."""
     from tqdm import tqdm  # only when shown: importing it would cost every publish ~30 ms of start-up
@@ -52,14 +48,32 @@ def _bar(stack: contextlib.ExitStack, total: int, what: str) -> ProgressFn:
     return tick
 
 
+def _listeners(bar: ProgressFn | None, also: ProgressFn | None) -> ProgressFn | None:
+    """One callback for the bar and ``also``; ``None`` when nobody listens, so the stores take their fastest path."""
+    if bar is None or also is None:
+        return bar or also
+
+    def both(n: int) -> None:
+        bar(n)
+        also(n)
+
+    return both
+
+
 def _run_all(
-    jobs: Mapping[str, Callable[[ProgressFn], object]], *, workers: int, total: int, progress: bool, what: str
+    jobs: Mapping[str, Callable[[ProgressFn | None], object]],
+    *,
+    workers: int,
+    total: int,
+    progress: bool,
+    what: str,
+    on_bytes: ProgressFn | None = None,
 ) -> None:
-    """Run one job per file; each reports the bytes it moves as it moves them. All failures are collected and
-    reported together."""
+    """Run one job per file; each reports the bytes it moves as it moves them (to the bar when ``progress``, and to
+    ``on_bytes``). All failures are collected and reported together."""
     failed: dict[str, Exception] = {}
     with contextlib.ExitStack() as stack:
-        tick = _bar(stack, total, what) if progress else _unshown
+        tick = _listeners(_bar(stack, total, what) if progress else None, on_bytes)
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
         futures = {pool.submit(job, tick): name for name, job in jobs.items()}
         for fut in as_completed(futures):
@@ -87,8 +101,8 @@ def upload_tree(
     return each file's entry: the sha256 and size of the bytes the server verified it stored."""
     entries: dict[str, FileEntry] = {}
 
-    def job(rel: str) -> Callable[[ProgressFn], None]:
-        def run(tick: ProgressFn) -> None:
+    def job(rel: str) -> Callable[[ProgressFn | None], None]:
+        def run(tick: ProgressFn | None) -> None:
             stored = store.put_file(f"{key_prefix}/{rel}", root / rel, progress=tick)
             entries[rel] = FileEntry(stored.sha256, stored.size)
 
@@ -120,24 +134,25 @@ def download_tree(
     *,
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
+    on_bytes: ProgressFn | None = None,
 ) -> None:
-    """Download every file to ``dest/<file>`` and check its size and sha256; ``TransferError`` names the bad ones."""
+    """Download every file to ``dest/<file>`` and check its size and sha256; ``TransferError`` names the bad ones.
+    The bytes received are shown on a bar when ``progress`` and told to ``on_bytes``, as they arrive."""
 
-    def job(rel: str, want: FileEntry) -> Callable[[ProgressFn], None]:
-        def run(tick: ProgressFn) -> None:
+    def job(rel: str, want: FileEntry) -> Callable[[ProgressFn | None], None]:
+        def run(tick: ProgressFn | None) -> None:
             path = dest / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            store.download_file(f"{key_prefix}/{rel}", path)
+            store.download_file(f"{key_prefix}/{rel}", path, progress=tick)
             got = sha256_file(path)
             if got != want:
                 raise TransferError(
                     f"checksum mismatch: want sha256 {want.sha256[:12]}… {want.size} B, "
                     f"got {got.sha256[:12]}… {got.size} B"
                 )
-            tick(got.size)
 
         return run
 
     total = sum(e.size for e in entries.values())
     jobs = {rel: job(rel, e) for rel, e in entries.items()}
-    _run_all(jobs, workers=workers, total=total, progress=progress, what="download")
+    _run_all(jobs, workers=workers, total=total, progress=progress, what="download", on_bytes=on_bytes)

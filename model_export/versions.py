@@ -11,7 +11,7 @@ import difflib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from model_export import layout
 from model_export.constants import CANARY, ROLES, STABLE
@@ -28,6 +28,8 @@ from model_export.manifest import (
 )
 from model_export.store import Store, checked_store
 
+T = TypeVar("T")
+
 DEFAULT_PENDING_GRACE_SECONDS = 600.0
 # A heartbeat not rewritten for this long is a VM that no longer exists (scaled in, replaced): prune deletes it, so
 # autoscaling churn does not grow what every `status` lists and reads.
@@ -35,7 +37,7 @@ HEARTBEAT_GONE_SECONDS = 7 * 24 * 3600.0
 MAX_PENDING_GRACE_SECONDS = 10 * 365 * 24 * 3600.0
 
 
-def _open(store: str | Store, model: str) -> Store:
+def open_store(store: str | Store, model: str) -> Store:
     check_model_name(model)
     return checked_store(store)
 
@@ -55,8 +57,8 @@ def model_names(store: str | Store) -> list[str]:
 
 
 def unknown_model(st: Store, model: str) -> UnknownModel:
-    """The error for a model nothing was published under: the store's models and the closest names, if any."""
-    known = model_names(st)
+    """The error for a model nothing was published under (or deleted): the store's models and the closest names."""
+    known = [s.model for s in list_models(st)]
     if not known:
         return UnknownModel(f"no model {model!r} in {st.uri} (nothing published under that name)")
     close = difflib.get_close_matches(model, known, n=3)
@@ -64,9 +66,10 @@ def unknown_model(st: Store, model: str) -> UnknownModel:
     return UnknownModel(f"no model {model!r} in {st.uri} (models: {', '.join(known)}{hint})")
 
 
-def _existing(st: Store, model: str) -> Manifest:
+def existing(st: Store, model: str) -> Manifest:
+    """The model's manifest; ``UnknownModel`` when nothing was published under the name, or the model was deleted."""
     manifest, token = load_manifest(st, model)
-    if token is None:
+    if token is None or manifest.deleted:
         raise unknown_model(st, model)
     return manifest
 
@@ -90,7 +93,7 @@ def list_models(store: str | Store) -> list[ModelSummary]:
     summaries = []
     for name in model_names(st):
         manifest, token = load_manifest(st, name)
-        if token is None:  # deleted between the listing and the read
+        if token is None or manifest.deleted:  # deleted (a tombstone, or gone between the listing and the read)
             continue
         latest = max(manifest.versions, default=None)
         summaries.append(ModelSummary(name, dict(sorted(manifest.labels.items())), latest, len(manifest.versions)))
@@ -104,12 +107,12 @@ def history(store: str | Store, model: str) -> list[LabelMove]:
 
 def get_manifest(store: str | Store, model: str) -> Manifest:
     """The model's manifest; ``UnknownModel`` when nothing was ever published under that name."""
-    return _existing(_open(store, model), model)
+    return existing(open_store(store, model), model)
 
 
 def _change(store: str | Store, model: str, change: Callable[[Manifest], None], action: str) -> Manifest:
-    st = _open(store, model)
-    _existing(st, model)  # UnknownModel rather than an empty manifest's "no version N"
+    st = open_store(store, model)
+    existing(st, model)  # UnknownModel rather than an empty manifest's "no version N"
     manifest, _ = update_manifest(st, model, change, action=action)
     return manifest
 
@@ -202,7 +205,7 @@ def prune(
         raise BadInput(
             f"pending grace must be 0 to {MAX_PENDING_GRACE_SECONDS:g} seconds (10 years), got {pending_grace_seconds}"
         )
-    st = _open(store, model)
+    st = open_store(store, model)
     # List before reading the manifest: a version committed after the listing still has its reservation in it.
     objects: dict[int, list[tuple[str, int]]] = defaultdict(list)
     reservations: dict[int, dt.datetime] = {}
@@ -211,7 +214,7 @@ def prune(
             objects[version].append((obj.key, obj.size))
         elif (version := layout.reserved_version(model, obj.key)) is not None:
             reservations[version] = obj.modified
-    manifest = _existing(st, model)
+    manifest = existing(st, model)
 
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=pending_grace_seconds)
     plan = PrunePlan(model, dry_run=dry_run)

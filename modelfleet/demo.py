@@ -28,7 +28,7 @@ class DemoReport:
     final: Manifest | None = None
 
 
-def _train(hidden: int, epochs: int, seed: int) -> tuple[Any, Any, dict[str, Any], float]:
+def _train(hidden: int, epochs: int, seed: int) -> tuple[Any, Any, dict[str, Any], float, tuple[Any, Any]]:
     """A Keras classifier on 8x8 digit images; pixel scaling is a Normalization layer exported with it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -47,7 +47,7 @@ def _train(hidden: int, epochs: int, seed: int) -> tuple[Any, Any, dict[str, Any
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(norm(x[:split]), y[:split], epochs=epochs, batch_size=64, verbose=0)
     _, accuracy = model.evaluate(norm(x[split:]), y[split:], verbose=0)
-    return model, norm, {"pixels": np.asarray(x[split : split + 16])}, float(accuracy)
+    return model, norm, {"pixels": np.asarray(x[split : split + 16])}, float(accuracy), (x[split:], y[split:])
 
 
 def run_demo(
@@ -61,7 +61,7 @@ def run_demo(
     report = DemoReport(store_uri)
     run = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
     for n, (hidden, epochs, label) in enumerate([(0, 40, STABLE), (32, 40, CANARY)], start=1):
-        model, norm, sample, accuracy = _train(hidden, epochs, seed=n)
+        model, norm, sample, accuracy, held_out = _train(hidden, epochs, seed=n)
         out = workdir / f"export-{os.getpid()}-{n}"
         export_model(
             model,
@@ -69,6 +69,10 @@ def run_demo(
             sample=sample,
             preprocessing=norm,
             output_names=["probabilities"],
+            # The served graph (raw pixels -> normalisation -> model) must score what training measured.
+            validation=held_out,
+            metric="accuracy",
+            expected_metric=accuracy,
             model_name=MODEL,
             overwrite=True,
         )

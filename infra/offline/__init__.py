@@ -32,6 +32,13 @@ class Answers:
 
     resources: Mapping[str, Answer]  # resource type token -> answer(name, inputs) -> computed attributes
     invokes: Mapping[str, Answer]  # invoke token -> answer(token, args) -> result
+    # The values these answers made up where the real provider's can't be known before it runs (an IP address, an
+    # account id, an AMI, a generated suffix): the plan marks whatever contains one as "known after deploy".
+    placeholders: set[str] = field(default_factory=set)
+
+    def placeholder(self, value: str) -> str:
+        self.placeholders.add(value)
+        return value
 
 
 def _gcp_answers() -> Answers:
@@ -48,7 +55,6 @@ def _aws_answers() -> Answers:
 
 # cloud -> a fresh set of that cloud's answers (imported only for the cloud evaluated).
 ANSWERS: Mapping[str, Callable[[], Answers]] = {"gcp": _gcp_answers, "aws": _aws_answers}
-NO_ANSWERS = Answers(resources={}, invokes={})
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,20 @@ class Plan:
     stack: str
     resources: list[PlannedResource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    placeholders: frozenset[str] = frozenset()  # `Answers.placeholders` of the evaluation
 
     def of_type(self, type_: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_]
+
+    def after_deploy(self, value: Any) -> bool:
+        """Whether ``value`` holds something only the real provider can tell (an offline placeholder)."""
+        if isinstance(value, str):
+            return any(p in value for p in self.placeholders)
+        if isinstance(value, dict):
+            return any(self.after_deploy(v) for v in value.values())
+        if isinstance(value, list | tuple):
+            return any(self.after_deploy(v) for v in value)
+        return False
 
 
 def _digest(*parts: str) -> str:
@@ -96,7 +113,7 @@ class OfflineProvider(pulumi.runtime.Mocks):
         inputs = dict(args.inputs)
         if not args.custom:
             return None, {}
-        rid = f"{args.name}-{_digest(args.typ, args.name)}"
+        rid = self.answers.placeholder(f"{args.name}-{_digest(args.typ, args.name)}")  # providers assign ids
         out: dict[str, Any] = {"name": args.name, **inputs, "id": rid}
         answer = self.answers.resources.get(args.typ)
         if answer is not None:
@@ -158,7 +175,7 @@ def evaluate(stack: str, program: Callable[[], Mapping[str, Any]], *, cloud: str
 
     ``cloud`` picks the provider answers (`ANSWERS`); None answers nothing beyond the inputs (component-only programs).
     """
-    answers = NO_ANSWERS if cloud is None else ANSWERS[cloud]()
+    answers = Answers(resources={}, invokes={}) if cloud is None else ANSWERS[cloud]()
     provider = OfflineProvider(answers)
     monitor = RecordingMonitor(provider)
     pulumi.runtime.reset_options()
@@ -166,4 +183,9 @@ def evaluate(stack: str, program: Callable[[], Mapping[str, Any]], *, cloud: str
     outputs: dict[str, Any] = {}
     _run_in_stack(lambda: pulumi.Output.from_input(dict(program())).apply(outputs.update))()
     # Registration order depends on thread scheduling; sort so plans are stable.
-    return Plan(stack, resources=sorted(monitor.recorded, key=lambda r: r.urn), outputs=outputs)
+    return Plan(
+        stack,
+        resources=sorted(monitor.recorded, key=lambda r: r.urn),
+        outputs=outputs,
+        placeholders=frozenset(answers.placeholders),
+    )

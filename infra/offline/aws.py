@@ -28,12 +28,6 @@ def _hex(*parts: str, n: int = 16) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:n]
 
 
-def _physical(name: str, inputs: Mapping[str, Any]) -> str:
-    """What AWS autonaming gives: the logical name plus a 7-character suffix, unless a name was set."""
-    given = inputs.get("name")
-    return str(given) if given else f"{name}-{_hex(name, n=7)}"
-
-
 # --- invokes (stateless: the region comes with the args or is the run's) -------------------------------------------
 
 
@@ -54,19 +48,32 @@ def _object(name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _eip(name: str, _: Mapping[str, Any]) -> dict[str, Any]:
-    n = int(_hex(name, n=4), 16)
-    return {"allocationId": f"eipalloc-0{_hex(name, n=16)}", "publicIp": f"203.0.113.{n % 254 + 1}"}
-
-
 class _Run:
     """One evaluation's region: the stack's explicit provider sets it when it registers."""
 
     def __init__(self) -> None:
         self.region = "us-east-1"
+        self.placeholders: set[str] = set()  # see `Answers.placeholders`
+
+    def _made_up(self, value: str) -> str:
+        self.placeholders.add(value)
+        return value
+
+    def _physical(self, name: str, inputs: Mapping[str, Any]) -> str:
+        """What AWS autonaming gives: the logical name plus a random 7-character suffix, unless a name was set."""
+        given = inputs.get("name")
+        return str(given) if given else self._made_up(f"{name}-{_hex(name, n=7)}")
+
+    def eip(self, name: str, _: Mapping[str, Any]) -> dict[str, Any]:
+        n = int(_hex(name, n=4), 16)
+        return {
+            "allocationId": self._made_up(f"eipalloc-0{_hex(name, n=16)}"),
+            "publicIp": self._made_up(f"203.0.113.{n % 254 + 1}"),
+        }
 
     def _arn(self, service: str, resource: str, *, regional: bool = True) -> str:
-        return f"arn:aws:{service}:{self.region if regional else ''}:{ACCOUNT_ID}:{resource}"
+        # The account is known only to the credentials `pulumi up` runs with (and, in many ARNs, a generated id).
+        return self._made_up(f"arn:aws:{service}:{self.region if regional else ''}:{ACCOUNT_ID}:{resource}")
 
     def provider(self, _: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         if inputs.get("region"):
@@ -89,7 +96,7 @@ class _Run:
     def ssm_parameter(self, _: str, args: Mapping[str, Any]) -> dict[str, Any]:
         name = str(args["name"])
         region = str(args.get("region") or self.region)
-        value = f"ami-0{_hex(name, region, n=16)}" if name.endswith("/ami-id") else f"value-of-{name}"
+        value = self._made_up(f"ami-0{_hex(name, region, n=16)}" if name.endswith("/ami-id") else f"value-of-{name}")
         return {
             "id": name,
             "name": name,
@@ -105,7 +112,7 @@ class _Run:
     # computed attributes
 
     def bucket(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        bucket = inputs.get("bucket") or f"{inputs.get('bucketPrefix') or name + '-'}{_hex(name, n=20)}"
+        bucket = inputs.get("bucket") or self._made_up(f"{inputs.get('bucketPrefix') or name + '-'}{_hex(name, n=20)}")
         return {
             "bucket": bucket,
             "arn": f"arn:aws:s3:::{bucket}",
@@ -116,7 +123,7 @@ class _Run:
 
     def iam(self, kind: str) -> Answer:
         def answer(name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-            physical = _physical(name, inputs)
+            physical = self._physical(name, inputs)
             path = str(inputs.get("path") or "/")
             return {"name": physical, "arn": self._arn("iam", f"{kind}{path}{physical}", regional=False)}
 
@@ -128,25 +135,25 @@ class _Run:
     def launch_template(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         lt_id = f"lt-0{_hex(name, n=16)}"
         return {
-            "name": _physical(name, inputs),
+            "name": self._physical(name, inputs),
             "arn": self._arn("ec2", f"launch-template/{lt_id}"),
             "latestVersion": 1,
             "defaultVersion": 1,
         }
 
     def load_balancer(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        physical = _physical(name, inputs)
+        physical = self._physical(name, inputs)
         suffix = f"app/{physical}/{_hex(name)}"
         return {
             "name": physical,
             "arn": self._arn("elasticloadbalancing", f"loadbalancer/{suffix}"),
             "arnSuffix": suffix,
-            "dnsName": f"{physical}-{int(_hex(name, n=8), 16) % 10**9}.{self.region}.elb.amazonaws.com",
+            "dnsName": self._made_up(f"{physical}-{int(_hex(name, n=8), 16) % 10**9}.{self.region}.elb.amazonaws.com"),
             "zoneId": ELB_HOSTED_ZONE_ID,
         }
 
     def target_group(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        physical = _physical(name, inputs)
+        physical = self._physical(name, inputs)
         suffix = f"targetgroup/{physical}/{_hex(name)}"
         return {"name": physical, "arn": self._arn("elasticloadbalancing", suffix), "arnSuffix": suffix}
 
@@ -154,13 +161,13 @@ class _Run:
         return {"arn": self._arn("elasticloadbalancing", f"listener/app/{name}/{_hex(name)}/{_hex(name, 'l')}")}
 
     def autoscaling_group(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        physical = _physical(name, inputs)
+        physical = self._physical(name, inputs)
         resource = f"autoScalingGroup:{_hex(name, n=8)}:autoScalingGroupName/{physical}"
         return {"name": physical, "arn": self._arn("autoscaling", resource)}
 
     def ec2(self, kind: str, prefix: str) -> Answer:
         def answer(name: str, _: Mapping[str, Any]) -> dict[str, Any]:
-            return {"arn": self._arn("ec2", f"{kind}/{prefix}-0{_hex(name, n=16)}")}
+            return {"arn": self._arn("ec2", self._made_up(f"{kind}/{prefix}-0{_hex(name, n=16)}"))}
 
         return answer
 
@@ -169,6 +176,7 @@ def answers() -> Answers:
     """A fresh set of AWS answers for one evaluation."""
     run = _Run()
     return Answers(
+        placeholders=run.placeholders,
         invokes={
             "aws:index/getAvailabilityZones:getAvailabilityZones": run.availability_zones,
             "aws:ssm/getParameter:getParameter": run.ssm_parameter,
@@ -190,6 +198,6 @@ def answers() -> Answers:
             "aws:ec2/vpc:Vpc": run.ec2("vpc", "vpc"),
             "aws:ec2/subnet:Subnet": run.ec2("subnet", "subnet"),
             "aws:ec2/securityGroup:SecurityGroup": run.ec2("security-group", "sg"),
-            "aws:ec2/eip:Eip": _eip,
+            "aws:ec2/eip:Eip": run.eip,
         },
     )

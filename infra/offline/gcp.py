@@ -46,6 +46,11 @@ class _Run:
     def __init__(self) -> None:
         self.project = "offline-project"
         self.region = "offline-region1"
+        self.placeholders: set[str] = set()  # see `Answers.placeholders`
+
+    def _made_up(self, value: str) -> str:
+        self.placeholders.add(value)
+        return value
 
     def provider(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(inputs.get("project"), str) and inputs["project"]:
@@ -91,10 +96,16 @@ class _Run:
         return state
 
     def global_address(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return {**self.global_("addresses")(name, inputs), "address": _ip("203.0.113", name)}  # TEST-NET-3
+        return {
+            **self.global_("addresses")(name, inputs),
+            "address": self._made_up(_ip("203.0.113", name)),
+        }  # TEST-NET-3
 
     def address(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return {**self.regional("addresses")(name, inputs), "address": _ip("198.51.100", name)}  # TEST-NET-2
+        return {
+            **self.regional("addresses")(name, inputs),
+            "address": self._made_up(_ip("198.51.100", name)),
+        }  # TEST-NET-2
 
     def service_account(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         email = f"{inputs['accountId']}@{self._project(inputs)}.iam.gserviceaccount.com"
@@ -130,6 +141,7 @@ def answers() -> Answers:
     """A fresh set of GCP answers for one evaluation."""
     run = _Run()
     return Answers(
+        placeholders=run.placeholders,
         invokes={},
         resources={
             "pulumi:providers:gcp": run.provider,

@@ -72,7 +72,7 @@ class StoredFile:
     checksum: str
 
 
-ProgressFn = Callable[[int], None]  # called with each number of bytes sent
+ProgressFn = Callable[[int], None]  # called with each number of bytes sent (or received)
 
 
 class Store(ABC):
@@ -113,6 +113,9 @@ class Store(ABC):
         Readers never see a partial object. Raises ``PreconditionFailed`` when an object with other content already
         exists at ``key`` (the same content, e.g. our own write whose reply was lost, is success), and
         ``TransferError`` when the server's checksum differs from ours (nothing is left at ``key`` then).
+
+        ``progress`` is called with the bytes sent as they go, in steps of a few MiB at most, adding up to the file's
+        size when it succeeds (never more: bytes sent again by a retried request are not counted twice).
         """
 
     def abort_partial_uploads(self, prefix: str, started_before: dt.datetime) -> int:
@@ -121,8 +124,10 @@ class Store(ABC):
         return 0
 
     @abstractmethod
-    def download_file(self, key: str, path: Path) -> None:
-        """Download to ``path`` (whose parent exists); ``ObjectNotFound`` when absent."""
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
+        """Download to ``path`` (whose parent exists); ``ObjectNotFound`` when absent. ``progress`` is called with the
+        bytes received as they arrive, in steps of about a MiB, adding up to the object's size when it succeeds (never
+        more: bytes received again after a retry are not counted twice)."""
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -159,8 +164,8 @@ class DelegatingStore(Store):
     def abort_partial_uploads(self, prefix: str, started_before: dt.datetime) -> int:
         return self.inner.abort_partial_uploads(prefix, started_before)
 
-    def download_file(self, key: str, path: Path) -> None:
-        self.inner.download_file(key, path)
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
+        self.inner.download_file(key, path, progress=progress)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)

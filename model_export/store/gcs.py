@@ -69,6 +69,7 @@ from model_export.store.base import (
     check_read_unchanged,
     request_budget,
 )
+from model_export.store.progress import Meter, MeteredWriter
 
 MIB = 1024 * 1024
 # Files up to this size go up in one request (the whole file in one buffer; the request carries our sha256 and CRC32C
@@ -243,16 +244,28 @@ class _HashingReader:
 
 class _Parts:
     """A request body of known length sent as the given parts, without joining them (and again when iterated
-    again: a request the transport repeats)."""
+    again: a request the transport repeats). ``data``, the file's bytes, goes in ``STREAM_BLOCK`` slices, each told
+    to ``meter`` as it is handed to the transport (and taken back when the body is sent again)."""
 
-    def __init__(self, *parts: bytes) -> None:
-        self.parts = parts
+    def __init__(self, head: bytes, data: bytes, tail: bytes, meter: Meter) -> None:
+        self.head, self.data, self.tail = head, data, tail
+        self.meter = meter
+        self._handed = 0  # of ``data``, in the current iteration
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
+        return len(self.head) + len(self.data) + len(self.tail)
 
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.parts)
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        self.meter.add(-self._handed)
+        self._handed = 0
+        yield self.head
+        view = memoryview(self.data)
+        for start in range(0, len(view), STREAM_BLOCK):
+            block = view[start : start + STREAM_BLOCK]
+            self._handed += len(block)
+            self.meter.add(len(block))
+            yield block
+        yield self.tail
 
 
 class _Body:
@@ -403,19 +416,23 @@ class GCSStore(Store):
         has our size, CRC32C and sha256 (our own earlier write whose reply was lost), else ``PreconditionFailed``.
         """
         lim = _limits()
+        meter = Meter(progress)
         try:
             fh = path.open("rb")
         except OSError as e:
             raise TransferError(f"cannot read {path}: {e.strerror or e}") from e
         with fh:
-            reader = _HashingReader(fh, path, f"{self.uri}/{key}", progress)
+            # The bytes count as sent when the reader first hands them to a streamed request (it reads each offset
+            # once), or as the one-request body hands them on.
+            small = os.fstat(fh.fileno()).st_size <= SINGLE_REQUEST_MAX
+            reader = _HashingReader(fh, path, f"{self.uri}/{key}", None if small else meter.add)
             blob = self._blob(key)
             try:
-                if reader.before.st_size <= SINGLE_REQUEST_MAX:
+                if small:
                     data = reader.read()
                     reader.finish()  # a file that shrank since it was opened fails here, before anything is sent
                     blob.metadata = {SHA256_METADATA: reader.sha256}
-                    blob._set_properties(self._send_one_request(blob, data, reader.crc32c, lim))
+                    blob._set_properties(self._send_one_request(blob, data, reader.crc32c, lim, meter))
                 else:
                     # checksum=None: our own comparison below, which deletes only this generation on a mismatch (the
                     # SDK's would delete whatever object has the name).
@@ -430,7 +447,9 @@ class GCSStore(Store):
                     blob._set_properties(self._send_resumable(session, reader, lim))
             except gexc.PreconditionFailed as e:
                 reader.finish()
-                return self._existing(key, reader, e)
+                existing = self._existing(key, reader, e)
+                meter.finish(existing.size)
+                return existing
             except gexc.BadRequest as e:
                 if "crc32c" in str(e).lower():
                     raise TransferError(
@@ -446,9 +465,10 @@ class GCSStore(Store):
         self._verify(key, blob, reader)
         if (blob.metadata or {}).get(SHA256_METADATA) != reader.sha256:
             self._add_sha256(key, blob, reader.sha256)
+        meter.finish(reader.hashed)
         return StoredFile(reader.sha256, reader.hashed, f"crc32c:{reader.crc32c}")
 
-    def _send_one_request(self, blob: Any, data: bytes, crc32c: str, lim: _Limits) -> dict[str, Any]:
+    def _send_one_request(self, blob: Any, data: bytes, crc32c: str, lim: _Limits, meter: Meter) -> dict[str, Any]:
         """Create ``blob`` from ``data`` in one multipart request (``uploadType=multipart``, ``ifGenerationMatch=0``):
         the first part is the object's metadata (as the SDK writes it for ``blob``: name, our sha256) plus ``crc32c``,
         the CRC32C of ``data`` (GCS refuses a body of another), the second ``data`` itself; return the object's
@@ -473,7 +493,7 @@ class GCSStore(Store):
         url = (
             f"{client._connection.get_api_base_url_for_mtls()}/upload/storage/v1{self.bucket.path}/o?{urlencode(query)}"
         )
-        body = _Parts(head, data, b"\r\n--" + boundary + b"--")
+        body = _Parts(head, data, b"\r\n--" + boundary + b"--", meter)
 
         def send() -> dict[str, Any]:
             resp = client._http.request("POST", url, data=body, headers=headers, timeout=lim.timeout)
@@ -595,10 +615,20 @@ class GCSStore(Store):
 
     # -- the rest ------------------------------------------------------------------------------------------------------
 
-    def download_file(self, key: str, path: Path) -> None:
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
         lim = _limits()
         try:
-            self._blob(key).download_to_filename(str(path), checksum="auto", timeout=lim.timeout, retry=lim.retry)
+            if progress is None:
+                self._blob(key).download_to_filename(str(path), checksum="auto", timeout=lim.timeout, retry=lim.retry)
+            else:
+                # The SDK writes each 8 KiB block it receives (a retry resumes at the offset reached; a restart seeks
+                # back), so the writer sees the bytes as they come.
+                meter = Meter(progress)
+                with path.open("wb") as fh:
+                    self._blob(key).download_to_file(
+                        MeteredWriter(fh, meter), checksum="auto", timeout=lim.timeout, retry=lim.retry
+                    )
+                meter.finish(path.stat().st_size)
         except DataCorruption as e:
             path.unlink(missing_ok=True)
             raise TransferError(f"{self._where(key)}: the bytes downloaded differ from GCS's checksum of them") from e

@@ -54,6 +54,7 @@ from model_export.store.base import (
     check_read_unchanged,
     request_budget,
 )
+from model_export.store.progress import Meter, MeteredBody
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -265,7 +266,7 @@ class S3Store(Store):
         the object is then compared with ours; a mismatch deletes the object and raises ``TransferError``. A file
         that changes while it is read raises ``TransferError`` before anything is stored.
         """
-        tick: ProgressFn = progress or (lambda n: None)
+        meter = Meter(progress)
         try:
             f = path.open("rb")
         except OSError as e:
@@ -273,38 +274,38 @@ class S3Store(Store):
         with f:
             reader = _Reader(f, path, f"{self.uri}/{key}", self.part_size)
             if reader.before.st_size > self.multipart_threshold:
-                return self._put_multipart(key, reader, tick)
+                return self._put_multipart(key, reader, meter)
             held = self._memory.take(reader.before.st_size + 1)
             try:
                 body = reader.read(reader.before.st_size + 1) or b""  # one more byte than expected: did it grow?
                 reader.finish()
                 # One buffer: the file's SHA-256 is the body's, sent as its checksum.
                 sent = _Sent(reader.sha256(), reader.size, _b64(bytes.fromhex(reader.sha256())), None)
-                return self._put_single(key, body, sent, tick)
+                return self._put_single(key, body, sent, meter)
             finally:
                 self._memory.give(held)
 
-    def _put_single(self, key: str, body: bytes, sent: _Sent, tick: ProgressFn) -> StoredFile:
+    def _put_single(self, key: str, body: bytes, sent: _Sent, meter: Meter) -> StoredFile:
         try:
             resp = self.client.put_object(
                 Bucket=self.bucket,
                 Key=self._key(key),
-                Body=body,
+                Body=MeteredBody(body, meter),
                 IfNoneMatch="*",
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=sent.value,
             )
         except ClientError as e:
             if _code(e) in _PRECONDITION:
-                return self._existing(key, sent, tick, e)
+                return self._existing(key, sent, meter, e)
             raise self._fail(e, key) from e
         except BotoCoreError as e:
             raise self._fail(e, key) from e
-        tick(sent.size)
         self._verify(key, sent, resp.get("ChecksumSHA256"))
+        meter.finish(sent.size)
         return sent.stored()
 
-    def _put_multipart(self, key: str, reader: _Reader, tick: ProgressFn) -> StoredFile:
+    def _put_multipart(self, key: str, reader: _Reader, meter: Meter) -> StoredFile:
         """Send the file as parts, complete create-only, verify. The upload is aborted unless it completed."""
         full = self._key(key)
         try:
@@ -315,7 +316,7 @@ class S3Store(Store):
             raise self._fail(e, key) from e
         completed = False
         try:
-            parts = self._send_parts(key, upload_id, reader, tick)
+            parts = self._send_parts(key, upload_id, reader, meter)
             reader.finish()
             composite = _b64(hashlib.sha256(b"".join(digest for _, _, digest in parts)).digest())
             sent = _Sent(reader.sha256(), reader.size, composite, len(parts))
@@ -333,22 +334,24 @@ class S3Store(Store):
             except ClientError as e:
                 # NoSuchUpload: the SDK's retry of a complete whose reply was lost finds the upload already gone.
                 if _code(e) in _PRECONDITION or _code(e) == "NoSuchUpload":
-                    return self._existing(key, sent, lambda n: None, e)  # the parts already ticked
+                    return self._existing(key, sent, meter, e)
                 raise self._fail(e, key) from e
             except BotoCoreError as e:
                 raise self._fail(e, key) from e
             completed = True
             self._verify(key, sent, resp.get("ChecksumSHA256"))
+            meter.finish(sent.size)
             return sent.stored()
         finally:
             if not completed:
                 self._abort(full, upload_id)
 
-    def _send_parts(self, key: str, upload_id: str, reader: _Reader, tick: ProgressFn) -> list[tuple[int, str, bytes]]:
+    def _send_parts(self, key: str, upload_id: str, reader: _Reader, meter: Meter) -> list[tuple[int, str, bytes]]:
         """Upload each buffer of ``reader`` as parts 1, 2, ..., ``part_workers`` at a time, holding at most
         ``part_workers + 1`` parts (read, not yet acknowledged), each counted against the store's memory budget until
         it is acknowledged; return each part's number, ETag and raw SHA-256 digest, in order. The first failure stops
-        the reading and is raised."""
+        the reading and is raised. ``meter`` hears of each part's bytes as they go out, not when the part is
+        acknowledged: a part is several MiB, and several go out at once."""
         full = self._key(key)
         slots = threading.Semaphore(self.part_workers + 1)
         failed = threading.Event()
@@ -363,7 +366,7 @@ class S3Store(Store):
                         Key=full,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=body,
+                        Body=MeteredBody(body, meter),
                         ChecksumAlgorithm="SHA256",
                         ChecksumSHA256=value,
                     )
@@ -374,7 +377,6 @@ class S3Store(Store):
                     raise TransferError(
                         f"{self.uri}/{key}: S3's checksum of part {number} differs from the bytes sent; upload again"
                     )
-                tick(len(body))
                 return number, resp["ETag"], digest
             except BaseException:
                 failed.set()
@@ -437,7 +439,7 @@ class S3Store(Store):
             raise self._fail(e, key) from e
         return head["ContentLength"], head.get("ChecksumSHA256")
 
-    def _existing(self, key: str, sent: _Sent, tick: ProgressFn, err: ClientError) -> StoredFile:
+    def _existing(self, key: str, sent: _Sent, meter: Meter, err: ClientError) -> StoredFile:
         """The create lost its condition: the object there is ours (an earlier attempt whose reply was lost, the same
         content published again) when its size and checksum are ours; anything else is a conflict."""
         found = self._head_checksum(key)
@@ -447,7 +449,7 @@ class S3Store(Store):
             ) from err
         their_size, theirs = found
         if their_size == sent.size and sent.matches(theirs):
-            tick(sent.size)
+            meter.finish(sent.size)
             return sent.stored()
         raise PreconditionFailed(f"{self.uri}/{key} already exists with other content; it was not replaced") from err
 
@@ -492,11 +494,18 @@ class S3Store(Store):
             raise self._fail(e, prefix) from e
         return aborted
 
-    def download_file(self, key: str, path: Path) -> None:
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
+        # s3transfer calls back per block read (256 KiB) from each ranged GET, and with a negative count when it
+        # retries one: the meter turns that into forward MiB steps.
+        meter = Meter(progress) if progress is not None else None
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path), Config=_DOWNLOAD)
+            self.client.download_file(
+                self.bucket, self._key(key), str(path), Config=_DOWNLOAD, Callback=meter.add if meter else None
+            )
         except (ClientError, BotoCoreError) as e:
             raise self._fail(e, key) from e
+        if meter is not None:
+            meter.finish(path.stat().st_size)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")

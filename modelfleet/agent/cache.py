@@ -34,7 +34,7 @@ from pathlib import Path
 from model_export.errors import ModelfleetError, ObjectNotFound, TransferError
 from model_export.layout import version_number, version_prefix
 from model_export.manifest import VersionEntry, relpath_problem
-from model_export.store.base import DelegatingStore, Store
+from model_export.store.base import DelegatingStore, ProgressFn, Store
 from model_export.transfer import download_tree
 from modelfleet.agent.durable import fsync_path, fsync_tree
 
@@ -45,6 +45,9 @@ MIB = 1024 * 1024
 # Free space a fetch leaves beyond the version's files (each rounded up to whole blocks): what the other writers of
 # the same disk need meanwhile (TF Serving's config and the agent's state file, logs, Docker).
 DEFAULT_HEADROOM_BYTES = 256 * MIB
+# A version download running longer than this logs how far it got, then again each time this much more has passed:
+# an operator reading the journal sees a multi-GB download move; a quick one logs nothing more.
+PROGRESS_LOG_SECONDS = 10.0
 # A download writes only to local disk, so a store call failing with one of these failed on our side.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
@@ -85,9 +88,9 @@ class _Watched(DelegatingStore):
         self.bytes = 0
         self._lock = threading.Lock()
 
-    def download_file(self, key: str, path: Path) -> None:
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
         try:
-            self.inner.download_file(key, path)
+            self.inner.download_file(key, path, progress=progress)
         except BaseException as e:
             with self._lock:
                 self.errors.append(e)
@@ -95,6 +98,30 @@ class _Watched(DelegatingStore):
         size = path.stat().st_size
         with self._lock:
             self.bytes += size
+
+
+class _ProgressLog:
+    """Bytes received for one version (from any download thread), logged at most once every ``every`` seconds, the
+    first time only once the download has run that long."""
+
+    def __init__(self, what: str, total: int, every: float) -> None:
+        self.what = what
+        self.total = total
+        self.every = every
+        self.done = 0
+        self._next = time.monotonic() + every
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if now < self._next:
+                return
+            self._next = now + self.every
+            done = self.done
+        percent = 100 * done // max(1, self.total)
+        log.info("%s: %s of %s downloaded (%d %%)", self.what, human_size(done), human_size(self.total), percent)
 
 
 def is_version_name(name: str) -> bool:
@@ -135,10 +162,18 @@ def _disk_usage(path: Path) -> int:
 
 
 class LocalCache:
-    def __init__(self, root: Path, *, workers: int = 8, headroom_bytes: int = DEFAULT_HEADROOM_BYTES) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        workers: int = 8,
+        headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
+        progress_log_seconds: float = PROGRESS_LOG_SECONDS,
+    ) -> None:
         self.root = root
         self.workers = workers
         self.headroom_bytes = headroom_bytes
+        self.progress_log_seconds = progress_log_seconds
         self.bytes_fetched = 0  # every byte downloaded, also for versions then refused
         # Per model, the versions the written TF Serving config names, and the target: never evicted. A model in
         # neither is left alone altogether (the config on disk may name any of its versions).
@@ -225,8 +260,16 @@ class LocalCache:
             # Directories first, here: a failure to create one (no free inodes) is then plainly the local disk's.
             for sub in sorted({(tmp / rel).parent for rel in entry.files}):
                 sub.mkdir(parents=True, exist_ok=True)
+            shown = _ProgressLog(f"{model} v{entry.version}", entry.total_bytes, self.progress_log_seconds)
             try:
-                download_tree(watched, version_prefix(model, entry.version), entry.files, tmp, workers=self.workers)
+                download_tree(
+                    watched,
+                    version_prefix(model, entry.version),
+                    entry.files,
+                    tmp,
+                    workers=self.workers,
+                    on_bytes=shown.add,
+                )
             except TransferError as e:
                 raise self._classify(model, entry, e, watched) from e
             fsync_tree(tmp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -37,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "store_cmds",
         "Delete old versions, keeping the N newest, every labeled version and the previous stable.",
     ),
+    "diff": ("lifecycle_cmds", "Compare two versions of a model: signature, files, size, source and labels."),
+    "delete": ("lifecycle_cmds", "Delete one version of a model (--version N), or the whole model (--all)."),
     "status": (
         "fleet_cmds",
         "Show what the fleets serve: live instances, versions, states, convergence and traffic.",
@@ -55,11 +58,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Check that TF Serving serves a model: an AVAILABLE version, then one predict that succeeds.",
     ),
     "plan": ("plan_cmd", "Print a stack's resource tree and key settings, evaluated offline under Pulumi's mocks."),
+    "completion": (
+        "completion",
+        "Print the script that enables tab completion of commands, options and model names in bash, zsh or fish.",
+    ),
     "demo": (
         "demo_cmd",
         "Train a digits model, publish two versions, canary, promote, roll back; print the versions table.",
     ),
 }
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command killed by a closed pipe
 DESCRIPTION = (
     "Ship TensorFlow models to self-hosted TF Serving fleets: publish versions to a model store, label, promote and "
     "roll back; run the agent on serving VMs; query TF Serving; plan a stack offline."
@@ -94,11 +102,21 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (modelfleet completion)
+        from modelfleet.cli.completion import complete
+
+        complete(build_parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_command_of(argv)).parse_args(argv)
     try:
         code: int = args.run(args)
+        sys.stdout.flush()  # a reader that went away fails here, in the handler below, not at the interpreter's exit
         return code
+    except BrokenPipeError:
+        # The reader stopped reading (`modelfleet versions | head -3`): stop quietly, as `cat` does. stdout then goes
+        # to /dev/null so the interpreter's last flush cannot fail again (Python's "Note on SIGPIPE" recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ModelfleetError as e:
         print(f"modelfleet: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 from typing import Any
 
 import numpy as np
 
 from model_export.errors import ModelfleetError
 from modelfleet import client
-from modelfleet.cli.common import command, emit_json, int_at_least, json_arg, positive_seconds
+from modelfleet.cli.common import (
+    command,
+    emit_data_json,
+    emit_json,
+    int_at_least,
+    json_arg,
+    positive_seconds,
+    tensorflow_logs_hidden,
+)
 
 
 def _jsonable(name: str, arr: np.ndarray[Any, Any]) -> Any:
     """Output values as TF Serving's REST API prints them: numbers; text, or {"b64": ...} for ``*_bytes`` outputs."""
+    if arr.dtype.kind == "f" and arr.dtype.itemsize < 8:
+        # Each value's shortest text that reads back as the same float32 (0.1, not 0.10000000149011612 as a float64
+        # widened from it would print): what TF Serving's JSON prints, and what a reader wants.
+        return arr.astype(str).astype(np.float64).tolist()
     if arr.dtype.kind != "O":
         return arr.tolist()
 
@@ -38,9 +51,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     INPUT is TF Serving's request JSON ({"instances": [...]} or {"inputs": {...}}, "-" reads stdin), a .npy file
     (one unnamed input) or a .npz file (one array per input name). REST by default (--url http://HOST:8501); gRPC
-    with --grpc (--url HOST:8500). Prints {"outputs": {NAME: values}}; over REST a single-output model's answer
-    carries no name and prints as "output". Strings print as text; as {"b64": ...} when not UTF-8 or when the
-    output's name ends in _bytes (TF Serving's rule).
+    with --grpc (--url HOST:8500). Prints {"outputs": {NAME: values}} with the signature's output names: on one
+    line when piped, indented on a terminal (a row of numbers stays on one line). Over REST the name of a
+    single-output model's output costs one more request (its metadata): TF Serving's JSON leaves it unnamed.
+    Strings print as text; as {"b64": ...} when not UTF-8 or when the output's name ends in _bytes (TF Serving's
+    rule).
 
     Example:
       modelfleet predict --url http://10.0.0.5:8501 --model digits request.json
@@ -48,19 +63,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
       modelfleet predict --url 10.0.0.5:8500 --grpc --model digits --label canary batch.npz
     """
     request = client.read_inputs(args.input)
-    outputs = client.predict(
-        args.url,
-        args.model,
-        request.arrays,
-        version=args.version,
-        label=args.label,
-        grpc=args.grpc,
-        row_format=request.row_format,
-        signature_name=request.signature_name,
-        cast_to_signature=request.from_json,
-        timeout=args.timeout,
-    )
-    emit_json({"outputs": {name: _jsonable(name, arr) for name, arr in sorted(outputs.items())}})
+    # gRPC imports TensorFlow (the protos), whose start-up logging is noise here; REST never imports it.
+    with tensorflow_logs_hidden() if args.grpc else contextlib.nullcontext():
+        outputs = client.predict(
+            args.url,
+            args.model,
+            request.arrays,
+            version=args.version,
+            label=args.label,
+            grpc=args.grpc,
+            row_format=request.row_format,
+            signature_name=request.signature_name,
+            cast_to_signature=request.from_json,
+            timeout=args.timeout,
+        )
+    emit_data_json({"outputs": {name: _jsonable(name, arr) for name, arr in sorted(outputs.items())}})
     return 0
 
 

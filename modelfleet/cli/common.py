@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
+import re
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from model_export.errors import ModelfleetError
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -67,6 +72,35 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def emit_data_json(obj: Any) -> None:
+    """``obj`` on stdout as JSON sized for its reader: one line when piped (one record per line for jq, grep, a
+    log), ``readable_json`` on a terminal. For answers that hold arrays of numbers, which ``emit_json`` would print
+    one number per line."""
+    sys.stdout.write((readable_json(obj) if sys.stdout.isatty() else json.dumps(obj, separators=(",", ":"))) + "\n")
+
+
+def readable_json(obj: Any, indent: str = "  ") -> str:
+    """JSON with objects and nested arrays indented, but an array of scalars (a row of numbers, the innermost
+    dimension of a tensor) or an object of scalars (``{"b64": ...}``) on one line."""
+    return _readable(obj, indent, "")
+
+
+def _is_flat(value: Any) -> bool:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return not any(isinstance(item, dict | list) and item for item in items)  # [] and {} fit on any line
+
+
+def _readable(value: Any, indent: str, prefix: str) -> str:
+    if not isinstance(value, dict | list) or _is_flat(value):
+        return json.dumps(value, separators=(", ", ": "))
+    inner = prefix + indent
+    if isinstance(value, dict):
+        body = [f"{inner}{json.dumps(str(k))}: {_readable(v, indent, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(body) + f"\n{prefix}}}"
+    body = [inner + _readable(v, indent, inner) for v in value]
+    return "[\n" + ",\n".join(body) + f"\n{prefix}]"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -119,3 +153,51 @@ def progress_line(quiet: bool) -> Callable[[str], None] | None:
             sys.stderr.flush()
 
     return show
+
+
+# TensorFlow's start-up chatter on stderr. Most of it is written by C++ (absl) before TF_CPP_MIN_LOG_LEVEL is read,
+# even at level 3: "I0000 00:00:... port.cc:153] oneDNN custom operations are on", "E0000 ... failed call to
+# cuInit: ... CUDA error", and absl's pre-init notice; so the only way to hide it is at the file descriptor.
+_TF_LOG = re.compile(
+    r"[IWEF]\d{4} [\d:.]+\s+\d+ [\w.+-]+:\d+\] "  # absl/glog: severity, date, time, thread, file:line]
+    r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "  # TensorFlow's own C++ log before 2.16
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|To enable the following instructions: .*rebuild TensorFlow"  # the second line of cpu_feature_guard's notice
+    r"|(?:INFO|WARNING):(?:tensorflow|absl):"  # Python's absl logging, e.g. "INFO:tensorflow:Assets written to"
+)
+
+
+@contextlib.contextmanager
+def tensorflow_logs_hidden() -> Iterator[None]:
+    """Run the block with fd 2 going to a temporary file; then write back what is not a TensorFlow log line.
+
+    When the block fails unexpectedly (not one of our own errors, which say what went wrong in one line, nor Ctrl-C
+    or a reader that closed the pipe), everything it wrote goes back, TensorFlow's lines included: they may be the
+    only account of the failure.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to hide
+        yield
+        return
+    show_all = False
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except (ModelfleetError, KeyboardInterrupt, BrokenPipeError):  # each says what happened: no TF log needed
+            raise
+        except BaseException:
+            show_all = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if show_all or not _TF_LOG.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()

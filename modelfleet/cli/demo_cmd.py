@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from model_export.manifest import Manifest
-from modelfleet.cli.common import command
+from modelfleet.cli.common import command, tensorflow_logs_hidden
 from modelfleet.cli.store_cmds import print_versions
 
 DEFAULT_DIR = Path(".demo")
@@ -32,7 +32,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print_versions(m)
         print()
 
-    run_demo(store, workdir, show=show)
+    with tensorflow_logs_hidden():
+        run_demo(store, workdir, show=show)
     return 0
 
 

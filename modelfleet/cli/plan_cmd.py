@@ -65,8 +65,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     Runs from your modelfleet project (the directory holding Pulumi.yaml, or one below it; or pass --project-dir),
     reads the stack file Pulumi.<STACK>.yaml (in the project's stacks/) with the same validation as `pulumi up`;
     needs the `infra` extra (pip install 'modelfleet[infra]'), no credentials and no Pulumi CLI. Ends with the vCPUs
-    a rolling update needs at the fleets' maximum and the quotas to check for them. What `pulumi up` would warn about,
-    or refuse (example values of the shipped stack files, ...), goes to stderr as warnings (and into --json).
+    a rolling update needs at the fleets' maximum and the quotas to check for them, then what `pulumi up` would warn
+    about or refuse (example values of the shipped stack files, ...) in a "warnings" section (with --json: on stderr
+    and in the "warnings" and "notDeployable" fields). Values only the cloud can tell (addresses, the AWS account,
+    ids) are offline placeholders, marked "(known after deploy)" (--json: "knownAfterDeploy").
 
     Example:
       modelfleet plan --stack staging
@@ -87,12 +89,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise BadInput(f"{project}/infra is not this modelfleet's Pulumi program: no module {e.name!r}") from None
         # pulumi, PyYAML or a provider SDK is not installed.
         raise BadInput(f"modelfleet plan needs the infra extra: {INFRA_EXTRA} (no module named {e.name!r})") from None
-    for warning in [*warnings, *([f"pulumi up refuses this stack: {refused}"] if refused else [])]:
-        print(f"modelfleet: warning: {warning}", file=sys.stderr)
+    said = [*warnings, *([f"pulumi up refuses this stack: {refused}"] if refused else [])]
     if args.json:
+        for warning in said:  # a person piping the JSON to jq still sees them
+            print(f"modelfleet: warning: {warning}", file=sys.stderr)
         emit_json({**render_json(cfg, plan), "warnings": warnings, "notDeployable": refused})
     else:
-        print(render_text(cfg, plan))
+        print(render_text(cfg, plan, said))
     return 0
 
 

@@ -146,6 +146,7 @@ def _versions_json(m: Manifest) -> dict[str, Any]:
                 "bytes": v.total_bytes,
                 "files": len(v.files),
                 "source": v.source,
+                "validation": None if v.validation is None else v.validation.to_json(),
             }
             for v in sorted(m.versions.values(), key=lambda e: e.version)
         ],
@@ -153,7 +154,7 @@ def _versions_json(m: Manifest) -> dict[str, Any]:
 
 
 def print_versions(m: Manifest) -> None:
-    rows = [["VERSION", "LABELS", "CREATED", "SIZE", "FILES", "SOURCE"]]
+    rows = [["VERSION", "LABELS", "CREATED", "SIZE", "FILES", "VALIDATION", "SOURCE"]]
     for v in sorted(m.versions.values(), key=lambda e: -e.version):
         src = " ".join(f"{k}={val[:12]}" for k, val in sorted(v.source.items()))
         rows.append(
@@ -163,6 +164,7 @@ def print_versions(m: Manifest) -> None:
                 v.created,
                 human_bytes(v.total_bytes),
                 str(len(v.files)),
+                "-" if v.validation is None else v.validation.text(),
                 src,
             ]
         )
@@ -247,6 +249,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one version: files with sha256 and size, signature, source.
 
+    With the validation score export_model recorded, when it did.
+
     Example:
       modelfleet show --store s3://acme-models/prod --model digits 7
     """
@@ -259,6 +263,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{m.model} version {entry.version}  labels: {', '.join(data['labels']) or '-'}  created: {entry.created}")
     for k, v in sorted(entry.source.items()):
         print(f"  {k}: {v}")
+    if entry.validation is not None:
+        print(f"validation at export: {entry.validation.text()} on {entry.validation.rows} rows")
     sig = entry.signature
     print(f"signature serving_default ({sig.method})")
     for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):

@@ -20,8 +20,8 @@ REST and JSON
   * Arrays are sent columnar (``{"inputs": ...}``) unless ``row_format`` (``{"instances": [...]}``). ``bytes``
     become ``{"b64": ...}``; ``str`` become JSON strings.
   * JSON carries no dtypes: numbers come back as float64/int64/bool arrays, strings as bytes.
-  * When a model has ONE output TF Serving's JSON answer does not name it: it comes back under ``UNNAMED_OUTPUT``.
-    gRPC answers always carry the output names.
+  * When a model has ONE output TF Serving's JSON answer does not name it; ``predict`` then names it from the
+    model's metadata (one more GET), so outputs carry the signature's names as gRPC answers do.
 
 Errors: ``BadInput`` (exit 2) for a malformed URL or input, ``ServingError`` (exit 1) when TF Serving answers with
 an error or cannot be reached.
@@ -50,7 +50,6 @@ from modelfleet.client.grpc_api import GRPC_MAX_MESSAGE_BYTES
 from modelfleet.client.input_files import RequestInputs, parse_request_json, read_inputs
 from modelfleet.client.metadata import DEFAULT_SIGNATURE, ModelMetadata, model_metadata
 from modelfleet.client.prediction import predict
-from modelfleet.client.rest import UNNAMED_OUTPUT
 from modelfleet.client.smoketest import SmokeResult, sample_inputs, smoke
 from modelfleet.client.tensors import Inputs, NDArray, TensorProto, make_tensor_proto, tensor_to_numpy
 from modelfleet.client.wire import make_predict_request, serialize_predict_request
@@ -59,7 +58,6 @@ from modelfleet.tfs_rest import VersionStatus, model_status, rest_url
 __all__ = [
     "DEFAULT_SIGNATURE",
     "GRPC_MAX_MESSAGE_BYTES",
-    "UNNAMED_OUTPUT",
     "Inputs",
     "ModelMetadata",
     "NDArray",

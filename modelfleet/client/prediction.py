@@ -6,12 +6,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from model_export.errors import BadInput
+from model_export.errors import BadInput, ServingError
 from model_export.signature import TensorSpec
 from modelfleet.client.address import grpc_target
 from modelfleet.client.dtypes import _ENUM_BY_NUMPY, _numpy_dtype
 from modelfleet.client.grpc_api import _grpc_predict
-from modelfleet.client.metadata import model_metadata
+from modelfleet.client.metadata import ModelMetadata, model_metadata
 from modelfleet.client.rest import _rest_outputs, _rest_request_body
 from modelfleet.client.tensors import Inputs, NDArray, _named_arrays, _string_items
 from modelfleet.tfs_rest import check_spec, http_json, model_path, rest_url
@@ -55,7 +55,9 @@ def predict(
 
     ``inputs``: arrays by input name, or one array for a model with a single input. REST (``url`` =
     ``http://HOST:8501``) by default, columnar unless ``row_format``; gRPC (``url`` = ``HOST:8500``) when ``grpc``.
-    Without ``version``/``label`` TF Serving answers with its highest AVAILABLE version.
+    Without ``version``/``label`` TF Serving answers with its highest AVAILABLE version. Outputs carry the
+    signature's names over both protocols: TF Serving's JSON leaves the only output of a single-output model unnamed,
+    so that answer costs one more request, for the model's metadata.
 
     gRPC needs input names and exact dtypes: an unnamed array is named after the model's only input, and with
     ``cast_to_signature`` (for arrays parsed from JSON) each input is cast to the signature's dtype; both ask the
@@ -65,10 +67,7 @@ def predict(
     if timeout <= 0:
         raise BadInput(f"bad timeout {timeout:g}: must be more than 0 seconds")
     if not grpc:
-        base = rest_url(url)
-        body = _rest_request_body(inputs, row_format, signature_name)
-        path = model_path(model, version, label) + ":predict"
-        return _rest_outputs(http_json("POST", base, path, body, timeout), f"TF Serving at {base}")
+        return _rest_predict(rest_url(url), model, inputs, version, label, row_format, signature_name, timeout)
     target = grpc_target(url)
     named = _named_arrays(inputs) if isinstance(inputs, Mapping) else None
     if named is None or cast_to_signature:
@@ -83,3 +82,41 @@ def predict(
         if cast_to_signature:
             named = {k: (_cast(k, v, specs[k]) if k in specs else v) for k, v in named.items()}
     return _grpc_predict(target, model, named, version, label, signature_name, timeout)
+
+
+def _rest_predict(
+    base: str,
+    model: str,
+    inputs: Inputs,
+    version: int | None,
+    label: str | None,
+    row_format: bool,
+    signature_name: str,
+    timeout: float,
+    meta: ModelMetadata | None = None,
+) -> dict[str, NDArray]:
+    """Predict over REST. ``meta``: the model's metadata when the caller already has it (smoke), which saves the
+    metadata request that names the output of a single-output model."""
+    body = _rest_request_body(inputs, row_format, signature_name)
+    where = f"TF Serving at {base}"
+    outputs = _rest_outputs(
+        http_json("POST", base, model_path(model, version, label) + ":predict", body, timeout), where
+    )
+    if isinstance(outputs, dict):
+        return outputs
+    if meta is None:
+        try:
+            meta = model_metadata(
+                base, model, version=version, label=label, signature_name=signature_name, timeout=timeout
+            )
+        except ServingError as e:
+            raise ServingError(f"{model!r} answered, but naming its output needs its metadata: {e}", code=e.code) from e
+    names = sorted(meta.signature.outputs)
+    if len(names) != 1:
+        # The metadata request resolved to another version than the predict (a version loaded or unloaded between).
+        raise ServingError(
+            f"{where} answered {model!r} with one unnamed output, but version {meta.version}'s signature "
+            f"{meta.signature_name!r} has outputs {names}: the served version changed in between; try again",
+            code="ABORTED",
+        )
+    return {names[0]: outputs}

@@ -12,9 +12,6 @@ import numpy as np
 from model_export.errors import BadInput, ServingError
 from modelfleet.client.tensors import Inputs, NDArray, _named_arrays
 
-# The key of the output of a single-output model in a REST answer (TF Serving's JSON leaves that output unnamed).
-UNNAMED_OUTPUT = "output"
-
 
 def _json_value(name: str, arr: NDArray) -> Any:
     """An array as TF Serving's JSON: nested lists; bytes as {"b64": ...}."""
@@ -94,15 +91,17 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"b64"}
 
 
-def _rest_outputs(doc: Any, where: str) -> dict[str, NDArray]:
+def _rest_outputs(doc: Any, where: str) -> dict[str, NDArray] | NDArray:
+    """The outputs of a REST predict answer by name, or the one array of a single-output model: TF Serving's JSON
+    names outputs only when there are several (json_tensor.cc: ``elements_are_objects = tensor_map.size() > 1``)."""
     if isinstance(doc, dict) and "predictions" in doc:
         rows = doc["predictions"]
         if isinstance(rows, list) and rows and all(isinstance(r, dict) and not _is_b64(r) for r in rows):
             return {name: _array_from_json([r.get(name) for r in rows], where) for name in rows[0]}
-        return {UNNAMED_OUTPUT: _array_from_json(rows, where)}
+        return _array_from_json(rows, where)
     if isinstance(doc, dict) and "outputs" in doc:
         outputs = doc["outputs"]
         if isinstance(outputs, dict) and not _is_b64(outputs):
             return {name: _array_from_json(v, where) for name, v in outputs.items()}
-        return {UNNAMED_OUTPUT: _array_from_json(outputs, where)}
+        return _array_from_json(outputs, where)
     raise ServingError(f"{where}: the answer has neither 'predictions' nor 'outputs'", code="INTERNAL")

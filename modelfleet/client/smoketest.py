@@ -13,7 +13,7 @@ from model_export.errors import BadInput, ServingError
 from model_export.signature import Signature
 from modelfleet.client.dtypes import _ENUM_BY_NUMPY, _numpy_dtype
 from modelfleet.client.metadata import model_metadata
-from modelfleet.client.prediction import predict
+from modelfleet.client.prediction import _rest_predict
 from modelfleet.client.tensors import Inputs, NDArray
 from modelfleet.tfs_rest import VersionStatus, check_spec, model_status, rest_url
 
@@ -116,7 +116,7 @@ def smoke(
     failed = dataclasses.replace(failed, inputs=shapes)
     start = time.perf_counter()
     try:
-        outputs = predict(base, model, inputs, version=version, label=label, timeout=timeout)
+        outputs = _rest_predict(base, model, inputs, version, label, False, "", timeout, meta)
     except ServingError as e:
         return dataclasses.replace(failed, reason=f"predict failed: {e}", seconds=time.perf_counter() - start)
     seconds = time.perf_counter() - start

@@ -116,7 +116,7 @@ def test_a_new_subpackage_is_packaged_and_changes_the_hash(built: tuple[Path, st
 
 def test_base_requirements_have_no_tensorflow_or_pulumi(built: tuple[Path, str]) -> None:
     base = {canonicalize_name(r.name) for r in base_requirements(built[0])}
-    assert base == {"boto3", "google-cloud-storage", "numpy", "pydantic", "tqdm"}
+    assert base == {"argcomplete", "boto3", "google-cloud-storage", "numpy", "pydantic", "tqdm"}
     assert not any(heavy in name for name in base for heavy in HEAVY)
     # ... while the extras that do need them are still declared.
     metadata = dist_info_file(built[0], "METADATA")

@@ -201,8 +201,8 @@ def test_without_the_infra_extra_plan_says_so_in_one_line(module: str) -> None:
 
 @pytest.mark.usefixtures("in_repo")
 def test_plan_draws_an_example_stack_and_says_pulumi_up_refuses_it(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "plan", "--stack", "aws-prod")
-    assert code == 0 and out.startswith("stack aws-prod (aws, eu-west-1): ")
+    code, out, err = run_cli(capsys, "plan", "--stack", "aws-prod", "--json")
+    assert code == 0 and json.loads(out)["stack"] == "aws-prod"
     assert err.splitlines() == [
         f"modelfleet: warning: {NOBODY['aws']}",
         f"modelfleet: warning: {DOCKER_HUB}",
@@ -214,6 +214,11 @@ def test_plan_draws_an_example_stack_and_says_pulumi_up_refuses_it(capsys: pytes
         "eu-west-1, encrypted with SSE-S3, whose bucket policy lets Elastic Load Balancing write logs (README "
         '"Deploying for real"), or "" for no access logs',
     ]
+    code, out, err = run_cli(capsys, "plan", "--stack", "aws-prod")
+    assert (code, err) == (0, "") and out.startswith("stack aws-prod (aws, eu-west-1): ")
+    section = " ".join(line.strip() for line in out.split("\nwarnings:\n", 1)[1].splitlines())
+    assert section.endswith('write logs (README "Deploying for real"), or "" for no access logs')
+    assert "pulumi up refuses this stack: stack 'aws-prod' cannot be deployed as it is: " in section
     code, out, _ = run_cli(capsys, "plan", "--stack", "prod", "--json")
     plan = json.loads(out)
     assert plan["warnings"] == [NOBODY["gcp"]]
@@ -226,7 +231,7 @@ def test_plan_draws_an_example_stack_and_says_pulumi_up_refuses_it(capsys: pytes
 @pytest.mark.usefixtures("in_repo")
 def test_plan_prints_the_rolling_update_peak_and_the_quotas(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run_cli(capsys, "plan", "--stack", "staging")
-    assert out.splitlines()[-7:] == [
+    assert out.split("\nwarnings:\n")[0].splitlines()[-7:] == [
         "rolling update peak (each fleet at its maximum, old and new VMs side by side):",
         "  stable: (2 max + 2 surge) x e2-standard-2 (2 vCPUs) = 4 VMs, 8 vCPUs",
         "  canary: (1 max + 1 surge) x e2-standard-2 (2 vCPUs) = 2 VMs, 4 vCPUs",
@@ -236,7 +241,7 @@ def test_plan_prints_the_rolling_update_peak_and_the_quotas(capsys: pytest.Captu
         "  SSD_TOTAL_GB: 300 GB",
     ]
     _, out, _ = run_cli(capsys, "plan", "--stack", "aws-prod")
-    assert out.splitlines()[-6:] == [
+    assert out.split("\nwarnings:\n")[0].splitlines()[-6:] == [
         "rolling update peak (each fleet at its maximum, old and new VMs side by side):",
         "  stable: (12 max + 12 surge) x c6i.2xlarge (8 vCPUs) = 24 VMs, 192 vCPUs",
         "  canary: not running (0 VMs)",

@@ -105,3 +105,49 @@ def test_plan_shows_the_serving_settings(capsys: pytest.CaptureFixture[str]) -> 
         "modelConfigPollSeconds": 5,
         "versionSwitch": "auto",
     }
+
+
+# --- what only the cloud can tell, and the warnings ------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_values_only_the_cloud_knows_are_marked(capsys: pytest.CaptureFixture[str]) -> None:
+    """The offline provider's made-up address, account ARNs and generated names are marked; what the stack file or
+    the program names (an explicit bucket, a certificate ARN from config) is not."""
+    code, out, _ = run_cli(capsys, "plan", "--stack", "staging")
+    outputs = {line.split(":", 1)[0].strip(): line for line in out.split("\noutputs:\n", 1)[1].splitlines()[:11]}
+    assert code == 0
+    assert outputs["endpoint"].endswith('"http://203.0.113.221" (known after deploy)')
+    assert outputs["loadBalancerAddress"].endswith("(known after deploy)")
+    assert not outputs["storeUri"].endswith("(known after deploy)")  # the stack names its bucket
+
+    code, out, _ = run_cli(capsys, "plan", "--stack", "aws-prod", "--json")
+    plan = json.loads(out)
+    assert {"endpoint", "loadBalancerAddress", "fleetIdentity", "publisherPolicyArn"} <= set(plan["knownAfterDeploy"])
+    assert "canaryWeightPercent" not in plan["knownAfterDeploy"]
+    by_name = {r["name"]: r for r in plan["resources"]}
+    https = by_name["mf-aws-prod-lb-https"]
+    assert "defaultActions" in https["knownAfterDeploy"]  # the target group's ARN
+    assert "certificateArn" not in https["knownAfterDeploy"]  # the stack file's value, known now
+
+
+@pytest.mark.usefixtures("in_repo")
+def test_plan_text_ends_with_the_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "plan", "--stack", "prod")
+    assert (code, err) == (0, "")  # said once, in the section, not also on stderr
+    section = out.split("\nwarnings:\n", 1)[1].splitlines()
+    assert section[0].startswith("  modelfleet:allowedSourceCidrs is empty: the load balancer admits no client")
+    assert any(
+        line.startswith("  pulumi up refuses this stack: stack 'prod' cannot be deployed as it is:") for line in section
+    )
+    assert all(len(line) <= WIDTH and line.startswith("  ") for line in section)
+
+    code, out, err = run_cli(capsys, "plan", "--stack", "prod", "--json")
+    assert err.startswith("modelfleet: warning: modelfleet:allowedSourceCidrs is empty")  # --json: stderr too
+
+
+def test_plan_has_no_warnings_section_when_nothing_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    project = make_project(tmp_path, {"ok": {**MINIMAL["gcp"], "allowedSourceCidrs": ["198.51.100.0/24"]}})
+    code, out, err = run_cli(capsys, "plan", "--project-dir", str(project), "--stack", "ok")
+    assert (code, err) == (0, "")
+    assert "\nwarnings:" not in out

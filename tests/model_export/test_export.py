@@ -265,7 +265,7 @@ def test_missing_output_after_reload(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(export_mod, "_name_outputs", one_more_output_in_memory)
     target = tmp_path / "m"
     with pytest.raises(ExportError, match="output 'extra' is missing from the reloaded SavedModel"):
-        export_model(_dense_model(2, 2), target, sample={"x": np.ones((2, 2), "float32")})
+        export_model(_dense_model(2, 2), target, sample={"features": np.ones((2, 2), "float32")})
     assert not target.exists()
     assert _siblings(target) == []
 
@@ -283,11 +283,13 @@ def test_tolerances_are_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         return out
 
     monkeypatch.setattr(export_mod, "_to_numpy", nudged)
-    result = export_model(_dense_model(2, 2), tmp_path / "ok", sample={"x": np.ones((2, 2), "float32")}, atol=1e-2)
+    result = export_model(
+        _dense_model(2, 2), tmp_path / "ok", sample={"features": np.ones((2, 2), "float32")}, atol=1e-2
+    )
     assert result.max_abs_diff == pytest.approx(1e-3, rel=1e-2)
     first[0] = True
     with pytest.raises(ExportError, match=r"max abs diff 0\.001 exceeds"):
-        export_model(_dense_model(2, 2), tmp_path / "bad", sample={"x": np.ones((2, 2), "float32")})
+        export_model(_dense_model(2, 2), tmp_path / "bad", sample={"features": np.ones((2, 2), "float32")})
     assert not (tmp_path / "bad").exists()
 
 
@@ -296,7 +298,7 @@ def test_non_empty_export_dir_is_refused(tmp_path: Path) -> None:
     target.mkdir()
     (target / "saved_model.pb").write_bytes(b"previous")
     with pytest.raises(BadInput, match=r"is not empty.*overwrite=True"):
-        export_model(_dense_model(2, 2), target, sample={"x": np.ones((1, 2), "float32")})
+        export_model(_dense_model(2, 2), target, sample={"features": np.ones((1, 2), "float32")})
     assert [p.name for p in target.iterdir()] == ["saved_model.pb"]
     assert (target / "saved_model.pb").read_bytes() == b"previous"
     assert _siblings(target) == ["1"]
@@ -305,9 +307,9 @@ def test_non_empty_export_dir_is_refused(tmp_path: Path) -> None:
 def test_overwrite_replaces_and_empty_dir_is_accepted(tmp_path: Path) -> None:
     target = tmp_path / "1"
     target.mkdir()
-    export_model(_dense_model(2, 2), target, sample={"x": np.ones((1, 2), "float32")}, warmup=False)
+    export_model(_dense_model(2, 2), target, sample={"features": np.ones((1, 2), "float32")}, warmup=False)
     (target / "stale.txt").write_text("x")
-    export_model(_dense_model(2, 2), os.fspath(target), sample={"x": np.ones((1, 2), "float32")}, overwrite=True)
+    export_model(_dense_model(2, 2), os.fspath(target), sample={"features": np.ones((1, 2), "float32")}, overwrite=True)
     assert not (target / "stale.txt").exists()
     assert (target / "assets.extra" / "tf_serving_warmup_requests").is_file()
     assert _siblings(target) == ["1"]
@@ -318,7 +320,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
     b = keras.Input((2,), name="b")
     two_inputs = keras.Model([a, b], keras.layers.Add()([a, b]))
     ones = np.ones((2, 2), "float32")
-    with pytest.raises(BadInput, match="sample lacks input 'b'; the model takes \\['a', 'b'\\]"):
+    with pytest.raises(BadInput, match=r"sample has inputs \['a'\]; the model's inputs are \['a', 'b'\]"):
         export_model(two_inputs, tmp_path / "m", sample={"a": ones})
     with pytest.raises(BadInput, match="input name 'x-y' is invalid"):
         export_model(two_inputs, tmp_path / "m", sample={"x-y": ones})

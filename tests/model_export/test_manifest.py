@@ -3,6 +3,7 @@ competing writer or a lost reply."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -30,6 +31,7 @@ from model_export.manifest import (
     update_manifest,
 )
 from model_export.publish import publish
+from model_export.savedmodel import Validation
 from model_export.signature import Signature, TensorSpec
 from model_export.store import Store, open_store
 from model_export.versions import promote
@@ -152,6 +154,41 @@ def test_unknown_fields_are_ignored() -> None:
     doc["added_later"] = {"x": 1}
     doc["versions"][0]["added_later"] = [1]
     assert _loads(doc) == m
+
+
+def test_validation_is_written_only_when_present_and_round_trips() -> None:
+    m = _sample()
+    old = m.to_json()
+    assert all("validation" not in v for v in old["versions"])  # what manifests written before it look like
+    assert _loads(old) == m
+    scored = Validation("accuracy", 0.994, 178)
+    m.versions[3] = dataclasses.replace(m.versions[3], validation=scored)
+    doc = m.to_json()
+    assert doc["versions"][1]["validation"] == {"metric": "accuracy", "value": 0.994, "rows": 178}
+    assert "validation" not in doc["versions"][0]
+    again = Manifest.loads(m.dumps(), "x", model="m")
+    assert again.versions[3].validation == scored and again.versions[1].validation is None
+    assert again.dumps() == m.dumps()
+
+
+@pytest.mark.parametrize(
+    ("validation", "message"),
+    [
+        ({"metric": "", "value": 0.5, "rows": 3}, r"^versions\[0\]\.validation\.metric: String should have at least 1"),
+        ({"metric": "mae", "value": "0.5", "rows": 3}, r"^versions\[0\]\.validation\.value: .*valid number"),
+        ({"metric": "mae", "value": float("nan"), "rows": 3}, r"^versions\[0\]\.validation\.value: .*finite number"),
+        ({"metric": "mae", "value": 0.5, "rows": 0}, r"^versions\[0\]\.validation\.rows: .*greater than or equal to 1"),
+        ({"metric": "mae", "value": 0.5}, r"^versions\[0\]\.validation\.rows: Field required"),
+        ("accuracy=0.9", r"^versions\[0\]\.validation: Input should be a JSON object"),
+    ],
+)
+def test_malformed_validation_is_one_line_naming_the_field(validation: object, message: str) -> None:
+    doc = _doc()
+    doc["versions"][0]["validation"] = validation
+    with pytest.raises(ManifestError) as caught:
+        _loads(doc)
+    text = str(caught.value).removeprefix("s3://b/m/manifest.json is malformed: ")
+    assert re.search(message, text), text
 
 
 def test_abandon_fences_the_number() -> None:

@@ -135,7 +135,7 @@ def test_put_file_creates_only_and_recognises_its_own_content(kind: str, s3_serv
     assert stored.sha256 == hashlib.sha256(download(st, "m/1/w.bin", tmp_path)).hexdigest()
     assert stored.size == size and sum(ticks) == size
     if kind == "multipart":
-        assert len(ticks) == 3, "one tick per part"
+        assert len(ticks) >= 10 and max(ticks) < PART, "the parts' bytes as they go out, not a tick per part"
         digests = b"".join(hashlib.sha256(payload[i : i + PART]).digest() for i in range(0, size, PART))
         assert stored.checksum == f"sha256-composite:{base64.b64encode(hashlib.sha256(digests).digest()).decode()}-3"
     else:

@@ -57,7 +57,7 @@ def test_publish_json_and_versions(
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "model m"
-    assert lines[1].split() == ["VERSION", "LABELS", "CREATED", "SIZE", "FILES", "SOURCE"]
+    assert lines[1].split() == ["VERSION", "LABELS", "CREATED", "SIZE", "FILES", "VALIDATION", "SOURCE"]
     assert lines[2].split()[:2] == ["1", "stable"]
 
     code, out, _ = run(capsys, "show", "--store", store, "--model", "m", "1")

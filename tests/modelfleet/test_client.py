@@ -71,10 +71,68 @@ def closed_port() -> int:
 
 def test_rest_columnar_is_the_default(tfs: TFServingStandIn) -> None:
     out = client.predict(tfs.rest_url, "m", {"x": X})
-    # TF Serving's JSON does not name the only output; version 2 answered (3 is LOADING).
-    assert list(out) == [client.UNNAMED_OUTPUT]
-    assert out["output"].tolist() == y(2)
-    assert tfs.calls[-1].request_format == "columnar"
+    # Version 2 answered (3 is LOADING). TF Serving's JSON does not name the only output: its name, the signature's,
+    # comes from the metadata, asked after the predict, for the same version spec.
+    assert list(out) == ["y"]
+    assert out["y"].tolist() == y(2)
+    assert [(c.method, c.request_format) for c in tfs.calls] == [("predict", "columnar"), ("metadata", None)]
+
+
+@pytest.mark.parametrize("row_format", [False, True])
+@pytest.mark.parametrize("spec", [{}, {"version": 1}, {"label": "stable"}])
+def test_rest_single_output_keeps_the_signature_name(
+    tfs: TFServingStandIn, row_format: bool, spec: dict[str, Any]
+) -> None:
+    tfs.set_model(
+        "m", outputs={"probabilities": ("float32", (-1,))}, predict=lambda x, v: {"probabilities": v * x["x"].sum(-1)}
+    )
+    rest = client.predict(tfs.rest_url, "m", {"x": X}, row_format=row_format, **spec)
+    grpc = client.predict(tfs.grpc_target, "m", {"x": X}, grpc=True, **spec)
+    assert list(rest) == list(grpc) == ["probabilities"]
+    assert rest["probabilities"].tolist() == grpc["probabilities"].tolist() == y(1 if spec else 2)
+    metadata = [c for c in tfs.calls if c.protocol == "rest" and c.method == "metadata"]
+    assert [(c.version, c.label) for c in metadata] == [(spec.get("version"), spec.get("label"))]
+
+
+def test_rest_multi_output_answers_need_no_metadata(tfs: TFServingStandIn) -> None:
+    tfs.set_model(
+        "m",
+        outputs={"y": ("float32", (-1,)), "z": ("float32", (-1,))},
+        predict=lambda x, v: {"y": x["x"].sum(-1), "z": x["x"].max(-1)},
+    )
+    out = client.predict(tfs.rest_url, "m", {"x": X})
+    assert {k: v.tolist() for k, v in out.items()} == {"y": [6.0, 15.0], "z": [3.0, 6.0]}
+    assert [c.method for c in tfs.calls] == ["predict"]
+
+
+def test_rest_output_naming_fails_when_the_served_signature_changed(tfs: TFServingStandIn) -> None:
+    """A predict answered by a single-output version 2, then metadata from a two-output version 3 that loaded in
+    between: the output cannot be named, and guessing would print values under a wrong name."""
+
+    def single_then_load_v3(inputs: dict[str, np.ndarray[Any, Any]], version: int) -> dict[str, Any]:
+        tfs.set_model("m", outputs={"a": ("float32", (-1,)), "b": ("float32", (-1,))})
+        tfs.set_state("m", 3, "AVAILABLE")
+        return {"y": inputs["x"].sum(-1)}
+
+    tfs.set_model("m", predict=single_then_load_v3)
+    with pytest.raises(
+        client.ServingError,
+        match=r"answered 'm' with one unnamed output, but version 3's signature "
+        r"'serving_default' has outputs \['a', 'b'\]: the served version changed in between; try again",
+    ):
+        client.predict(tfs.rest_url, "m", {"x": X})
+
+
+def test_rest_output_naming_reports_a_failing_metadata_request(tfs: TFServingStandIn) -> None:
+    def single_then_unload(inputs: dict[str, np.ndarray[Any, Any]], version: int) -> dict[str, Any]:
+        tfs.set_model("m", versions={})
+        return {"y": inputs["x"].sum(-1)}
+
+    tfs.set_model("m", predict=single_then_unload)
+    with pytest.raises(
+        client.ServingError, match=r"^'m' answered, but naming its output needs its metadata: TF Serving"
+    ):
+        client.predict(tfs.rest_url, "m", {"x": X})
 
 
 def test_rest_row_format_with_named_outputs(tfs: TFServingStandIn) -> None:
@@ -391,7 +449,7 @@ def test_the_rest_path_does_not_import_tensorflow(tfs: TFServingStandIn) -> None
         "from modelfleet import client\n"
         f"out = client.predict({tfs.rest_url!r}, 'm', {{'x': np.ones((1, 2), np.float32)}})\n"
         "client.smoke(" + repr(tfs.rest_url) + ", 'm')\n"
-        "print(out['output'].tolist(), sorted(m for m in sys.modules if m.split('.')[0] in "
+        "print(out['y'].tolist(), sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tensorflow', 'tensorflow_serving', 'grpc')))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -417,7 +475,9 @@ def test_model_status_lists_loading_versions(tfs: TFServingStandIn) -> None:
 def test_smoke_ok(tfs: TFServingStandIn) -> None:
     result = client.smoke(tfs.rest_url, "m")
     assert (result.ok, result.reason, result.version) == (True, "", 2)
-    assert (result.inputs, result.outputs) == ({"x": [1, 1]}, {"output": [1]})  # a row of zeros from the metadata
+    assert (result.inputs, result.outputs) == ({"x": [1, 1]}, {"y": [1]})  # a row of zeros from the metadata
+    # The metadata smoke reads names the output too: no second metadata request.
+    assert [c.method for c in tfs.calls] == ["status", "metadata", "predict"]
     assert client.smoke(tfs.rest_url, "m", label="stable").version == 1
     assert client.smoke(tfs.rest_url, "m", {"x": X}, version=1).inputs == {"x": [2, 3]}
 
@@ -453,7 +513,7 @@ def test_smoke_reports_a_failing_predict(tfs: TFServingStandIn) -> None:
 def test_cli_smoke(tfs: TFServingStandIn, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "smoke", "--url", tfs.rest_url, "--model", "m")
     assert (code, err) == (0, "")
-    assert out.startswith("ok: m version 2 answered in ") and out.endswith("(inputs x[1, 1]; outputs output[1])\n")
+    assert out.startswith("ok: m version 2 answered in ") and out.endswith("(inputs x[1, 1]; outputs y[1])\n")
 
     tfs.set_model("loading", versions={1: "LOADING"})
     code, out, err = run(capsys, "smoke", "--url", tfs.rest_url, "--model", "loading")
@@ -491,7 +551,7 @@ def test_cli_predict_json_file(tfs: TFServingStandIn, capsys: pytest.CaptureFixt
     request.write_text(json.dumps({"inputs": {"x": X.tolist()}}))
     code, out, err = run(capsys, "predict", "--url", tfs.rest_url, "--model", "m", "--version", "1", str(request))
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"outputs": {"output": y(1)}}
+    assert json.loads(out) == {"outputs": {"y": y(1)}}
 
 
 def test_cli_predict_stdin_row_format(
@@ -501,8 +561,8 @@ def test_cli_predict_stdin_row_format(
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
     code, out, err = run(capsys, "predict", "--url", tfs.rest_url, "--model", "m", "--label", "stable", "-")
     assert (code, err) == (0, "")
-    assert json.loads(out) == {"outputs": {"output": y(1)}}
-    assert tfs.calls[-1].request_format == "row"
+    assert json.loads(out) == {"outputs": {"y": y(1)}}
+    assert tfs.calls[-2].request_format == "row"
 
 
 def test_cli_predict_grpc_with_npz_and_json(

@@ -154,9 +154,9 @@ class CountingStore(DelegatingStore):
         self.calls["put_file"] += 1
         return self.inner.put_file(key, path, progress=progress)
 
-    def download_file(self, key: str, path: Path) -> None:
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
         self.calls["download_file"] += 1
-        self.inner.download_file(key, path)
+        self.inner.download_file(key, path, progress=progress)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         self.calls["list"] += 1

@@ -1462,6 +1462,7 @@ class TFServingStandIn:
                 raise Status("INVALID_ARGUMENT", "inputs must be an object: the signature has several inputs")
         arrays = {k: _json_to_array(k, v, specs.get(k, ("float32", None))[0]) for k, v in columns.items()}
         outputs = self.run(model, version, arrays)
+        # json_tensor.cc MakeJsonFromTensors: a single output is written without its name in both formats.
         if not row:
             if len(outputs) == 1:
                 ((key, arr),) = outputs.items()
@@ -1674,8 +1675,24 @@ def _json_to_array(key: str, value: Any, dtype: str) -> NDArray:
     return raw.astype(target)
 
 
+def _write_decimal(value: Any) -> float:
+    """util/json_tensor.cc ``WriteDecimal`` for a float32: ``absl::StrCat`` (six digits, as ``%g``), or ``%.9g`` when
+    that does not read back as the same float, so 0.1f is written 0.1, not the 0.10000000149011612 a widening to
+    double would give; returned as the float64 that text parses to (NaN and +-Infinity as they are)."""
+    if not np.isfinite(value):
+        return float(value)
+    text = f"{value:g}"
+    return float(text if np.float32(text) == value else f"{value:.9g}")
+
+
 def _array_to_json(key: str, arr: NDArray) -> Any:
-    """TF Serving's JSON of an output: numbers as numbers; strings as text, or b64 for outputs named ``*_bytes``."""
+    """TF Serving's JSON of an output: numbers as numbers; strings as text, or b64 for outputs named ``*_bytes``.
+
+    ``MakeRowFormatJsonFromTensors``/``MakeColumnarFormatJsonFromTensors`` (util/json_tensor.cc) name the outputs
+    only when there are several (``elements_are_objects = tensor_map.size() > 1``): a single output's values stand
+    alone under "predictions"/"outputs" and its name is lost; ``_rest_predict`` does the same."""
+    if arr.dtype in (np.float32, np.float16):
+        return np.vectorize(_write_decimal, otypes=[np.float64])(arr).tolist() if arr.size else arr.tolist()
     if arr.dtype.kind not in "SUO":
         return arr.tolist()
 

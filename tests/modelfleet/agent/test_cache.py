@@ -14,7 +14,7 @@ from model_export.errors import ModelfleetError
 from model_export.manifest import load_manifest
 from model_export.publish import publish
 from model_export.store import open_store
-from model_export.store.base import Store
+from model_export.store.base import ProgressFn, Store
 from model_export.versions import rollback
 from modelfleet.agent.cache import DiskTooSmall, LocalCache
 from modelfleet.agent.tfs import TfsClient
@@ -29,9 +29,9 @@ class DiskFullStore(CountingStore):
         super().__init__(inner)
         self.full = True
 
-    def download_file(self, key: str, path: Path) -> None:
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
         if not self.full:
-            super().download_file(key, path)
+            super().download_file(key, path, progress=progress)
             return
         data = self.inner.read(key).data
         path.write_bytes(data[: len(data) // 2])

@@ -22,7 +22,7 @@ from model_export.errors import StoreError
 from model_export.manifest import VersionEntry, load_manifest
 from model_export.publish import publish
 from model_export.store import open_store
-from model_export.store.base import Store
+from model_export.store.base import ProgressFn, Store
 from modelfleet.agent import cache as cache_module
 from modelfleet.agent.cache import DiskTooSmall, LocalCache
 from modelfleet.agent.health import check_health, render_metrics
@@ -235,7 +235,7 @@ class FailingStore(CountingStore):
         super().__init__(inner)
         self.error = error
 
-    def download_file(self, key: str, path: Path) -> None:
+    def download_file(self, key: str, path: Path, *, progress: ProgressFn | None = None) -> None:
         path.write_bytes(b"part")
         raise self.error
 
