@@ -9,10 +9,14 @@ from typing import Any
 
 from model_export import layout
 from model_export.constants import ROLES
-from model_export.errors import BadInput
+from model_export.errors import BadInput, ConflictRetriesExhausted
 from model_export.manifest import DELETE_MODEL, Manifest, actor, load_manifest, update_manifest
 from model_export.store import Store
 from model_export.versions import existing, open_store, unknown_model
+
+# Rounds of `delete --all`'s fence before it gives up: each round is needed only by a publish that reserved its
+# number in the instant between the previous round's listing and its write.
+FENCE_ROUNDS = 5
 
 
 @dataclass
@@ -63,6 +67,8 @@ def delete_version(store: str | Store, model: str, version: int) -> Deletion:
     existing(st, model)
 
     def drop(m: Manifest) -> bool:
+        if m.deleted:  # `delete --all` landed since the check above: writing now would revive the tombstone
+            raise unknown_model(st, model)
         if version not in m.versions:
             if version > m.last_version or not _version_objects(st, model, version):
                 m.get(version)  # UnknownVersion, listing the versions
@@ -109,7 +115,8 @@ def delete_model(
     store: str | Store, model: str, *, force: bool = False, confirm: Callable[[Deletion], bool] | None = None
 ) -> Deletion:
     """Delete a whole model. One compare-and-swap empties its manifest (no versions, no labels: agents stop seeing
-    any version) and fences every number a publish still holds; then every other key under the model's prefix
+    any version) and fences every number a publish holds (listed after ``confirm``; a publish that reserved in the
+    instant before that write is fenced by one more round); then every other key under the model's prefix
     (versions, reservations) and its incomplete uploads are deleted. ``confirm`` sees what will go and may say no
     (``BadInput``, nothing deleted). Refused while a live agent follows the model, unless ``force``.
 
@@ -140,23 +147,46 @@ def delete_model(
     if confirm is not None and not confirm(plan):
         raise BadInput(f"model {model!r} was not deleted: not confirmed")
     by = actor()
-    reserved = {v for o in listed if (v := layout.reserved_version(model, o.key)) is not None}
 
-    def empty(m: Manifest) -> list[int]:
-        gone = sorted(m.versions)
-        for label in sorted(m.labels):
-            m.move_label(label, None, DELETE_MODEL, by)
-        m.versions.clear()
-        for v in sorted(reserved):  # the fence: a publish holding v can no longer commit it
-            m.abandon(v, by)
-        return gone
+    def empty(reserved: set[int]) -> Callable[[Manifest], list[int]]:
+        def change(m: Manifest) -> list[int]:
+            gone = sorted(m.versions)
+            for label in sorted(m.labels):
+                m.move_label(label, None, DELETE_MODEL, by)
+            m.versions.clear()
+            for v in sorted(reserved - set(m.abandoned)):  # the fence: a publish holding v can no longer commit it
+                m.abandon(v, by)
+            return gone
 
-    if token is not None:
-        _, plan.versions = update_manifest(st, model, empty, action=DELETE_MODEL)
-    # Listed again after the manifest was emptied: nothing can commit now, so this catches files written meanwhile.
+        return change
+
+    # Listed after the confirmation, which may have waited minutes at a prompt: a publish that reserved its number
+    # meanwhile is fenced too, or the next publish would be handed its number while it still uploads.
     rest = [o for o in st.list(layout.model_prefix(model)) if o.key != manifest_key]
+    seen = {o.key: o.size for o in listed}
+    plan.versions = []
+    for _ in range(FENCE_ROUNDS if token is not None else 1):
+        reserved = {v for o in rest if (v := layout.reserved_version(model, o.key)) is not None}
+        if token is not None:
+            emptied, gone = update_manifest(st, model, empty(reserved), action=DELETE_MODEL)
+            plan.versions = sorted(set(plan.versions) | set(gone))
+        seen |= {o.key: o.size for o in rest}
+        # Listed again after the manifest was emptied: this catches files written meanwhile. A reservation made
+        # between the fence's listing and its write is fenced by one more round, and so is a version committed in
+        # that instant (it is emptied again) — nothing listed here is deleted while a publish could still commit it.
+        rest = [o for o in st.list(layout.model_prefix(model)) if o.key != manifest_key]
+        if token is None:
+            break
+        late = {v for o in rest if (v := layout.reserved_version(model, o.key)) is not None} - set(emptied.abandoned)
+        if not late and not load_manifest(st, model)[0].versions:
+            break
+    else:
+        raise ConflictRetriesExhausted(
+            f"model {model!r}: publishes kept starting under `delete --all`; its manifest is emptied, nothing else "
+            "was deleted — stop them and run it again"
+        )
     st.delete([o.key for o in rest])
     st.abort_partial_uploads(layout.model_prefix(model), dt.datetime.now(dt.timezone.utc))
-    seen = {o.key: o.size for o in listed} | {o.key: o.size for o in rest}
+    seen |= {o.key: o.size for o in rest}
     plan.objects, plan.bytes = len(seen), sum(seen.values())
     return plan

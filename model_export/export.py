@@ -49,7 +49,7 @@ from model_export.export_inputs import (
     keras_inputs_struct,
     trackables,
 )
-from model_export.savedmodel import METADATA_FILE, Validation
+from model_export.savedmodel import METADATA_FILE, Validation, scored_digest
 from model_export.signature import SERVING_SIGNATURE
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -265,10 +265,7 @@ def _validation_check(
     ):
         raise BadInput(f"metric_tolerance={tolerance!r} is invalid; pass a number >= 0, e.g. 0.01")
     if expected_metric is not None:
-        if isinstance(expected_metric, bool | np.bool_) or not isinstance(expected_metric, int | float | np.number):
-            raise BadInput(f"expected_metric={expected_metric!r} is not a number; pass the {name} you measured")
-        if not math.isfinite(expected_metric):
-            raise BadInput(f"expected_metric={expected_metric} is not finite; pass the {name} you measured")
+        expected_metric = _number(expected_metric, name)
     elif has_preprocessing:
         raise BadInput(
             f"validation with preprocessing= needs expected_metric=: the {name} the model scored in training on "
@@ -276,12 +273,46 @@ def _validation_check(
         )
     x_raw, y_raw = validation
     x = input_tensors(x_raw, Declared(specs, named=True), "validation x")
-    y = np.asarray(y_raw)
+    for key, tensor in x.items():
+        _check_finite(f"validation x[{key!r}]", tensor.numpy())
+    try:
+        y = _to_numpy(y_raw)
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"validation y is not an array: {one_line(e, 200)}; pass one label (or row) per row of x") from e
     rows = int(next(iter(x.values())).shape[0])
     if y.ndim == 0 or y.shape[0] != rows:
         raise BadInput(f"validation y has shape {y.shape}; x has {rows} rows, y needs one label per row")
+    _check_finite("validation y", y)
     expected = None if expected_metric is None else float(expected_metric)
     return _Check(name, fn, x, y, expected, float(tolerance), output)
+
+
+def _number(value: Any, metric: str) -> float:
+    """``expected_metric`` as a finite float: a Python or numpy number, a 0-d array or tensor (``metric.result()``)."""
+    try:
+        array = _to_numpy(value)
+    except (TypeError, ValueError):
+        array = np.asarray(None)
+    if array.shape != () or array.dtype.kind not in "iuf":
+        shown = f"{type(value).__name__} of shape {array.shape}" if array.shape else repr(value)
+        raise BadInput(f"expected_metric={one_line(shown, 100)} is not a number; pass the {metric} you measured")
+    number = float(array)
+    if not math.isfinite(number):
+        raise BadInput(f"expected_metric={number} is not finite; pass the {metric} you measured")
+    return number
+
+
+def _check_finite(what: str, array: np.ndarray) -> None:
+    """Refuse NaN or inf in validation data: a row scored on them tells nothing about the model (argmax of NaN is
+    class 0, a NaN label is never matched)."""
+    if array.dtype.kind not in "fc" or array.ndim == 0:
+        return
+    bad = (~np.isfinite(array)).reshape(array.shape[0], -1).any(axis=1)
+    if bad.any():
+        raise BadInput(
+            f"{what} holds NaN or inf in {int(bad.sum())} of {bad.size} rows (first: row {int(np.argmax(bad))}); "
+            "drop or impute those rows"
+        )
 
 
 def _with_output(check: _Check, outputs: list[str]) -> _Check:
@@ -331,7 +362,8 @@ def _write_metadata(path: Path, validation: Validation) -> None:
     out = path / METADATA_FILE
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"validation": validation.to_json()}, indent=1) + "\n")
+        doc = {"validation": validation.to_json(), "scored": scored_digest(path, validation)}
+        out.write_text(json.dumps(doc, indent=1) + "\n")
     except OSError as e:
         raise ExportError(f"writing {out} failed: {one_line(e, _MESSAGE_LIMIT)}") from e
 

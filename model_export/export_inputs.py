@@ -17,6 +17,7 @@ Rules, each with one home here:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import keyword
 import re
@@ -262,7 +263,9 @@ _PREPROCESSING_KINDS = (
 
 
 def trackables(objs: Sequence[Any]) -> list[Any]:
-    """Layers, modules and lookup tables reachable from ``objs``, including a function's closure and ``self``.
+    """Layers, modules and lookup tables reachable from ``objs``: a function's closure, globals and default arguments,
+    a ``functools.partial``'s arguments, and the attributes a method (or a callable object's ``__call__``) reads
+    from ``self``.
 
     ``ExportArchive`` saves the variables the endpoint reads by itself, but lookup tables (StringLookup,
     TextVectorization, tf.lookup) only when their owner is tracked; a preprocessing function that closes
@@ -270,12 +273,12 @@ def trackables(objs: Sequence[Any]) -> list[Any]:
     """
     kinds = (keras.layers.Layer, tf.Module, tf.saved_model.experimental.TrackableResource)
     found: list[Any] = []
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}  # holding the objects: a bound method made here must not free its id for another
 
     def visit(obj: Any, depth: int) -> None:
         if obj is None or id(obj) in seen or depth > 3:
             return
-        seen.add(id(obj))
+        seen[id(obj)] = obj
         if isinstance(obj, kinds):
             found.append(obj)
         elif isinstance(obj, list | tuple):
@@ -286,16 +289,29 @@ def trackables(objs: Sequence[Any]) -> list[Any]:
                 visit(item, depth + 1)
         elif isinstance(obj, tf.types.experimental.GenericFunction):
             visit(getattr(obj, "python_function", None), depth + 1)  # tf.function -> its Python function
+        elif isinstance(obj, functools.partial):
+            for item in (obj.func, *obj.args, *obj.keywords.values()):
+                visit(item, depth + 1)
         elif inspect.ismethod(obj):
             visit(obj.__self__, depth + 1)
             visit(obj.__func__, depth + 1)
+            # What the method reads from ``self``: ``self.lookup(x)`` in a preprocessing class.
+            state = getattr(obj.__self__, "__dict__", None)
+            code = getattr(obj.__func__, "__code__", None)
+            if isinstance(state, dict) and code is not None:
+                for name in code.co_names:
+                    if name in state:
+                        visit(state[name], depth + 1)
         elif inspect.isfunction(obj):
             try:
                 refs = inspect.getclosurevars(obj)
             except (TypeError, ValueError):
                 return
-            for value in [*refs.nonlocals.values(), *refs.globals.values()]:
+            defaults = [*(obj.__defaults__ or ()), *(obj.__kwdefaults__ or {}).values()]
+            for value in [*refs.nonlocals.values(), *refs.globals.values(), *defaults]:
                 visit(value, depth + 1)
+        elif callable(obj) and inspect.ismethod(obj.__call__):
+            visit(obj.__call__, depth)  # an instance of a class defining __call__: as its bound method
 
     for obj in objs:
         visit(obj, 0)

@@ -15,6 +15,7 @@ field, e.g. ``versions[2].files['../x']: unsafe path (relative POSIX path withou
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import getpass
 import json
 import os
@@ -23,14 +24,14 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from model_export.constants import STABLE
+from model_export.constants import ROLES, STABLE
 from model_export.errors import (
     BadInput,
     ConflictRetriesExhausted,
@@ -100,6 +101,20 @@ def check_label(label: str) -> str:
     if not NAME_RE.match(label):
         raise InvalidName(f"label {label!r} is invalid; labels are [A-Za-z0-9_]+ (e.g. stable, canary)")
     return label
+
+
+def label_typo(labels: Iterable[str], label: str) -> str | None:
+    """When a label a model does not have yet is one typo away from one it has, or from a fleet's role (``stabel``),
+    the one-line refusal naming the likely meant label; ``None`` for a label that exists or resembles none. Setting
+    such a label would move nothing any fleet serves while the user believes it did."""
+    known = set(labels) | set(ROLES)
+    if label in labels or label in ROLES:
+        return None
+    close = difflib.get_close_matches(label, sorted(known - {label}), n=2, cutoff=0.75)
+    if not close:
+        return None
+    meant = " or ".join(repr(c) for c in close)
+    return f"label {label!r} is new to this model; did you mean {meant}? (--new-label creates it)"
 
 
 def relpath_problem(rel: str) -> str | None:
@@ -182,8 +197,9 @@ class VersionEntry:
 
 
 ROLLBACK_ACTIONS = ("rollback", "auto-rollback")  # history actions that go back to an earlier stable
-# The operation of `delete --all`: it empties the manifest but keeps it (``Manifest.deleted``).
+# The operation of `delete --all`: it empties the manifest but keeps it (``Manifest.deleted``); a publish ends that.
 DELETE_MODEL = "delete-model"
+PUBLISH = "publish"
 
 
 @dataclass(frozen=True)
@@ -275,15 +291,13 @@ class Manifest:
 
     @property
     def deleted(self) -> bool:
-        """A whole-model delete's tombstone: no versions, no labels, the last write a ``DELETE_MODEL``. It keeps
-        ``last_version`` and the fence, so a model published again under the name goes on from the next number:
-        a VM whose TF Serving still holds an old ``N`` would never load a new ``N``."""
-        return (
-            not self.versions
-            and not self.labels
-            and bool(self.operations)
-            and self.operations[-1].action == (DELETE_MODEL)
-        )
+        """A whole-model delete's tombstone: no versions, no labels, and a ``DELETE_MODEL`` since the last publish.
+        It keeps ``last_version`` and the fence, so a model published again under the name goes on from the next
+        number: a VM whose TF Serving still holds an old ``N`` would never load a new ``N``."""
+        # The latest delete or publish decides: a later write that changes nothing (a prune, an auto-rollback's undo
+        # racing the delete) must not bring the model back.
+        last = next((op.action for op in reversed(self.operations) if op.action in (DELETE_MODEL, PUBLISH)), None)
+        return not self.versions and not self.labels and last == DELETE_MODEL
 
     def stable_lineage(self) -> list[int]:
         """The stack of stable versions in force over time; a rollback pops back to its target."""

@@ -37,12 +37,14 @@ from model_export.errors import (
     TransferError,
 )
 from model_export.manifest import (
+    PUBLISH,
     Manifest,
     VersionEntry,
     actor,
     check_idempotency_key,
     check_label,
     check_model_name,
+    label_typo,
     load_manifest,
     now,
     update_manifest,
@@ -147,7 +149,9 @@ def _heartbeat(store: Store, res: _Reservation, every: float) -> Iterator[None]:
             try:
                 res.token = store.write(res.key, res.body, if_token=res.token)
             except (PreconditionFailed, ObjectNotFound):
-                res.lost = f"its reservation {store.uri}/{res.key} was removed by another process (prune)"
+                res.lost = (
+                    f"its reservation {store.uri}/{res.key} was removed by another process (prune or delete --all)"
+                )
                 return
             except Exception:  # noqa: S112 - a missed beat only makes the reservation look older
                 continue
@@ -171,7 +175,7 @@ def _still_ours(st: Store, model: str, res: _Reservation) -> None:
             if st.read(res.key).token != res.token:
                 problem = f"its reservation {st.uri}/{res.key} was replaced by another process"
         except ObjectNotFound:
-            problem = f"its reservation {st.uri}/{res.key} was removed by another process (prune)"
+            problem = f"its reservation {st.uri}/{res.key} was removed by another process (prune or delete --all)"
     if problem is not None:
         raise ReservationLost(
             f"publish of {model!r} version {res.version} stopped: {problem}, so the version was given up "
@@ -210,6 +214,7 @@ def publish(
     model: str,
     *,
     label: str | None = None,
+    new_label: bool = False,
     allow_signature_change: bool = False,
     source: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
@@ -219,7 +224,9 @@ def publish(
     """Upload ``savedmodel_dir`` as the next version of ``model`` and record it in the manifest.
 
     ``source`` is free-form provenance (``git_sha``, ``job_id``, ...); the git commit of the current directory is
-    added when not given. ``label`` (e.g. ``canary``) is set in the same manifest update. ``idempotency_key``
+    added when not given. ``label`` (e.g. ``canary``) is set in the same manifest update; a label the model does
+    not have yet that is one typo away from one it has (``stabel``) is refused before anything is uploaded, unless
+    ``new_label``. ``idempotency_key``
     (default: ``source["job_id"]``) makes a retry safe: if a version was already published with that key, it is
     returned (``reused=True``) and nothing is uploaded.
     """
@@ -241,6 +248,8 @@ def publish(
         return _result(model, st, manifest, done, started, reused=True)
     if not allow_signature_change and (problem := signature_problem(manifest, info)):
         raise SignatureChanged(problem)
+    if label is not None and not new_label and (typo := label_typo(manifest.labels, label)):
+        raise BadInput(f"model {model!r}: {typo}; nothing uploaded")
 
     if "git_sha" not in meta and (sha := git_sha(Path.cwd())):
         meta["git_sha"] = sha
@@ -278,7 +287,7 @@ def publish(
                 )
             if version in m.abandoned:
                 raise ReservationLost(
-                    f"publish of {model!r} version {version} stopped: prune abandoned the version at "
+                    f"publish of {model!r} version {version} stopped: prune or delete --all abandoned the version at "
                     f"{m.abandoned[version].time} (no heartbeat for longer than its --pending-grace; was this "
                     "process paused?); nothing was committed, publish again"
                 )
@@ -293,7 +302,7 @@ def publish(
             if label is not None:
                 m.move_label(label, version, "publish", by)
 
-        final, _ = update_manifest(st, model, add, action="publish")
+        final, _ = update_manifest(st, model, add, action=PUBLISH)
         # Checked where it happened: the files are still there under the committed entry. A store reset or a
         # deletion in the instant between the last check and the commit would otherwise be reported as success.
         try:

@@ -8,6 +8,7 @@ framework/{graph,node_def,function,tensor_shape}.proto). Publishing then needs n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from model_export.errors import NotASavedModel, one_line
 from model_export.protowire import fields
@@ -50,6 +52,16 @@ _DTYPES = {
 METADATA_FILE = "assets.extra/modelfleet.json"
 
 
+_METRIC_NAME_MAX = 64
+_METRIC_RANGES = {"accuracy": (0.0, 1.0), "mae": (0.0, math.inf), "mse": (0.0, math.inf)}  # metrics.NAMED's values
+_INT64_MAX = 2**63 - 1  # what the manifest holds
+
+
+def is_metric_name(name: object) -> TypeGuard[str]:
+    """A name a validation record may carry: an identifier of at most 64 characters (one word in a table cell)."""
+    return isinstance(name, str) and name.isidentifier() and len(name) <= _METRIC_NAME_MAX
+
+
 @dataclass(frozen=True)
 class Validation:
     """How the served signature scored on the labelled data export_model was given (see ``export_model``)."""
@@ -67,12 +79,15 @@ class Validation:
         if not isinstance(data, dict):
             raise ValueError(f"validation: expected an object, got {type(data).__name__}")
         metric, value, rows = data.get("metric"), data.get("value"), data.get("rows")
-        if not isinstance(metric, str) or not metric:
-            raise ValueError("validation.metric: expected a non-empty string")
+        if not is_metric_name(metric):
+            raise ValueError(f"validation.metric: expected an identifier of at most {_METRIC_NAME_MAX} characters")
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError("validation.value: expected a finite number")
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ValueError("validation.rows: expected an integer >= 1")
+        low, high = _METRIC_RANGES.get(metric, (-math.inf, math.inf))
+        if not low <= value <= high:
+            raise ValueError(f"validation.value: {value} is outside [{low}, {high}], the range of {metric}")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= _INT64_MAX:
+            raise ValueError(f"validation.rows: expected an integer in [1, {_INT64_MAX}]")
         return cls(metric, float(value), rows)
 
     def text(self) -> str:
@@ -273,6 +288,32 @@ def _validation(root: Path, files: tuple[str, ...]) -> Validation | None:
         if not isinstance(doc, dict):
             raise ValueError("the top level is not a JSON object")
         raw = doc.get("validation")
-        return None if raw is None else Validation.from_json(raw)
+        validation = None if raw is None else Validation.from_json(raw)
+        scored = doc.get("scored")
+        current = scored_digest(root, validation) if validation is not None else None
     except (OSError, ValueError, RecursionError) as e:
         raise NotASavedModel(f"{str(path)!r} is not valid: {one_line(e, 200)}; re-export the model") from e
+    if validation is not None and scored != current:
+        # Copied from another export, or the graph or weights changed since: the score is not this model's.
+        raise NotASavedModel(
+            f"{str(path)!r} records a score export_model did not give this SavedModel (the score was edited, or "
+            "saved_model.pb or the variables differ from what it scored); re-export the model, or delete the file to "
+            "publish without a score"
+        )
+    return validation
+
+
+# What a recorded score is bound to: the graph, and the variables' index, which holds a checksum of every tensor's
+# bytes in the data shards (TensorFlow's BundleEntryProto.crc32c), so new weights change it too.
+SCORED_FILES = ("saved_model.pb", "variables/variables.index")
+
+
+def scored_digest(root: Path, validation: Validation) -> str:
+    """sha256 over the score and ``SCORED_FILES`` (those present), names included: what ``METADATA_FILE``'s
+    ``scored`` holds. Not a signature (anyone can recompute it), but a copied file or an edited score is caught."""
+    h = hashlib.sha256(json.dumps(validation.to_json(), sort_keys=True).encode())
+    for name in SCORED_FILES:
+        path = root / name
+        if path.is_file():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -23,6 +23,7 @@ from model_export.manifest import (
     actor,
     check_label,
     check_model_name,
+    label_typo,
     load_manifest,
     update_manifest,
 )
@@ -117,10 +118,17 @@ def _change(store: str | Store, model: str, change: Callable[[Manifest], None], 
     return manifest
 
 
-def set_label(store: str | Store, model: str, label: str, version: int) -> Manifest:
-    """Point ``label`` at ``version`` (which must be in the manifest)."""
+def set_label(store: str | Store, model: str, label: str, version: int, *, new_label: bool = False) -> Manifest:
+    """Point ``label`` at ``version`` (which must be in the manifest). A label the model does not have yet that is
+    one typo away from one it has (``stabel``) is refused unless ``new_label``."""
     check_label(label)
-    return _change(store, model, lambda m: m.move_label(label, version, "label", actor()), "label")
+
+    def change(m: Manifest) -> None:
+        if not new_label and (typo := label_typo(m.labels, label)):
+            raise BadInput(f"model {model!r}: {typo}")
+        m.move_label(label, version, "label", actor())
+
+    return _change(store, model, change, "label")
 
 
 def clear_label(store: str | Store, model: str, label: str) -> Manifest:
@@ -128,7 +136,10 @@ def clear_label(store: str | Store, model: str, label: str) -> Manifest:
 
     def change(m: Manifest) -> None:
         if label not in m.labels:
-            raise BadInput(f"model {model!r} has no label {label!r} (labels: {', '.join(sorted(m.labels)) or 'none'})")
+            close = difflib.get_close_matches(label, sorted(m.labels), n=2)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            labels = ", ".join(sorted(m.labels)) or "none"
+            raise BadInput(f"model {model!r} has no label {label!r} (labels: {labels}){hint}")
         m.move_label(label, None, "unlabel", actor())
 
     return _change(store, model, change, "unlabel")

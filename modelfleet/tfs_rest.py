@@ -95,6 +95,13 @@ def http_json(method: str, base: str, path: str, body: bytes | None, timeout: fl
         ) from None
     except TimeoutError:
         raise _timeout(base, timeout) from None
+    except http.client.BadStatusLine:
+        # An HTTP/2-only server (TF Serving's gRPC port) answers an HTTP/1.1 request with binary frames.
+        raise ServingError(
+            f"{base} did not answer HTTP/1.x to {method} {path}: is it TF Serving's gRPC port? REST is on "
+            f"{TFS_REST_PORT} (gRPC needs --grpc)",
+            code="UNAVAILABLE",
+        ) from None
     except (OSError, http.client.HTTPException) as e:
         raise ServingError(
             f"cannot reach TF Serving at {base}: {e or type(e).__name__}",
@@ -102,7 +109,9 @@ def http_json(method: str, base: str, path: str, body: bytes | None, timeout: fl
             not_listening=isinstance(e, ConnectionError),
         ) from None
     try:
-        return json.loads(raw)
+        # TF Serving writes string outputs' bytes as they are, UTF-8 or not (json_tensor.cc, `writer->String(str)`):
+        # surrogateescape keeps the bytes that are not, for the client to give back as they were.
+        return json.loads(raw.decode("utf-8", "surrogateescape"))
     except ValueError:
         raise ServingError(
             f"TF Serving at {base} answered {method} {path} with a body that is not JSON: {one_line(repr(raw[:80]))}",

@@ -1,11 +1,15 @@
 """``infra/local/compose.yaml``: a fleet VM's two programs on a laptop, with the VM's own flags.
 
-Three services, as the VM's three units (infra/bootstrap.py ``units``):
+Three services, as the VM's three units (infra/bootstrap.py ``units``), and the VM's network:
 
 - ``sync`` is ``modelfleet-sync.service``: the agent's boot step (``--startup-config``), before TF Serving starts;
 - ``tfserving`` is ``tfserving.service``: the pinned image, the server called directly, ``bootstrap.tfs_server_flags``;
-- ``agent`` is ``modelfleet-agent.service``: ``bootstrap.agent_lines``, in TF Serving's network namespace, so
-  ``--tfs-url http://127.0.0.1:8501`` and ``--listen 0.0.0.0:8080`` mean what they mean on a VM.
+- ``agent`` is ``modelfleet-agent.service``: ``bootstrap.agent_lines``;
+- ``net`` is the VM's network stack and host name: a process that only sleeps. TF Serving and the agent share its
+  network namespace, so ``--tfs-url http://127.0.0.1:8501`` and ``--listen 0.0.0.0:8080`` mean what they mean on a
+  VM. Neither owns it: a container that restarts gets a new namespace, and one that had joined the old one is left
+  with a loopback alone (docker/compose#6626), so TF Serving restarting (a failed start-up load, an OOM kill,
+  ``docker compose restart``) would cut the agent off from it and from its published port for good.
 
 Only the store differs: a host directory (``$MODELFLEET_LOCAL_STORE``, default ``./store``) mounted at
 ``STORE_MOUNT``, so ``--store file:///srv/modelfleet/store``. The model root is a named volume the agent writes and
@@ -35,6 +39,7 @@ STORE_URI = f"file://{STORE_MOUNT}"
 AGENT_IMAGE = "modelfleet-agent:local"
 MODELS_VOLUME = "models"
 INSTANCE_NAME = "modelfleet-local"  # what `modelfleet status` lists (the agent's host name)
+NET_SERVICE = "net"
 # What a user may set (a shell variable or an .env file beside compose.yaml); interpolated by Compose.
 STORE_DIR_VAR = "${MODELFLEET_LOCAL_STORE:-./store}"
 MODELS_VAR = "${MODELFLEET_MODELS:-digits}"
@@ -52,7 +57,8 @@ HEADER = """\
 #   docker compose -f infra/local/compose.yaml up --build -d
 #
 # sync = modelfleet-sync.service (start-up config, no store request), tfserving = tfserving.service,
-# agent = modelfleet-agent.service (in tfserving's network namespace: 127.0.0.1:8501 is TF Serving, as on a VM).
+# agent = modelfleet-agent.service; both in net's network namespace (127.0.0.1:8501 is TF Serving, as on a VM), which
+# outlives their restarts.
 # Settings (shell variables or infra/local/.env): MODELFLEET_LOCAL_STORE, the store directory on this machine
 # (default ./store, beside this file); MODELFLEET_MODELS, the models to serve (default digits); MODELFLEET_UID and
 # MODELFLEET_GID, the agent's user (default 1000: it writes heartbeats into the store directory).
@@ -75,6 +81,18 @@ def _agent_service(command: list[str]) -> dict[str, Any]:
 
 
 def services() -> dict[str, Any]:
+    net = {
+        # TF Serving's image, already pulled, and never rebuilt when the agent is: nothing recreates this container
+        # but a new TF Serving pin, which recreates TF Serving too.
+        "image": DEFAULT_TFS_IMAGE,
+        "entrypoint": ["sleep", "infinity"],
+        # TF Serving and the agent join it and take its host name too: the heartbeats' instance name.
+        "hostname": INSTANCE_NAME,
+        # Docker publishes ports on the namespace's owner only: TF Serving's and the agent's.
+        "ports": [f"127.0.0.1:{port}:{port}" for port in PORTS],
+        "init": True,  # `sleep` as PID 1 ignores SIGTERM
+        "restart": "unless-stopped",
+    }
     sync = _agent_service(agent_command("--startup-config"))
     # The image is built once, here; the agent service runs the same tag.
     sync = {
@@ -84,13 +102,10 @@ def services() -> dict[str, Any]:
     }
     tfserving = {
         "image": DEFAULT_TFS_IMAGE,
-        # The agent joins this container's network and takes its host name too: its heartbeats' instance name.
-        "hostname": INSTANCE_NAME,
+        "network_mode": f"service:{NET_SERVICE}",
         "init": True,  # TF Serving as PID 1 ignores SIGTERM (tensorflow/serving#1853)
         "entrypoint": [bootstrap.TFS_ENTRYPOINT],
         "command": bootstrap.tfs_server_flags(),
-        # The agent shares this network namespace, so its health port is published here too.
-        "ports": [f"127.0.0.1:{port}:{port}" for port in PORTS],
         "volumes": [
             f"{MODELS_VOLUME}:{bootstrap.MODEL_ROOT}:ro",
             f"./{TFS_CONFIG_SUBDIR}:{bootstrap.TFS_CONFIG_DIR}:ro",
@@ -102,7 +117,7 @@ def services() -> dict[str, Any]:
     }
     agent = {
         **_agent_service(agent_command()),
-        "network_mode": "service:tfserving",
+        "network_mode": f"service:{NET_SERVICE}",
         "depends_on": {
             "sync": {"condition": "service_completed_successfully"},  # never two writers of the model root
             "tfserving": {"condition": "service_started"},
@@ -110,7 +125,7 @@ def services() -> dict[str, Any]:
         "init": True,
         "restart": "unless-stopped",
     }
-    return {"sync": sync, "tfserving": tfserving, "agent": agent}
+    return {NET_SERVICE: net, "sync": sync, "tfserving": tfserving, "agent": agent}
 
 
 def render() -> str:

@@ -23,7 +23,10 @@ from modelfleet.cli.common import (
 
 
 def _jsonable(name: str, arr: np.ndarray[Any, Any]) -> Any:
-    """Output values as TF Serving's REST API prints them: numbers; text, or {"b64": ...} for ``*_bytes`` outputs."""
+    """Output values as TF Serving's REST API prints them: numbers; text, or {"b64": ...} for ``*_bytes`` outputs.
+    Complex values (gRPC only: TF Serving's JSON has none) as [real, imaginary] pairs, as TensorProto stores them."""
+    if arr.dtype.kind == "c":
+        return _jsonable(name, np.stack([arr.real, arr.imag], axis=-1))
     if arr.dtype.kind == "f" and arr.dtype.itemsize < 8:
         # Each value's shortest text that reads back as the same float32 (0.1, not 0.10000000149011612 as a float64
         # widened from it would print): what TF Serving's JSON prints, and what a reader wants.
@@ -55,7 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     line when piped, indented on a terminal (a row of numbers stays on one line). Over REST the name of a
     single-output model's output costs one more request (its metadata): TF Serving's JSON leaves it unnamed.
     Strings print as text; as {"b64": ...} when not UTF-8 or when the output's name ends in _bytes (TF Serving's
-    rule).
+    rule); complex numbers as [real, imaginary] pairs.
 
     Example:
       modelfleet predict --url http://10.0.0.5:8501 --model digits request.json

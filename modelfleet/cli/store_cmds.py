@@ -55,6 +55,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         args.store,
         args.model,
         label=args.label,
+        new_label=args.new_label,
         allow_signature_change=args.allow_signature_change,
         source=source,
         idempotency_key=args.idempotency_key,
@@ -299,7 +300,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.clear:
         change: Callable[[Store], Manifest] = lambda st: ops.clear_label(st, args.model, args.label)  # noqa: E731
     else:
-        change = lambda st: ops.set_label(st, args.model, args.label, args.version)  # noqa: E731
+        change = lambda st: ops.set_label(st, args.model, args.label, args.version, new_label=args.new_label)  # noqa: E731
     _change(args, change)
     return 0
 
@@ -370,6 +371,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("dir", metavar="DIR", help="SavedModel directory (with saved_model.pb)")
     store_args(p)
     p.add_argument("--label", help="also point this label (e.g. canary) at the new version")
+    new_label_arg(p)
     p.add_argument("--allow-signature-change", action="store_true", help="publish even if the inputs changed")
     p.add_argument("--git-sha", default=os.environ.get("MODELFLEET_GIT_SHA"), help="source commit (default: cwd's)")
     p.add_argument("--job-id", default=os.environ.get("MODELFLEET_JOB_ID") or None, help="training job id")
@@ -406,6 +408,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("label", metavar="LABEL")
     p.add_argument("version", metavar="VERSION", type=int_at_least(1), nargs="?")
     p.add_argument("--clear", action="store_true", help="remove the label instead")
+    new_label_arg(p)
     wait_args(p, rollback=True)
     json_arg(p)
 
@@ -432,6 +435,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="age after which an unfinished publish counts as crashed (default: %(default)s)",
     )
     json_arg(p)
+
+
+def new_label_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--new-label",
+        action="store_true",
+        help="create the label even though it is one typo away from one the model has (stabel vs stable)",
+    )
 
 
 def wait_args(p: argparse.ArgumentParser, *, rollback: bool = False) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import tokenize
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -84,6 +87,13 @@ def read_inputs(path: str, stdin: IO[bytes] | None = None) -> RequestInputs:
     return parse_request_json(doc, where)
 
 
+# What np.load raises for a file that is not what its name says or was damaged: cut short (a copy or np.savez
+# interrupted: EOFError, BadZipFile), a bad CRC (BadZipFile), a damaged np.savez_compressed member (zlib.error), a
+# garbled .npy header (SyntaxError, TokenError: numpy parses it as a Python literal), a garbled zip header
+# (NotImplementedError: "zip file version").
+_DAMAGED = (ValueError, EOFError, SyntaxError, tokenize.TokenError, NotImplementedError, zipfile.BadZipFile, zlib.error)
+
+
 def _read_numpy(path: str, suffix: str) -> RequestInputs:
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -91,10 +101,18 @@ def _read_numpy(path: str, suffix: str) -> RequestInputs:
             if not isinstance(loaded, np.ndarray):
                 raise ValueError("not a single array")
             return RequestInputs(loaded)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("one array, not a zip of named arrays (np.save writes .npy, np.savez .npz)")
         with loaded:
             arrays = {name: loaded[name] for name in loaded.files}
-    except (ValueError, EOFError) as e:
-        raise BadInput(f"input file {path!r} is not a valid {suffix} file: {one_line(str(e))}") from None
+    except _DAMAGED as e:
+        reason = one_line(e)
+        if reason.startswith("This file contains pickled"):  # numpy's word for "no .npy header": never unpickled here
+            reason = "no .npy header (np.save writes .npy, np.savez .npz)"
+        raise BadInput(f"input file {path!r} is not a valid {suffix} file: {reason}") from None
     if not arrays:
         raise BadInput(f"input file {path!r} holds no arrays")
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray):  # np.load hands back the bytes of a member that is not an .npy file
+            raise BadInput(f"input file {path!r} is not a valid {suffix} file: member {name!r} is not an array")
     return RequestInputs(arrays)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -68,8 +69,9 @@ def _check_batch_sizes(arrays: Mapping[str, NDArray]) -> None:
         raise BadInput(f"row format needs inputs with the same batch size; got {sizes}")
 
 
-def _array_from_json(value: Any, where: str) -> NDArray:
-    """A JSON value of a predict answer as an array; strings and {"b64": ...} as an object array of bytes."""
+def _array_from_json(value: Any, where: str, *, answer: bool = False) -> NDArray:
+    """A JSON value (of a request file, or of TF Serving's ``answer``) as an array; strings and {"b64": ...} as an
+    object array of bytes."""
     try:
         arr = np.asarray(value)
     except ValueError as e:
@@ -79,12 +81,34 @@ def _array_from_json(value: Any, where: str) -> NDArray:
     out = np.empty(arr.shape, dtype=object)
     for index, item in np.ndenumerate(arr):
         if isinstance(item, str):
-            out[index] = item.encode()
-        elif isinstance(item, dict) and set(item) == {"b64"}:
-            out[index] = base64.b64decode(item["b64"])
+            out[index] = _utf8(item, where, answer=answer)
+        elif _is_b64(item):
+            out[index] = _b64decode(item["b64"], where)
         else:
             raise ServingError(f"{where}: unexpected value {item!r:.60} (not a number, string or b64)", code="INTERNAL")
     return out
+
+
+def _utf8(text: str, where: str, *, answer: bool = False) -> bytes:
+    """A JSON string's bytes: its UTF-8, and in TF Serving's ``answer`` the bytes that were not UTF-8 as it sent them
+    (``http_json`` decodes with surrogateescape); a lone surrogate escape (``"\\ud83d"``, half an emoji) has none."""
+    try:
+        return text.encode("utf-8", "surrogateescape" if answer else "strict")
+    except UnicodeEncodeError:
+        raise ServingError(
+            f"{where}: string {str(text)!r:.60} is not valid Unicode (a lone surrogate escape)", code="INTERNAL"
+        ) from None
+
+
+def _b64decode(text: Any, where: str) -> bytes:
+    """``{"b64": text}`` decoded as TF Serving decodes it (absl::Base64Unescape: standard alphabet, padding optional,
+    any other character refused), never silently shortened."""
+    if isinstance(text, str):
+        try:
+            return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise ServingError(f'{where}: {{"b64": {text!r:.60}}} is not base64 text', code="INTERNAL")
 
 
 def _is_b64(value: Any) -> bool:
@@ -97,11 +121,11 @@ def _rest_outputs(doc: Any, where: str) -> dict[str, NDArray] | NDArray:
     if isinstance(doc, dict) and "predictions" in doc:
         rows = doc["predictions"]
         if isinstance(rows, list) and rows and all(isinstance(r, dict) and not _is_b64(r) for r in rows):
-            return {name: _array_from_json([r.get(name) for r in rows], where) for name in rows[0]}
-        return _array_from_json(rows, where)
+            return {name: _array_from_json([r.get(name) for r in rows], where, answer=True) for name in rows[0]}
+        return _array_from_json(rows, where, answer=True)
     if isinstance(doc, dict) and "outputs" in doc:
         outputs = doc["outputs"]
         if isinstance(outputs, dict) and not _is_b64(outputs):
-            return {name: _array_from_json(v, where) for name, v in outputs.items()}
-        return _array_from_json(outputs, where)
+            return {name: _array_from_json(v, where, answer=True) for name, v in outputs.items()}
+        return _array_from_json(outputs, where, answer=True)
     raise ServingError(f"{where}: the answer has neither 'predictions' nor 'outputs'", code="INTERNAL")

@@ -272,6 +272,37 @@ def test_validation_recorded_in_manifest_and_shown(
     assert json.loads(out)["validation"]["rows"] == 90
 
 
+def test_a_score_copied_or_edited_is_refused_before_uploading(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The record is bound to what export scored: a score edited by hand, or a file copied onto another export, is
+    refused by publish (exit 2, nothing uploaded); deleting the file publishes without a score."""
+    scored, other = tmp_path / "scored", tmp_path / "other"
+    export_model(
+        trained.inside, scored, sample=trained.x_val[:8], validation=(trained.x_val, trained.y_val), metric="accuracy"
+    )
+    export_model(trained.separate, other, sample={"measurements": trained.x_val[:8].astype("float32")})
+    (tmp_path / "store").mkdir()
+    uri = f"file://{tmp_path / 'store'}"
+
+    edited = tmp_path / "edited"
+    shutil.copytree(scored, edited)
+    doc = json.loads((edited / METADATA_FILE).read_text())
+    doc["validation"]["value"] = 0.999
+    (edited / METADATA_FILE).write_text(json.dumps(doc))
+    (other / METADATA_FILE).parent.mkdir(exist_ok=True)
+    shutil.copy(scored / METADATA_FILE, other / METADATA_FILE)
+    for path in (edited, other):
+        code, _, err = run_cli(capsys, "publish", str(path), "--store", uri, "--model", "wine")
+        assert code == 2 and "records a score export_model did not give this SavedModel" in err, err
+        assert list((tmp_path / "store").iterdir()) == []
+
+    (other / METADATA_FILE).unlink()
+    assert publish(other, uri, "wine").version == 1
+    assert load_manifest(open_store(uri), "wine")[0].get(1).validation is None
+    assert publish(scored, uri, "wine").version == 2  # the untouched export still publishes with its score
+
+
 def test_version_without_validation_shows_a_dash(
     savedmodels: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 from model_export import versions as ops
 from model_export.delete import delete_version
 from model_export.errors import StoreError
-from model_export.manifest import Manifest, load_manifest
+from model_export.manifest import Manifest, load_manifest, update_manifest
 from model_export.store import Store, open_store
 from model_export.store.base import DelegatingStore
 from tests.conftest import new_bucket
@@ -297,6 +297,10 @@ def test_delete_all_with_yes_removes_everything_under_the_model(capsys: pytest.C
     )
     tombstone = assert_deleted(iris)
     assert 9 in tombstone.abandoned  # the reserved number is fenced: that publish can never commit
+    # A write that changes nothing, landing after the delete (a prune or an auto-rollback's undo racing it), must
+    # not bring the model back.
+    update_manifest(open_store(iris), "iris", lambda m: None, action="prune")
+    assert_deleted(iris)
     assert keys(iris, "wine/") == wine
     assert keys(iris, "iris2/") == {"iris2/keep": 1}
     code, out, _ = run(capsys, "models", "--store", iris, "--json")

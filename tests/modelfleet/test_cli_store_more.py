@@ -215,3 +215,34 @@ def test_help_names_the_variables(capsys: pytest.CaptureFixture[str], store: str
     code, out, _ = run(capsys, "history", "--help")
     assert code == 0
     assert "$MODELFLEET_STORE" in out and "$MODELFLEET_MODEL" in out
+
+
+# -- a label one typo away from one the model has --------------------------------------------------------------------
+
+
+def test_a_label_typo_is_refused_with_a_suggestion_and_moves_nothing(
+    capsys: pytest.CaptureFixture[str], two_models: str, savedmodels: dict[str, Path]
+) -> None:
+    """`label stabel 2` used to create a label "stabel": no fleet serves it, and the user believed stable moved."""
+    before = open_store(two_models).read("iris/manifest.json").data
+    assert run(capsys, "label", "--store", two_models, "--model", "iris", "stabel", "2") == (
+        2,
+        "",
+        "modelfleet: error: model 'iris': label 'stabel' is new to this model; did you mean 'stable'? "
+        "(--new-label creates it)\n",
+    )
+    code, _, err = run(
+        capsys, "publish", str(savedmodels["v2"]), "--store", two_models, "--model", "iris", "--label", "canry"
+    )
+    assert code == 2 and "did you mean 'canary'?" in err and "nothing uploaded" in err
+    assert open_store(two_models).read("iris/manifest.json").data == before
+    assert not [o.key for o in open_store(two_models).list("iris/3/")]  # nothing uploaded for a version 3
+    code, _, err = run(capsys, "label", "--store", two_models, "--model", "iris", "stabel", "--clear")
+    assert code == 2 and err.rstrip().endswith("(labels: canary, stable); did you mean 'stable'?")
+
+    # A label like no other needs no flag; one that looks like a typo does, and then it exists.
+    assert run(capsys, "label", "--store", two_models, "--model", "iris", "experiment_b", "1")[0] == 0
+    assert run(capsys, "label", "--store", two_models, "--model", "iris", "stabel", "2", "--new-label")[0] == 0
+    assert ops.get_manifest(two_models, "iris").labels == {"canary": 2, "experiment_b": 1, "stabel": 2, "stable": 1}
+    # A first publish to a new model may name a fleet's role without the flag.
+    publish(capsys, savedmodels["v1"], two_models, "fresh", "--label", "canary")
