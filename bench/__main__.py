@@ -8,6 +8,7 @@ import time
 
 BENCHMARKS = (
     "bench.publish",
+    "bench.progress",
     "bench.predict_request",
     "bench.pickup_latency",
     "bench.fleet_switch",

@@ -95,14 +95,16 @@ def http_json(method: str, base: str, path: str, body: bytes | None, timeout: fl
         ) from None
     except TimeoutError:
         raise _timeout(base, timeout) from None
-    except http.client.BadStatusLine:
-        # An HTTP/2-only server (TF Serving's gRPC port) answers an HTTP/1.1 request with binary frames.
-        raise ServingError(
-            f"{base} did not answer HTTP/1.x to {method} {path}: is it TF Serving's gRPC port? REST is on "
-            f"{TFS_REST_PORT} (gRPC needs --grpc)",
-            code="UNAVAILABLE",
-        ) from None
     except (OSError, http.client.HTTPException) as e:
+        if isinstance(e, http.client.BadStatusLine) and not isinstance(e, ConnectionError):
+            # An HTTP/2-only server (TF Serving's gRPC port) answers an HTTP/1.1 request with binary frames. (A
+            # connection closed before any answer, RemoteDisconnected, is a BadStatusLine too, and a ConnectionError:
+            # a server still starting behind Docker's proxy, which the agent must see as not listening.)
+            raise ServingError(
+                f"{base} did not answer HTTP/1.x to {method} {path}: is it TF Serving's gRPC port? REST is on "
+                f"{TFS_REST_PORT} (gRPC needs --grpc)",
+                code="UNAVAILABLE",
+            ) from None
         raise ServingError(
             f"cannot reach TF Serving at {base}: {e or type(e).__name__}",
             code="UNAVAILABLE",

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.errors import ServingError
+from modelfleet.tfs_rest import http_json
 from tests.support.cli import run_cli
 from tests.support.tfserving_standin import TFServingStandIn
 
@@ -173,6 +175,33 @@ def test_rest_sent_to_an_http2_only_port_says_so_in_one_line(
         listener.close()
     assert_one_line_error(code, out, err, 1, url, "did not answer HTTP/1.x", "gRPC port", "8501")
     assert "\\x00" not in err
+
+
+def test_a_connection_closed_without_an_answer_is_not_listening_not_the_grpc_port() -> None:
+    """Docker's proxy in front of a TF Serving still starting reads the request and closes: RemoteDisconnected, which
+    is a BadStatusLine too. The agent must read it as "not listening" (starting), as before the gRPC-port message; it
+    once read it as a server answering in HTTP/2, and wrote a config without the serving version's label."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def read_then_close() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            seen = b""
+            while b"\r\n\r\n" not in seen:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                seen += chunk
+
+    thread = threading.Thread(target=read_then_close, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ServingError) as caught:
+            http_json("GET", f"http://127.0.0.1:{listener.getsockname()[1]}", "/v1/models/m", None, timeout=30)
+    finally:
+        thread.join(timeout=30)
+        listener.close()
+    assert caught.value.not_listening and "gRPC" not in str(caught.value)
 
 
 def test_complex_outputs_print_as_real_imaginary_pairs(
