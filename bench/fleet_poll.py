@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import tempfile
 import threading
@@ -42,7 +41,7 @@ from model_export.versions import prune
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.tfs import TfsClient
 from tests.support.agent import CountingStore
-from tests.support.servers import free_port, running
+from tests.support.servers import free_port, running, use_s3
 from tests.support.tfserving_standin import TFServingStandIn
 
 MODEL = "bench"
@@ -64,15 +63,7 @@ def run(agents: int, publishes: int, size_mib: int, poll: float, tfs_poll: float
     started = time.monotonic()
     rng = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="mf-fleet-poll-") as tmp, running("s3") as server, ExitStack() as stack:
-        os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="bench")
+        use_s3(server, bucket="bench")
         model = make_model(Path(tmp) / "model", size_mib)
         total = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
         publisher = open_store("s3://bench/models")

@@ -73,7 +73,7 @@ from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.switch_options import SwitchOptions
 from modelfleet.agent.tfs import TfsClient
 from tests.support.agent import CountingStore
-from tests.support.servers import free_port, running
+from tests.support.servers import free_port, running, use_s3
 from tests.support.tfserving_standin import TFServingStandIn
 
 MODEL = "bench"
@@ -571,15 +571,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mf-fleet-status-") as tmp_dir, running("s3") as server:
         tmp = Path(tmp_dir)
-        os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="bench")
+        use_s3(server, bucket="bench")
         model = make_model(tmp / "model", 1)
         print(f"moto S3 at {server.endpoint}; model made in {time.monotonic() - started:.1f} s", flush=True)
         store = open_store("s3://bench/models")

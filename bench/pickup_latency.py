@@ -55,7 +55,7 @@ from model_export.store.base import Store
 from model_export.versions import prune
 from modelfleet.agent import Agent, AgentOptions
 from modelfleet.agent.tfs import TfsClient
-from tests.support.servers import running
+from tests.support.servers import running, use_s3
 from tests.support.tfserving_standin import StandInProcess
 
 MODEL = "bench"
@@ -134,15 +134,7 @@ def wait_for(what: str, check: Callable[[], bool], since: float, every: float = 
 def run(publishes: int, size_mib: int, budget: float, poll: float, tfs_poll: float) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mf-pickup-") as tmp, running("s3") as server:
-        os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint,
-            AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="bench")
+        use_s3(server, bucket="bench")
         model = make_model(Path(tmp) / "model", size_mib)
         total = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
         store = open_store("s3://bench/models")

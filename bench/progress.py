@@ -23,7 +23,7 @@ from pathlib import Path
 from model_export.manifest import FileEntry
 from model_export.store import Store, open_store
 from model_export.transfer import download_tree, upload_tree
-from tests.support.servers import running
+from tests.support.servers import running, use_s3
 
 GOAL = 1.10
 MIB = 1024 * 1024
@@ -94,15 +94,7 @@ def _with_store(kind: str, work: Path) -> Iterator[Store]:
         return
     with running(kind) as server:
         if kind == "s3":
-            os.environ.update(
-                AWS_ENDPOINT_URL=server.endpoint,
-                AWS_ACCESS_KEY_ID="bench",
-                AWS_SECRET_ACCESS_KEY="bench",
-                AWS_DEFAULT_REGION="us-east-1",
-            )
-            import boto3
-
-            boto3.client("s3").create_bucket(Bucket="bench")
+            use_s3(server, bucket="bench")
             yield open_store("s3://bench/progress")
         else:
             os.environ.update(STORAGE_EMULATOR_HOST=server.endpoint, GOOGLE_CLOUD_PROJECT="bench")

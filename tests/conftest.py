@@ -8,19 +8,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.support.servers import Server, running
+from model_export.store import Store, open_store
+from tests.support.proxy import Proxy, proxying
+from tests.support.servers import Server, running, use_s3
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[Server]:
     with running("s3") as server:
-        # Only the SDKs' standard variables point library code at the server.
-        os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
+        use_s3(server)
         yield server
 
 
@@ -41,6 +37,16 @@ def new_bucket(kind: str) -> str:
 
         storage.Client().create_bucket(name)
     return name
+
+
+@pytest.fixture
+def proxied(s3_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Proxy, Store, Store]]:
+    """(a fault-injecting proxy in front of the S3 server, a store through it, the same store direct)."""
+    uri = f"s3://{new_bucket('s3')}/models"
+    direct = open_store(uri)
+    with proxying(s3_server.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        yield proxy, open_store(uri), direct
 
 
 @pytest.fixture(params=["file", "s3", "gcs"])

@@ -26,6 +26,15 @@ from infra.config import PROJECT
 Answer = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 
+class Placeholders(set[str]):
+    """The values an evaluation's offline answers made up (see ``Answers.placeholders``)."""
+
+    def made_up(self, value: str) -> str:
+        """``value``, recorded as made up."""
+        self.add(value)
+        return value
+
+
 @dataclass(frozen=True)
 class Answers:
     """One evaluation's offline provider answers (camelCase keys, shaped like the real provider's)."""
@@ -34,11 +43,7 @@ class Answers:
     invokes: Mapping[str, Answer]  # invoke token -> answer(token, args) -> result
     # The values these answers made up where the real provider's can't be known before it runs (an IP address, an
     # account id, an AMI, a generated suffix): the plan marks whatever contains one as "known after deploy".
-    placeholders: set[str] = field(default_factory=set)
-
-    def placeholder(self, value: str) -> str:
-        self.placeholders.add(value)
-        return value
+    placeholders: Placeholders = field(default_factory=Placeholders)
 
 
 def _gcp_answers() -> Answers:
@@ -113,7 +118,7 @@ class OfflineProvider(pulumi.runtime.Mocks):
         inputs = dict(args.inputs)
         if not args.custom:
             return None, {}
-        rid = self.answers.placeholder(f"{args.name}-{_digest(args.typ, args.name)}")  # providers assign ids
+        rid = self.answers.placeholders.made_up(f"{args.name}-{_digest(args.typ, args.name)}")  # providers assign ids
         out: dict[str, Any] = {"name": args.name, **inputs, "id": rid}
         answer = self.answers.resources.get(args.typ)
         if answer is not None:

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from infra.offline import Answer, Answers
+from infra.offline import Answer, Answers, Placeholders
 
 ACCOUNT_ID = "123456789012"
 ZONE_SUFFIXES = ("a", "b", "c")
@@ -53,27 +53,23 @@ class _Run:
 
     def __init__(self) -> None:
         self.region = "us-east-1"
-        self.placeholders: set[str] = set()  # see `Answers.placeholders`
-
-    def _made_up(self, value: str) -> str:
-        self.placeholders.add(value)
-        return value
+        self.placeholders = Placeholders()  # see `Answers.placeholders`
 
     def _physical(self, name: str, inputs: Mapping[str, Any]) -> str:
         """What AWS autonaming gives: the logical name plus a random 7-character suffix, unless a name was set."""
         given = inputs.get("name")
-        return str(given) if given else self._made_up(f"{name}-{_hex(name, n=7)}")
+        return str(given) if given else self.placeholders.made_up(f"{name}-{_hex(name, n=7)}")
 
     def eip(self, name: str, _: Mapping[str, Any]) -> dict[str, Any]:
         n = int(_hex(name, n=4), 16)
         return {
-            "allocationId": self._made_up(f"eipalloc-0{_hex(name, n=16)}"),
-            "publicIp": self._made_up(f"203.0.113.{n % 254 + 1}"),
+            "allocationId": self.placeholders.made_up(f"eipalloc-0{_hex(name, n=16)}"),
+            "publicIp": self.placeholders.made_up(f"203.0.113.{n % 254 + 1}"),
         }
 
     def _arn(self, service: str, resource: str, *, regional: bool = True) -> str:
         # The account is known only to the credentials `pulumi up` runs with (and, in many ARNs, a generated id).
-        return self._made_up(f"arn:aws:{service}:{self.region if regional else ''}:{ACCOUNT_ID}:{resource}")
+        return self.placeholders.made_up(f"arn:aws:{service}:{self.region if regional else ''}:{ACCOUNT_ID}:{resource}")
 
     def provider(self, _: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         if inputs.get("region"):
@@ -96,7 +92,9 @@ class _Run:
     def ssm_parameter(self, _: str, args: Mapping[str, Any]) -> dict[str, Any]:
         name = str(args["name"])
         region = str(args.get("region") or self.region)
-        value = self._made_up(f"ami-0{_hex(name, region, n=16)}" if name.endswith("/ami-id") else f"value-of-{name}")
+        value = self.placeholders.made_up(
+            f"ami-0{_hex(name, region, n=16)}" if name.endswith("/ami-id") else f"value-of-{name}"
+        )
         return {
             "id": name,
             "name": name,
@@ -112,7 +110,9 @@ class _Run:
     # computed attributes
 
     def bucket(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        bucket = inputs.get("bucket") or self._made_up(f"{inputs.get('bucketPrefix') or name + '-'}{_hex(name, n=20)}")
+        bucket = inputs.get("bucket") or self.placeholders.made_up(
+            f"{inputs.get('bucketPrefix') or name + '-'}{_hex(name, n=20)}"
+        )
         return {
             "bucket": bucket,
             "arn": f"arn:aws:s3:::{bucket}",
@@ -148,7 +148,9 @@ class _Run:
             "name": physical,
             "arn": self._arn("elasticloadbalancing", f"loadbalancer/{suffix}"),
             "arnSuffix": suffix,
-            "dnsName": self._made_up(f"{physical}-{int(_hex(name, n=8), 16) % 10**9}.{self.region}.elb.amazonaws.com"),
+            "dnsName": self.placeholders.made_up(
+                f"{physical}-{int(_hex(name, n=8), 16) % 10**9}.{self.region}.elb.amazonaws.com"
+            ),
             "zoneId": ELB_HOSTED_ZONE_ID,
         }
 
@@ -167,7 +169,7 @@ class _Run:
 
     def ec2(self, kind: str, prefix: str) -> Answer:
         def answer(name: str, _: Mapping[str, Any]) -> dict[str, Any]:
-            return {"arn": self._arn("ec2", self._made_up(f"{kind}/{prefix}-0{_hex(name, n=16)}"))}
+            return {"arn": self._arn("ec2", self.placeholders.made_up(f"{kind}/{prefix}-0{_hex(name, n=16)}"))}
 
         return answer
 

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from infra.offline import Answer, Answers
+from infra.offline import Answer, Answers, Placeholders
 
 COMPUTE = "https://www.googleapis.com/compute/v1"
 
@@ -46,11 +46,7 @@ class _Run:
     def __init__(self) -> None:
         self.project = "offline-project"
         self.region = "offline-region1"
-        self.placeholders: set[str] = set()  # see `Answers.placeholders`
-
-    def _made_up(self, value: str) -> str:
-        self.placeholders.add(value)
-        return value
+        self.placeholders = Placeholders()  # see `Answers.placeholders`
 
     def provider(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(inputs.get("project"), str) and inputs["project"]:
@@ -98,13 +94,13 @@ class _Run:
     def global_address(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return {
             **self.global_("addresses")(name, inputs),
-            "address": self._made_up(_ip("203.0.113", name)),
+            "address": self.placeholders.made_up(_ip("203.0.113", name)),
         }  # TEST-NET-3
 
     def address(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
         return {
             **self.regional("addresses")(name, inputs),
-            "address": self._made_up(_ip("198.51.100", name)),
+            "address": self.placeholders.made_up(_ip("198.51.100", name)),
         }  # TEST-NET-2
 
     def service_account(self, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,9 @@ def _pulumi_config(values: dict[str, Any]) -> dict[str, str]:
     return {f"modelfleet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
-def _run_main(stack: str, values: dict[str, Any]) -> Any:
+def run_main(stack: str, values: dict[str, Any]) -> Any:
+    """`__main__.py` evaluated offline as `pulumi up` would run it in ``stack`` with ``values`` as its config."""
+
     def program() -> dict[str, Any]:
         pulumi.runtime.set_all_config(_pulumi_config(values))
         runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
@@ -51,7 +53,7 @@ def _own(stack: str) -> dict[str, Any]:
 @pytest.mark.parametrize("stack", ["staging", "aws-staging"])
 def test_main_builds_the_stack_from_pulumi_config(stack: str) -> None:
     values = _own(stack)
-    plan = _run_main(stack, values)
+    plan = run_main(stack, values)
     types = {r.type for r in plan.resources}
     if values["cloud"] == "gcp":
         template = plan.of_type("gcp:compute/instanceTemplate:InstanceTemplate")
@@ -68,13 +70,13 @@ def test_main_stops_on_a_bad_value_with_its_message() -> None:
     with pytest.raises(
         pulumi.RunError, match=r"modelfleet:canaryWeightPercent = 150 is invalid; must be between 0 and 100"
     ):
-        _run_main("staging", values)
+        run_main("staging", values)
 
 
 @pytest.mark.parametrize("stack", ["prod", "aws-prod"])
 def test_main_protects_a_prod_stack_as_a_whole(stack: str) -> None:
     """The program `pulumi up` runs registers the protection (through the stack builder), not only `plan`."""
-    plan = _run_main(stack, _own(stack))
+    plan = run_main(stack, _own(stack))
     assert plan.resources
     unprotected = {r.type for r in plan.resources if not r.protect}
     assert unprotected <= {
@@ -87,13 +89,13 @@ def test_main_protects_a_prod_stack_as_a_whole(stack: str) -> None:
 
 def test_main_stops_on_a_stack_name_that_would_share_gcp_names() -> None:
     with pytest.raises(pulumi.RunError, match=r"^stack 'Staging' cannot be deployed as it is: stack name 'Staging'"):
-        _run_main("Staging", _own("staging"))
+        run_main("Staging", _own("staging"))
 
 
 def test_main_stops_on_gpus_on_gcp() -> None:
     values = {**_own("staging"), "gpu": True, "machineType": "g2-standard-8"}
     with pytest.raises(pulumi.RunError) as refused:
-        _run_main("staging", values)
+        run_main("staging", values)
     assert str(refused.value) == (
         "stack 'staging' cannot be deployed as it is: modelfleet:gpu = true on gcp: Google does not document Docker "
         "or the NVIDIA container toolkit in the GPU image common-cu129-ubuntu-2404-nvidia-580, and the bootstrap runs "

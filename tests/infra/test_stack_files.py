@@ -4,9 +4,7 @@ cloud call with one line naming the keys to set, the empty client allow-list is 
 
 from __future__ import annotations
 
-import json
 import logging
-import runpy
 from typing import Any
 
 import pulumi
@@ -14,9 +12,8 @@ import pytest
 
 import infra.offline
 from infra.config import EXAMPLE_VALUES, read_stack_file
-from infra.offline import evaluate
 from infra.stack import STACKS_DIR, deploy_warnings, not_deployable, plan_stack, stack_config
-from tests.support import REPO_ROOT
+from tests.infra.test_main import run_main
 from tests.support.plan import one
 
 GCP_NOBODY = (
@@ -66,10 +63,6 @@ def test_every_example_value_of_the_shipped_files_is_known() -> None:
     assert set(shipped.values()) <= {v for values in EXAMPLE_VALUES.values() for v in values}
 
 
-def _pulumi_config(values: dict[str, Any]) -> dict[str, str]:
-    return {f"modelfleet:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
-
-
 class _Calls:
     """Counts what the program asks of the (offline) provider: registrations of custom resources and invokes."""
 
@@ -89,18 +82,6 @@ class _Calls:
 
         monkeypatch.setattr(infra.offline.OfflineProvider, "new_resource", counted_new_resource)
         monkeypatch.setattr(infra.offline.OfflineProvider, "call", counted_call)
-
-
-def run_main(stack: str, values: dict[str, Any]) -> Any:
-    def program() -> dict[str, Any]:
-        pulumi.runtime.set_all_config(_pulumi_config(values))
-        runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
-        return {}
-
-    try:
-        return evaluate(stack, program, cloud=values["cloud"])
-    finally:
-        pulumi.runtime.set_all_config({})
 
 
 @pytest.mark.parametrize("stack", ["staging", "prod", "aws-prod"])

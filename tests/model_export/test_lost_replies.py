@@ -4,43 +4,20 @@ the version the first run published. The reply is dropped by a proxy in front of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from model_export.manifest import load_manifest
 from model_export.publish import publish
-from model_export.store import Store, open_store
+from model_export.store import Store
 from model_export.versions import promote, set_label
-from tests.conftest import new_bucket
-from tests.support.proxy import Proxy, Request, proxying
-from tests.support.servers import Server
-
-
-def _conditional_manifest_put(req: Request) -> bool:
-    return (
-        req.method == "PUT"
-        and req.path.split("?")[0].endswith("/m/manifest.json")
-        and ("if-match" in req.headers or "if-none-match" in req.headers)
-    )
-
-
-@pytest.fixture
-def proxied(s3_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Proxy, Store, Store]]:
-    """(the proxy, a store through it, the same store direct)."""
-    uri = f"s3://{new_bucket('s3')}/models"
-    direct = open_store(uri)
-    with proxying(s3_server.endpoint) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        yield proxy, open_store(uri), direct
+from tests.support.proxy import Proxy, conditional_manifest_put
 
 
 def test_publish_whose_commit_reply_is_lost_succeeds_once(
     proxied: tuple[Proxy, Store, Store], savedmodels: dict[str, Path]
 ) -> None:
     proxy, st, direct = proxied
-    proxy.drop_reply(_conditional_manifest_put)
+    proxy.drop_reply(conditional_manifest_put)
     result = publish(savedmodels["v1"], st, "m", label="canary")
     assert len(proxy.dropped) == 1, "the fault must have been injected"
     assert (result.version, result.labels, result.reused) == (1, ["canary"], False)
@@ -57,9 +34,9 @@ def test_label_and_promote_whose_reply_is_lost_succeed_once(
     publish(savedmodels["v1"], direct, "m", label="stable")
     publish(savedmodels["v2"], direct, "m")
 
-    proxy.drop_reply(_conditional_manifest_put)
+    proxy.drop_reply(conditional_manifest_put)
     assert set_label(st, "m", "canary", 2).labels == {"stable": 1, "canary": 2}
-    proxy.drop_reply(_conditional_manifest_put)
+    proxy.drop_reply(conditional_manifest_put)
     assert promote(st, "m").labels == {"stable": 2}
     assert len(proxy.dropped) == 2
 
@@ -90,7 +67,7 @@ def test_retry_with_the_same_idempotency_key_returns_the_first_version(
     proxied: tuple[Proxy, Store, Store], savedmodels: dict[str, Path]
 ) -> None:
     proxy, st, direct = proxied
-    proxy.drop_reply(_conditional_manifest_put)
+    proxy.drop_reply(conditional_manifest_put)
     first = publish(savedmodels["v1"], st, "m", idempotency_key="train-42")
     again = publish(savedmodels["v1"], st, "m", idempotency_key="train-42")
     other = publish(savedmodels["v1"], st, "m", idempotency_key="train-43")

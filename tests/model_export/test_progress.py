@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,13 +44,15 @@ CLI_BOUND_SECONDS = 180
 
 
 class Ticks:
-    """The callbacks one transfer made; the running sums must rise to ``size`` and never past it."""
+    """The callbacks one transfer made (from any thread); the running sums must rise to ``size`` and never past it."""
 
     def __init__(self) -> None:
         self.steps: list[int] = []
+        self._lock = threading.Lock()
 
     def __call__(self, n: int) -> None:
-        self.steps.append(n)
+        with self._lock:
+            self.steps.append(n)
 
     def sums(self) -> list[int]:
         out, total = [], 0
@@ -58,13 +61,17 @@ class Ticks:
             out.append(total)
         return out
 
-    def check(self, size: int, *, at_least: int) -> None:
+    def check(self, size: int, *, at_least: int = 0) -> None:
+        """Forward steps only, never past ``size``, ending at it; with ``at_least``, that many values in between, in
+        steps of at most a few MiB (the bar moved within the file)."""
         sums = self.sums()
-        assert all(n > 0 for n in self.steps), "only forward steps"
-        assert sums and sums[-1] == size, f"the steps add up to the size: {sums[-1:]} vs {size}"
-        within = [s for s in sums if 0 < s < size]
-        assert len(within) >= at_least, f"{len(within)} intermediate values: the file moved in too few steps"
-        assert max(self.steps) <= 4 * MIB, f"steps of at most a few MiB, got {max(self.steps)}"
+        assert all(n > 0 for n in self.steps), f"only forward steps: {self.steps}"
+        assert max(sums, default=0) <= size, f"the bar passed the size: {max(sums)} > {size}"
+        assert (sums[-1] if sums else 0) == size, f"the steps add up to the size: {sums[-1:]} vs {size}"
+        if at_least:
+            within = [s for s in sums if 0 < s < size]
+            assert len(within) >= at_least, f"{len(within)} intermediate values: the file moved in too few steps"
+            assert max(self.steps) <= 4 * MIB, f"steps of at most a few MiB, got {max(self.steps)}"
 
 
 def _payload(tmp_path: Path, size: int) -> Path:

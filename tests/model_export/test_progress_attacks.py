@@ -30,36 +30,12 @@ from model_export.store.base import DelegatingStore, ProgressFn
 from model_export.store.s3 import S3Store
 from modelfleet.agent.cache import LocalCache
 from tests.conftest import new_bucket
+from tests.model_export.test_progress import Ticks
 from tests.support.servers import Server, running
 
 MIB = 1024 * 1024
 # Every wait on a socket or thread here is bounded generously (a loaded 2-core machine), never timed.
 BOUND_SECONDS = 60
-
-
-class Ticks:
-    """The callbacks one transfer made (from any thread)."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, n: int) -> None:
-        with self._lock:
-            self.steps.append(n)
-
-    def sums(self) -> list[int]:
-        out, total = [], 0
-        for n in self.steps:
-            total += n
-            out.append(total)
-        return out
-
-    def check(self, size: int) -> None:
-        sums = self.sums()
-        assert all(n > 0 for n in self.steps), f"only forward steps: {self.steps}"
-        assert max(sums, default=0) <= size, f"the bar passed the size: {max(sums)} > {size}"
-        assert (sums[-1] if sums else 0) == size, f"the steps add up to the size: {sums[-1:]} vs {size}"
 
 
 @dataclass

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,26 +22,12 @@ from model_export.store import ObjectInfo, Store, open_store
 from model_export.store.base import DelegatingStore
 from model_export.transfer import download_tree
 from model_export.versions import prune
-from tests.support.paused_publish import FILES_BEFORE_PAUSE, PHASES
+from tests.support.paused_publish import FILES_BEFORE_PAUSE, PHASES, start_paused
 
 GRACE = 1.0
 # Bounds for a loaded 2-core machine; the waits end as soon as their condition holds.
 STOP_TIMEOUT = 120.0
 EXIT_TIMEOUT = 120.0
-
-
-def _wait_stopped(proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"publisher exited {proc.returncode} before pausing: {out} {err}")
-        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "T":
-            return
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("publisher never reached its pause")
 
 
 def _model_with_assets(src: Path, dest: Path, tag: str, files: int = 6) -> Path:
@@ -63,15 +47,8 @@ def test_paused_publisher_cannot_commit_after_prune_gave_its_version_up(
     paused_model = _model_with_assets(savedmodels["v1"], tmp_path / "paused", "paused")
     rival_model = _model_with_assets(savedmodels["v1"], tmp_path / "rival", "rival")
 
-    argv = ["publish", str(paused_model), "--store", store_uri, "--model", "m", "--label", "canary", "--workers", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.paused_publish", phase, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_paused(phase, paused_model, store_uri, STOP_TIMEOUT)
     try:
-        _wait_stopped(proc)
         if phase == "uploading":  # paused mid-upload: some files stored, not all
             total = sum(1 for p in paused_model.rglob("*") if p.is_file())
             assert FILES_BEFORE_PAUSE <= len(list(st.list("m/2/"))) < total

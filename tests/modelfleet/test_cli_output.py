@@ -13,7 +13,6 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,6 @@ from tests.support.tfserving_standin import TFServingStandIn
 X = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
 PROBABILITIES = [[0.1, 0.2, 0.7], [0.25, 0.5, 0.25]]
 ONLY_A_NUMBER = re.compile(r"^\s*-?[0-9][0-9.eE+-]*,?\s*$")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TFServingStandIn]:
-    with TFServingStandIn() as tfs:
-        yield tfs
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ X = np.array([[1, 2, 3], [4, 5, 6]], np.float32)  # default stand-in model: y = 
 
 def y(version: int) -> list[float]:
     return [6.0 * version, 15.0 * version]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[TFServingStandIn]:
-    with TFServingStandIn() as tfs:
-        yield tfs
 
 
 @pytest.fixture

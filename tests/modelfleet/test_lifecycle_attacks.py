@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -23,41 +22,13 @@ from model_export.manifest import load_manifest
 from model_export.publish import publish
 from model_export.store import ObjectInfo, Store, open_store
 from model_export.store.base import DelegatingStore
-from tests.conftest import new_bucket
 from tests.support.cli import run_cli as run
-from tests.support.paused_publish import PHASES
-from tests.support.proxy import Proxy, Request, proxying
-from tests.support.servers import Server, running
+from tests.support.paused_publish import PHASES, start_paused
+from tests.support.proxy import Proxy, conditional_manifest_put
+from tests.support.servers import running
 
 MAIN = "import sys\nfrom modelfleet.cli import main\nsys.exit(main())"
 BOUND = 120.0  # seconds: any one wait here, on a loaded 2-core machine
-
-
-def _wait_stopped(proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + BOUND
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"publisher exited {proc.returncode} before pausing: {out} {err}")
-        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "T":
-            return
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("publisher never reached its pause")
-
-
-def _paused_publish(phase: str, sm: Path, store: str) -> subprocess.Popen[str]:
-    """The real CLI publishing ``sm`` as the next version of ``m`` with --label canary, stopped at ``phase``."""
-    argv = ["publish", str(sm), "--store", store, "--model", "m", "--label", "canary", "--workers", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.paused_publish", phase, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_stopped(proc)
-    return proc
 
 
 def _with_assets(src: Path, dest: Path, files: int = 6) -> Path:
@@ -71,7 +42,7 @@ def _with_assets(src: Path, dest: Path, files: int = 6) -> Path:
 @pytest.mark.parametrize(
     ("phase", "starts"), [(p, "at the prompt") for p in PHASES] + [("uploading", "before the delete")]
 )
-def test_delete_all_fences_a_paused_publish(
+def test_delete_all_fences_astart_paused(
     store_uri: str, savedmodels: dict[str, Path], tmp_path: Path, phase: str, starts: str
 ) -> None:
     """Found by an attack: a publish that reserved its number while `delete --all` waited for the user to type the
@@ -84,11 +55,11 @@ def test_delete_all_fences_a_paused_publish(
 
     def confirm(plan: Deletion) -> bool:
         if starts == "at the prompt":
-            procs.append(_paused_publish(phase, paused, store_uri))
+            procs.append(start_paused(phase, paused, store_uri))
         return True
 
     if starts == "before the delete":
-        procs.append(_paused_publish(phase, paused, store_uri))
+        procs.append(start_paused(phase, paused, store_uri))
     try:
         delete_model(st, "m", force=True, confirm=confirm)
         tombstone, _ = load_manifest(st, "m")
@@ -174,24 +145,6 @@ def test_a_label_moved_onto_the_version_while_it_is_deleted_is_kept(three: Store
     assert len(list(three.list("m/3/"))) == len(m.get(3).files)
 
 
-def _conditional_manifest_put(req: Request) -> bool:
-    return (
-        req.method == "PUT"
-        and req.path.split("?")[0].endswith("/m/manifest.json")
-        and ("if-match" in req.headers or "if-none-match" in req.headers)
-    )
-
-
-@pytest.fixture
-def proxied(s3_server: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Proxy, Store, Store]]:
-    """(the proxy, a store through it, the same store direct)."""
-    uri = f"s3://{new_bucket('s3')}/models"
-    direct = open_store(uri)
-    with proxying(s3_server.endpoint) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-        yield proxy, open_store(uri), direct
-
-
 def test_deletes_whose_manifest_reply_is_lost_succeed_once(
     proxied: tuple[Proxy, Store, Store], savedmodels: dict[str, Path]
 ) -> None:
@@ -201,14 +154,14 @@ def test_deletes_whose_manifest_reply_is_lost_succeed_once(
     publish(savedmodels["v2"], direct, "m")
     publish(savedmodels["v2"], direct, "m")
 
-    proxy.drop_reply(_conditional_manifest_put)
+    proxy.drop_reply(conditional_manifest_put)
     one = delete_version(st, "m", 3)
     assert (one.versions, one.leftover, len(proxy.dropped)) == ([3], False, 1)
     assert list(direct.list("m/3/")) == []
     m, _ = load_manifest(direct, "m")
     assert sorted(m.versions) == [1, 2] and [op.action for op in m.operations].count("delete") == 1
 
-    proxy.drop_reply(_conditional_manifest_put)
+    proxy.drop_reply(conditional_manifest_put)
     proxy.drop_reply(lambda r: r.method == "POST" and r.path.endswith("?delete"))  # DeleteObjects
     whole = delete_model(st, "m", force=True)
     assert (whole.versions, whole.labels, len(proxy.dropped)) == ([1, 2], {"stable": 1}, 3)

@@ -24,12 +24,6 @@ from tests.support.tfserving_standin import TFServingStandIn
 Inputs = dict[str, np.ndarray]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[TFServingStandIn]:
-    with TFServingStandIn() as tfs:
-        yield tfs
-
-
 @pytest.fixture
 def echo(server: TFServingStandIn) -> TFServingStandIn:
     """Model ``echo``: one string input ``s``, answered as the string output ``out``, both named in its metadata."""

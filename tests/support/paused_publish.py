@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,32 @@ def _install(phase: str) -> None:
         publish_module.verify_uploaded = verify_then_pause
     else:
         raise SystemExit(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+
+
+def start_paused(phase: str, savedmodel: Path, store: str, timeout: float = 120.0) -> subprocess.Popen[str]:
+    """The real CLI publishing ``savedmodel`` as the next version of ``m`` with --label canary (one upload worker),
+    returned once it has stopped itself at ``phase``; SIGCONT resumes it. ``timeout``: a bound for a loaded 2-core
+    machine, ended as soon as the process is stopped."""
+    import pytest
+
+    argv = ["publish", str(savedmodel), "--store", store, "--model", "m", "--label", "canary", "--workers", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.paused_publish", phase, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"publisher exited {proc.returncode} before pausing: {out} {err}")
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "T":
+            return proc
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("publisher never reached its pause")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,12 @@ def proxying(upstream: str) -> Iterator[Proxy]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def conditional_manifest_put(req: Request) -> bool:
+    """A conditional write of model ``m``'s manifest (a compare-and-swap): the request whose reply a test drops."""
+    return (
+        req.method == "PUT"
+        and req.path.split("?")[0].endswith("/m/manifest.json")
+        and ("if-match" in req.headers or "if-none-match" in req.headers)
+    )

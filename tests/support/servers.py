@@ -155,3 +155,18 @@ def point_s3_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(name, value)
+
+
+def use_s3(server: Server, bucket: str | None = None) -> None:
+    """Point the AWS SDK of this process, and of the processes it starts, at ``server`` through the SDK's standard
+    variables only (what library code reads); then create ``bucket`` there, when given."""
+    os.environ.update(
+        AWS_ENDPOINT_URL=server.endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    if bucket is not None:
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=bucket)
